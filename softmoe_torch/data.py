@@ -1,0 +1,80 @@
+"""Reading a user's data file: ``.npz`` with X (n, d), y (n,) and optional init_* arrays, or
+``.csv`` with a header x1..xd,y. Every problem is a one-line ``UserError``."""
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .cli import UserError
+
+INIT_ARRAYS = {  # array in the file -> trainable parameter of a K = 1 model
+    "init_beta": "gate.beta",
+    "init_tau": "gate.tau",
+    "init_eta": "prompts.0.expert.eta",
+    "init_nu": "prompts.0.nu",
+}
+
+
+def _read_csv(path: Path):
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise UserError(f"{path}: the file is empty")
+        header = [h.strip() for h in header]
+        d = len(header) - 1
+        expected = [f"x{i}" for i in range(1, d + 1)] + ["y"]
+        if d < 1 or header != expected:
+            raise UserError(f"{path}: expected a header x1,...,xd,y; got {','.join(header)}")
+        try:
+            values = np.array([[float(v) for v in row] for row in reader if row], dtype=float)
+        except ValueError as err:
+            raise UserError(f"{path}: not a number: {err}") from None
+    if values.size == 0:
+        return np.zeros((0, d)), np.zeros(0), {}
+    if values.shape[1] != d + 1:
+        raise UserError(f"{path}: rows must have {d + 1} columns")
+    return values[:, :d], values[:, d], {}
+
+
+def _read_npz(path: Path):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .npz file ({err})") from None
+    missing = [k for k in ("X", "y") if k not in arrays]
+    if missing:
+        raise UserError(f"{path}: missing array(s) {', '.join(missing)}; a data file needs X (n, d) and y (n,)")
+    init = {k: arrays[k] for k in INIT_ARRAYS if k in arrays}
+    return arrays["X"], arrays["y"], init
+
+
+def load_data(path, dim: int):
+    """-> X (n, d) float64, y (n,) float64, init {parameter name: array}; validated against
+    the setting's dimension ``dim``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    if path.suffix == ".npz":
+        X, y, init = _read_npz(path)
+    elif path.suffix == ".csv":
+        X, y, init = _read_csv(path)
+    else:
+        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .npz or .csv")
+    try:
+        X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: X and y must be numeric arrays") from None
+    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
+        raise UserError(f"{path}: expected X of shape (n, d) and y of shape (n,), got {X.shape} and {y.shape}")
+    if X.shape[0] == 0:
+        raise UserError(f"{path}: the data set is empty")
+    if X.shape[1] != dim:
+        raise UserError(f"{path}: X has d={X.shape[1]} columns but the setting expects d={dim}")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise UserError(f"{path}: X and y must be finite (found NaN or inf)")
+    for key, value in init.items():
+        if not np.isfinite(value).all():
+            raise UserError(f"{path}: {key} must be finite")
+    return X, y, {INIT_ARRAYS[k]: v for k, v in init.items()}

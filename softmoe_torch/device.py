@@ -1,0 +1,45 @@
+"""Device and dtype selection: auto picks CUDA, then Apple MPS, then CPU; float64 by default,
+float32 on MPS (which has no float64) with a one-time warning."""
+import warnings
+
+import torch
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_warned_mps = False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> torch.device; ValueError if unavailable."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda was asked for but no CUDA GPU is available; use device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device=mps was asked for but Apple MPS is not available; use device=auto or cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'float64' | 'float32' -> torch dtype; on MPS float64 falls back to float32 (warned once)."""
+    global _warned_mps
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use float64 or float32")
+    if device.type == "mps" and name == "float64":
+        if not _warned_mps:
+            warnings.warn("MPS has no float64: computing in float32 with looser tolerances", RuntimeWarning, stacklevel=2)
+            _warned_mps = True
+        return torch.float32
+    return _DTYPES[name]
+
+
+def loosen_for(dtype: torch.dtype, tol: float) -> float:
+    """A stopping tolerance that float32 can reach: at least 1e-5 there, unchanged in float64."""
+    return max(tol, 1e-5) if dtype == torch.float32 else tol

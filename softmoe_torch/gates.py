@@ -1,0 +1,36 @@
+"""Gates over {pre-trained, prompt_1..prompt_K}: ``forward(x)`` maps x (n, d) to log-weights (n, K+1).
+
+Column 0 is the pre-trained component, whose logit is fixed at 0, so for K = 1 the prompt's
+weight is the paper's sigmoid(beta^T x + tau).
+"""
+import torch
+from torch import nn
+
+
+def _log_weights(prompt_logits: torch.Tensor) -> torch.Tensor:
+    """(n, K) prompt logits -> (n, K+1) log-softmax with a zero logit for the pre-trained column."""
+    zero = torch.zeros_like(prompt_logits[..., :1])
+    return torch.log_softmax(torch.cat([zero, prompt_logits], dim=-1), dim=-1)
+
+
+class SoftmaxGate(nn.Module):
+    """Input-dependent gate: prompt k has logit beta_k^T x + tau_k; beta (K, d), tau (K,)."""
+
+    def __init__(self, dim: int, n_prompts: int = 1):
+        super().__init__()
+        self.beta = nn.Parameter(torch.zeros(n_prompts, dim))
+        self.tau = nn.Parameter(torch.zeros(n_prompts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _log_weights(x @ self.beta.T + self.tau)
+
+
+class ConstantGate(nn.Module):
+    """Input-free gate (constant weights): prompt k has logit tau_k; tau (K,)."""
+
+    def __init__(self, n_prompts: int = 1):
+        super().__init__()
+        self.tau = nn.Parameter(torch.zeros(n_prompts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _log_weights(self.tau.expand(*x.shape[:-1], -1))

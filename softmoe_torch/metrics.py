@@ -1,0 +1,42 @@
+"""Parameter errors and empirical convergence rates (power-law slopes with bootstrap CIs)."""
+import numpy as np
+
+from .settings import PAPER_PARAMS, paper_view
+
+
+def param_errors(estimate: dict, truth: dict) -> dict:
+    """Per-replication errors of the paper's four quantities, each (R,):
+    ||beta_hat - beta*||, |exp(tau_hat) - exp(tau*)|, ||eta_hat - eta*||, |nu_hat - nu*|.
+    ``estimate`` {name: (R, ...)}; ``truth`` {name: tensor} without the replication axis."""
+    est = paper_view(estimate)
+    tru = paper_view({k: v.unsqueeze(0).to(next(iter(estimate.values()))) for k, v in truth.items()})
+    out = {}
+    for key in PAPER_PARAMS:
+        diff = (est[key] - tru[key]).reshape(est[key].shape[0], -1)
+        out[key] = diff.norm(dim=1)
+    return out
+
+
+def fit_power_law(ns, mean_errors):
+    """Least-squares line through (log n, log mean error): returns (slope, intercept)."""
+    slope, intercept = np.polyfit(np.log(np.asarray(ns, float)), np.log(np.asarray(mean_errors, float)), 1)
+    return float(slope), float(intercept)
+
+
+def bootstrap_slope(ns, errors, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """Slope of log(mean error) on log n with a percentile bootstrap CI over replications.
+
+    errors (S, R): S sample sizes by R replications (NaN for failed fits, ignored).
+    Resamples replication indices with replacement, the same draw for every sample size.
+    Returns dict(slope, ci_low, ci_high, intercept)."""
+    errors = np.asarray(errors, float)
+    slope, intercept = fit_power_law(ns, np.nanmean(errors, axis=1))
+    rng = np.random.default_rng(seed)
+    R = errors.shape[1]
+    idx = rng.integers(0, R, size=(n_boot, R))
+    boot_means = np.nanmean(errors[:, idx], axis=2)  # (S, n_boot)
+    logn = np.log(np.asarray(ns, float))
+    boots = np.polyfit(logn, np.log(boot_means), 1)[0]
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return {"slope": slope, "ci_low": float(lo), "ci_high": float(hi), "intercept": intercept}
+

@@ -1,0 +1,94 @@
+"""The softmax-contaminated mixture of experts as a composition of ``nn.Module``s."""
+import torch
+from torch import nn
+
+from .densities import Density
+
+
+class Component(nn.Module):
+    """One mixture component f(y | h(x), nu): an expert mean function, a density family and a
+    variance ``nu`` (a positive scalar parameter). ``frozen=True`` makes it a fixed, known
+    component whose parameters never receive gradients."""
+
+    def __init__(self, expert: nn.Module, density: Density, nu: float = 1.0, frozen: bool = False):
+        super().__init__()
+        if not nu > 0:
+            raise ValueError(f"a component's variance nu must be positive, got {nu}")
+        self.expert = expert
+        self.density = density
+        self.nu = nn.Parameter(torch.tensor(float(nu)))
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, d) -> expert means (n,)."""
+        return self.expert(x)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (n, d), y (n,) -> log f(y | h(x), nu), shape (n,)."""
+        return self.density.log_prob(y, self.mean(x), self.nu)
+
+
+class ContaminatedMoE(nn.Module):
+    """p(y | x) = w_0(x) f0(y | h0(x), nu0) + sum_k w_k(x) f_k(y | h_k(x), nu_k).
+
+    ``pretrained`` must be frozen; ``prompts`` are the K >= 1 trainable components; ``gate``
+    maps x (n, d) to log-weights (n, K+1), column 0 for the pre-trained component."""
+
+    def __init__(self, pretrained: Component, prompts, gate: nn.Module):
+        super().__init__()
+        if not pretrained.frozen or any(p.requires_grad for p in pretrained.parameters()):
+            raise ValueError("the pre-trained component must be frozen (no trainable parameters)")
+        prompts = [prompts] if isinstance(prompts, Component) else list(prompts)
+        if not prompts:
+            raise ValueError("a contaminated mixture needs at least one prompt component")
+        self.pretrained = pretrained
+        self.prompts = nn.ModuleList(prompts)
+        self.gate = gate
+
+    @property
+    def components(self):
+        return [self.pretrained, *self.prompts]
+
+    def log_joint(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (n, d), y (n,) -> log w_k(x) + log f_k(y | x), shape (n, K+1)."""
+        log_f = torch.stack([c(x, y) for c in self.components], dim=-1)
+        return self.gate(x) + log_f
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, joint: bool = False) -> torch.Tensor:
+        """Per-sample log-likelihood log p(y | x), shape (n,); with ``joint`` the log joint (n, K+1)."""
+        log_joint = self.log_joint(x, y)
+        return log_joint if joint else torch.logsumexp(log_joint, dim=-1)
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample log-likelihood log p(y | x), shape (n,)."""
+        return self(x, y)
+
+    def responsibilities(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Posterior component probabilities given (x, y), shape (n, K+1)."""
+        return torch.softmax(self.log_joint(x, y), dim=-1)
+
+    def gate_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate weights w_k(x), shape (n, K+1); rows sum to one."""
+        return self.gate(x).exp()
+
+    def predictive_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """E[y | x] = sum_k w_k(x) h_k(x), shape (n,)."""
+        means = torch.stack([c.mean(x) for c in self.components], dim=-1)
+        return (self.gate_probs(x) * means).sum(-1)
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """Draw y | x for each row of x (n, d); returns (n,)."""
+        w = self.gate_probs(x)
+        k = torch.multinomial(w, 1, generator=generator).squeeze(-1)
+        draws = torch.stack(
+            [c.density.sample(c.mean(x), c.nu.expand(x.shape[0]), generator) for c in self.components],
+            dim=-1,
+        )
+        return draws.gather(-1, k[:, None]).squeeze(-1)
+
+    def trainable_parameters(self) -> dict:
+        """Name -> parameter for everything fitting may move (the frozen component excluded)."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}

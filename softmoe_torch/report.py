@@ -1,0 +1,122 @@
+"""Summaries of a sweep: slopes with bootstrap CIs against theory and the paper, the paper-style
+figure, slopes.json and report.md."""
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .metrics import bootstrap_slope  # noqa: E402
+from .settings import PAPER_PARAMS  # noqa: E402
+
+LABELS = {
+    "beta": r"$\|\hat\beta-\beta^*\|$",
+    "exp_tau": r"$|\exp(\hat\tau)-\exp(\tau^*)|$",
+    "eta": r"$\|\hat\eta-\eta^*\|$",
+    "nu": r"$|\hat\nu-\nu^*|$",
+}
+
+
+def error_table(rows, param: str):
+    """rows (dicts from results.csv) -> (sizes (S,), errors (S, R) with NaN for failed fits)."""
+    sizes = sorted({int(r["n"]) for r in rows})
+    reps = sorted({int(r["rep"]) for r in rows})
+    table = np.full((len(sizes), len(reps)), np.nan)
+    for r in rows:
+        if not str(r["status"]).startswith("failed"):
+            table[sizes.index(int(r["n"])), reps.index(int(r["rep"]))] = float(r[f"err_{param}"])
+    return np.array(sizes), table
+
+
+def verdict(fit: dict, theory: float, paper) -> str:
+    """One line: which reference slopes lie inside the 95% interval."""
+    inside = lambda s: s is not None and fit["ci_low"] <= s <= fit["ci_high"]  # noqa: E731
+    if inside(theory) and inside(paper):
+        return "agrees with theory and the paper"
+    if inside(theory):
+        return "agrees with theory" + ("" if paper is None else ", not the paper")
+    if inside(paper):
+        return "agrees with the paper, not theory"
+    return "agrees with neither"
+
+
+def summarize(rows, setting_cfg, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per parameter: slope, 95% CI, theory and paper slopes, verdict; plus fit counts."""
+    paper = setting_cfg.get("paper_slopes") or {}
+    out = {"setting": setting_cfg.name, "n_fits": len(rows), "params": {}}
+    out["failed"] = sum(str(r["status"]).startswith("failed") for r in rows)
+    out["not_converged"] = sum(str(r["converged"]) != "True" for r in rows)
+    for p in PAPER_PARAMS:
+        sizes, table = error_table(rows, p)
+        usable = ~np.all(np.isnan(table), axis=1)
+        if usable.sum() < 2:
+            raise ValueError("a slope needs at least two sample sizes with finished fits")
+        fit = bootstrap_slope(sizes[usable], table[usable], n_boot=n_boot, seed=seed)
+        theory = float(setting_cfg.theory_slopes[p])
+        paper_p = paper.get(p)
+        out["params"][p] = {**fit, "theory": theory, "paper": paper_p, "verdict": verdict(fit, theory, paper_p)}
+    return out
+
+
+def figure(rows, summary: dict, title: str):
+    """Four log-log panels: mean error per n with a 10-90% band over replications, the fitted
+    power law (dashed) and the theoretical rate through the fitted line's centre (dotted)."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
+    for ax, p in zip(axes, PAPER_PARAMS):
+        sizes, table = error_table(rows, p)
+        s = summary["params"][p]
+        mean = np.nanmean(table, axis=1)
+        lo, hi = np.nanquantile(table, [0.1, 0.9], axis=1)
+        ax.fill_between(sizes, lo, hi, color="C0", alpha=0.2, label="10-90% of reps")
+        ax.plot(sizes, mean, "o", color="C0", ms=4, label="mean error")
+        fitted = np.exp(s["intercept"]) * sizes ** s["slope"]
+        ax.plot(sizes, fitted, "--", color="C1", label=f"fit: slope {s['slope']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
+        centre = np.exp(np.mean(np.log(sizes)))
+        anchor = np.exp(s["intercept"]) * centre ** s["slope"]
+        ax.plot(sizes, anchor * (sizes / centre) ** s["theory"], ":", color="k", label=f"theory: {s['theory']:.3g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("n")
+        ax.set_title(LABELS[p])
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def markdown(summary: dict, wall_seconds: float | None = None) -> str:
+    """report.md text for one setting."""
+    lines = [f"# {summary['setting']}", ""]
+    lines.append(f"{summary['n_fits']} fits; {summary['failed']} failed; {summary['not_converged']} did not converge.")
+    if wall_seconds is not None:
+        lines.append(f"Wall time of this run: {wall_seconds:.1f} s.")
+    lines += ["", "| parameter | fitted slope | 95% CI | theory | paper | verdict |", "|---|---|---|---|---|---|"]
+    for p, s in summary["params"].items():
+        paper = "-" if s["paper"] is None else f"{s['paper']:.2f}"
+        lines.append(f"| {p} | {s['slope']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {s['theory']:.3f} | {paper} | {s['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows, setting_cfg, out_dir, wall_seconds=None, n_boot: int = 2000):
+    """Write slopes.json, report.md, figure.png and figure.pdf into out_dir; returns (summary, fig)."""
+    out_dir = Path(out_dir)
+    summary = summarize(rows, setting_cfg, n_boot=n_boot)
+    (out_dir / "slopes.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "report.md").write_text(markdown(summary, wall_seconds))
+    fig = figure(rows, summary, setting_cfg.name)
+    fig.savefig(out_dir / "figure.png", dpi=110)
+    fig.savefig(out_dir / "figure.pdf")
+    return summary, fig
+
+
+def terminal_table(summary: dict) -> str:
+    """A plain-text slope table for the end of a run."""
+    head = f"{'param':8} {'slope':>7} {'95% CI':>17} {'theory':>7} {'paper':>6}  verdict"
+    lines = [f"slopes for {summary['setting']}:", head]
+    for p, s in summary["params"].items():
+        paper = "-" if s["paper"] is None else f"{s['paper']:.2f}"
+        ci = f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+        lines.append(f"{p:8} {s['slope']:7.3f} {ci:>17} {s['theory']:7.3f} {paper:>6}  {s['verdict']}")
+    return "\n".join(lines)

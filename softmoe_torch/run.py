@@ -1,0 +1,51 @@
+"""Hydra entry for the paper's experiments:
+
+    python -m softmoe_torch.run setting=distinguishable [sweep.reps=..] [fit.method=..] ...
+
+Writes results.csv, figure.png/pdf, slopes.json, report.md and TensorBoard events into the run
+directory (outputs/<setting>/<overrides>), resuming where a previous identical run stopped."""
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .cli import one_line_errors
+from .monitor import Monitor
+from .report import terminal_table, write_report
+from .study import run_study
+
+
+def run_experiment(cfg: DictConfig, out_dir) -> dict:
+    """Run the sweep of ``cfg`` into out_dir and write every output; returns the slope summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    monitor = Monitor(out_dir / "tensorboard", cfg.monitor.trace, cfg.monitor.trace_fits) if cfg.monitor.tensorboard else None
+    try:
+        if monitor:
+            monitor.log_config(cfg)
+        results = run_study(cfg, out_dir, monitor)
+        rows = [r for r in results.rows if r["setting"] == cfg.setting.name and int(r["seed"]) == int(cfg.seed)]
+        summary, fig = write_report(rows, cfg.setting, out_dir, wall_seconds=time.perf_counter() - start)
+        if monitor:
+            hparams = {"setting": cfg.setting.name, "method": cfg.fit.method, "mstep": cfg.fit.mstep,
+                       "reps": int(cfg.sweep.reps), "seed": int(cfg.seed), "init": cfg.init.policy}
+            monitor.log_summary(rows, summary, fig, hparams)
+    finally:
+        if monitor:
+            monitor.close()
+    print(terminal_table(summary))
+    print(f"outputs in {out_dir}")
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

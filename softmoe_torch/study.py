@@ -1,0 +1,156 @@
+"""A sweep over sample sizes x replications -> results.csv, one row per fit; resumable.
+
+Each sample size's missing replications are simulated and fitted together (one batched call);
+after every batch the results file is rewritten atomically, so an interruption loses only the
+batch in flight and a rerun into the same directory skips every finished fit."""
+import csv
+import os
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from .device import resolve_device, resolve_dtype
+from .em import FitOptions, fit, fit_best_of
+from .init import near_truth, random_start
+from .metrics import param_errors
+from .settings import PAPER_PARAMS, Setting
+from .simulate import data_seed, simulate
+
+COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),
+           "mean_loglik", "n_iter", "converged", "status", "seconds"]
+
+
+def sample_sizes(sweep: DictConfig) -> list:
+    """The sweep's sample sizes: ``sizes`` if given, else ``num_sizes`` log-spaced integers."""
+    if sweep.get("sizes"):
+        sizes = sorted({int(n) for n in sweep.sizes})
+    else:
+        if not 1 <= sweep.n_min <= sweep.n_max or sweep.num_sizes < 1:
+            raise ValueError("sweep needs 1 <= n_min <= n_max and num_sizes >= 1")
+        grid = np.logspace(np.log10(sweep.n_min), np.log10(sweep.n_max), int(sweep.num_sizes))
+        sizes = sorted({int(round(n)) for n in grid})
+    if sizes[0] < 2:
+        raise ValueError(f"sample sizes must be at least 2, got {sizes[0]}")
+    return sizes
+
+
+def fit_options(cfg: DictConfig, dtype) -> FitOptions:
+    """FitOptions from the ``fit`` config group; float32 gets looser tolerances."""
+    f = OmegaConf.to_container(cfg.fit, resolve=True)
+    opts = FitOptions(**f)
+    if dtype == torch.float32:
+        opts.tol = max(opts.tol, 1e-5)
+        opts.inner.ftol, opts.inner.gtol = max(opts.inner.ftol, 1e-7), max(opts.inner.gtol, 1e-5)
+    return opts
+
+
+def starting_points(cfg, setting, model, n, reps, Y):
+    """A list of init dicts {name: (R, ...)} (more than one for random restarts)."""
+    policy = cfg.init.policy
+    if policy == "near_truth":
+        truth = setting.truth(n)
+        per_rep = [near_truth(truth, 1, float(cfg.init.scale), data_seed(cfg.seed + 1, setting.name, n, r)) for r in reps]
+        return [{k: torch.cat([p[k] for p in per_rep]) for k in truth}]
+    if policy == "random":
+        return [random_start(model, Y, data_seed(cfg.seed + 2 + i, setting.name, n, min(reps))) for i in range(int(cfg.init.n_init))]
+    raise ValueError(f"unknown init.policy {policy!r} for a sweep; use near_truth or random")
+
+
+@dataclass
+class Results:
+    """The rows of results.csv, keyed by (n, rep, seed)."""
+
+    path: Path
+    rows: list
+
+    @classmethod
+    def load(cls, path):
+        path = Path(path)
+        rows = []
+        if path.exists():
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        return cls(path, rows)
+
+    def done(self, setting: str, seed: int) -> set:
+        return {(int(r["n"]), int(r["rep"])) for r in self.rows if r["setting"] == setting and int(r["seed"]) == seed}
+
+    def add(self, new_rows):
+        """Append rows and rewrite the file atomically (write a temporary file, then rename)."""
+        self.rows.extend(new_rows)
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+def _rows(setting, n, reps, seed, result, errors):
+    share = result.seconds / len(reps)
+    return [
+        {
+            "setting": setting.name, "n": n, "rep": rep, "seed": seed,
+            **{f"err_{p}": float(errors[p][j]) for p in PAPER_PARAMS},
+            "mean_loglik": float(result.mean_loglik[j]), "n_iter": int(result.n_iter[j]),
+            "converged": bool(result.converged[j]), "status": result.status[j], "seconds": share,
+        }
+        for j, rep in enumerate(reps)
+    ]
+
+
+def _failed_rows(setting, n, reps, seed, reason):
+    nan = float("nan")
+    return [
+        {"setting": setting.name, "n": n, "rep": rep, "seed": seed, **{f"err_{p}": nan for p in PAPER_PARAMS},
+         "mean_loglik": nan, "n_iter": 0, "converged": False, "status": f"failed: {reason}", "seconds": 0.0}
+        for rep in reps
+    ]
+
+
+def run_study(cfg: DictConfig, out_dir, monitor=None) -> Results:
+    """Run (or resume) the sweep of ``cfg`` into out_dir/results.csv; returns all rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setting = Setting(cfg.setting)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    opts = fit_options(cfg, dtype)
+    sizes = sample_sizes(cfg.sweep)
+    reps_all = list(range(int(cfg.sweep.reps)))
+    if not reps_all:
+        raise ValueError("sweep.reps must be at least 1")
+    model = setting.model(dtype=dtype, device=device)
+    results = Results.load(out_dir / "results.csv")
+    done = results.done(setting.name, int(cfg.seed))
+    todo = [(n, [r for r in reps_all if (n, r) not in done]) for n in sizes]
+    todo = [(n, reps) for n, reps in todo if reps]
+    bar = tqdm(total=sum(len(r) for _, r in todo), desc=f"{setting.name} fits", unit="fit", disable=not cfg.progress)
+    for n, reps in todo:
+        bar.set_postfix(n=n)
+        try:
+            X, Y = simulate(setting, n, reps, int(cfg.seed), dtype=dtype, device=device)
+            starts = starting_points(cfg, setting, model, n, reps, Y)
+            with warnings.catch_warnings():  # unconverged fits are counted in the report instead
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result = fit_best_of(model, X, Y, starts, opts)
+            errors = param_errors(result.params, setting.truth(n))
+            rows = _rows(setting, n, reps, int(cfg.seed), result, errors)
+            if monitor is not None:
+                monitor.log_fits(n, reps, result)
+        except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:
+            tqdm.write(f"fits at n={n} failed: {err.__class__.__name__}: {err}")
+            traceback.print_exc()
+            rows = _failed_rows(setting, n, reps, int(cfg.seed), f"{err.__class__.__name__}: {err}")
+        results.add(rows)
+        bar.update(len(reps))
+    bar.close()
+    return results
