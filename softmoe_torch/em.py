@@ -143,7 +143,9 @@ def _run_em(prob, u, opts):
         if opts.mstep == "bfgs":
             u_new, _, _, _ = batched_bfgs(lambda v, j: neg_q(v, idx[j]), u[idx], opts.inner)
         else:
-            u_new = torch.stack([lbfgs_one(lambda v, r=r: neg_q(v[None], idx[r : r + 1])[0], u[r], opts.inner) for r in idx])
+            u_new = torch.stack(
+                [lbfgs_one(lambda v, j=j: neg_q(v[None], idx[j : j + 1])[0], u[r], opts.inner) for j, r in enumerate(idx)]
+            )
         with torch.no_grad():
             lj_new = prob.log_joint(u_new, idx)
         ll_new = _mean_loglik(lj_new)

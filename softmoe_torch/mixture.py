@@ -7,7 +7,8 @@ from .densities import Density
 
 class Component(nn.Module):
     """One mixture component f(y | h(x), nu): an expert mean function, a density family and a
-    variance ``nu`` (a positive scalar parameter). ``frozen=True`` makes it a fixed, known
+    variance ``nu`` (a positive scalar parameter, in the expert's dtype; float64 for an expert
+    without parameters). ``frozen=True`` makes it a fixed, known
     component whose parameters never receive gradients."""
 
     def __init__(self, expert: nn.Module, density: Density, nu: float = 1.0, frozen: bool = False):
@@ -16,7 +17,8 @@ class Component(nn.Module):
             raise ValueError(f"a component's variance nu must be positive, got {nu}")
         self.expert = expert
         self.density = density
-        self.nu = nn.Parameter(torch.tensor(float(nu)))
+        dtype = next(expert.parameters(), torch.empty(0, dtype=torch.float64)).dtype
+        self.nu = nn.Parameter(torch.tensor(float(nu), dtype=dtype))
         self.frozen = frozen
         if frozen:
             self.requires_grad_(False)

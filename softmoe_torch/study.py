@@ -133,7 +133,9 @@ def run_study(cfg: DictConfig, out_dir, monitor=None) -> Results:
     done = results.done(setting.name, int(cfg.seed))
     todo = [(n, [r for r in reps_all if (n, r) not in done]) for n in sizes]
     todo = [(n, reps) for n, reps in todo if reps]
-    bar = tqdm(total=sum(len(r) for _, r in todo), desc=f"{setting.name} fits", unit="fit", disable=not cfg.progress)
+    n_todo = sum(len(r) for _, r in todo)
+    print(f"{setting.name}: {n_todo} fits to run, {len(sizes) * len(reps_all) - n_todo} already done in {out_dir}")
+    bar = tqdm(total=n_todo, desc=f"{setting.name} fits", unit="fit", disable=not cfg.progress)
     for n, reps in todo:
         bar.set_postfix(n=n)
         try:

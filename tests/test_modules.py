@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from softmoe_torch import (Component, ConstantGate, ContaminatedMoE, GELUExpert, Gaussian, Laplace, LinearExpert,
+                           MLPExpert, ReLUExpert, SigmoidExpert, SoftmaxGate, TanhExpert)
+from softmoe_torch.params import ParamSpace, batched_log_joint, stack_params
+
+torch.set_default_dtype(torch.float64)
+
+
+def paper_model(d=3):
+    pre = Component(TanhExpert(d), Laplace(), nu=0.01, frozen=True)
+    with torch.no_grad():
+        pre.expert.eta.copy_(torch.eye(d)[0])
+    prompt = Component(TanhExpert(d), Gaussian(), nu=0.02)
+    gate = SoftmaxGate(d)
+    with torch.no_grad():
+        prompt.expert.eta.copy_(torch.tensor([-1.0, 0.5, 0.0]))
+        gate.beta.copy_(torch.tensor([[0.3, -0.2, 0.1]]))
+        gate.tau.fill_(0.7)
+    return ContaminatedMoE(pre, prompt, gate)
+
+
+@pytest.mark.parametrize("expert,act", [(TanhExpert, torch.tanh), (SigmoidExpert, torch.sigmoid),
+                                        (GELUExpert, torch.nn.functional.gelu), (ReLUExpert, torch.relu),
+                                        (LinearExpert, lambda z: z)])
+def test_index_experts(expert, act):
+    e = expert(4)
+    with torch.no_grad():
+        e.eta.copy_(torch.tensor([0.5, -1.0, 2.0, 0.1]))
+    x = torch.randn(10, 4)
+    torch.testing.assert_close(e(x), act(x @ e.eta))
+
+
+def test_mlp_expert_shape():
+    assert MLPExpert(4, hidden=5)(torch.randn(7, 4)).shape == (7,)
+
+
+def test_gates_sum_to_one_and_k1_is_the_sigmoid():
+    x = torch.randn(50, 3)
+    gate = SoftmaxGate(3, n_prompts=1)
+    with torch.no_grad():
+        gate.beta.normal_()
+        gate.tau.fill_(0.4)
+    w = gate(x).exp()
+    torch.testing.assert_close(w.sum(-1), torch.ones(50))
+    torch.testing.assert_close(w[:, 1], torch.sigmoid(x @ gate.beta[0] + 0.4))
+    w3 = SoftmaxGate(3, n_prompts=3)(x).exp()
+    torch.testing.assert_close(w3.sum(-1), torch.ones(50))
+    wc = ConstantGate(2)(x).exp()
+    torch.testing.assert_close(wc, torch.full((50, 3), 1 / 3))
+
+
+def test_mixture_log_prob_is_the_paper_formula():
+    m = paper_model()
+    x, y = torch.randn(40, 3), 0.3 * torch.randn(40)
+    s = torch.sigmoid(x @ m.gate.beta[0] + m.gate.tau[0])
+    f0 = torch.distributions.Laplace(torch.tanh(x[:, 0]), (0.01 / 2) ** 0.5).log_prob(y).exp()
+    f = torch.distributions.Normal(torch.tanh(x @ m.prompts[0].expert.eta), 0.02**0.5).log_prob(y).exp()
+    torch.testing.assert_close(m.log_prob(x, y), torch.log((1 - s) * f0 + s * f))
+    r = m.responsibilities(x, y)
+    torch.testing.assert_close(r[:, 1], s * f / ((1 - s) * f0 + s * f))
+    torch.testing.assert_close(m.predictive_mean(x), (1 - s) * torch.tanh(x[:, 0]) + s * torch.tanh(x @ m.prompts[0].expert.eta))
+
+
+def test_sampling_follows_the_gate():
+    m = paper_model()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(20000, 3, generator=gen)
+    y = m.sample(x, generator=gen)
+    # the prompt's mean is near tanh(-x0 + ...), the pre-trained's near tanh(x0): check which is closer
+    closer_to_prompt = ((y - torch.tanh(x @ m.prompts[0].expert.eta)).abs() < (y - torch.tanh(x[:, 0])).abs()).double()
+    expected = torch.sigmoid(x @ m.gate.beta[0] + m.gate.tau[0]).mean().detach()
+    assert abs(float(closer_to_prompt.mean() - expected)) < 0.03
+
+
+def test_pretrained_must_be_frozen():
+    with pytest.raises(ValueError, match="frozen"):
+        ContaminatedMoE(Component(TanhExpert(2), Gaussian()), Component(TanhExpert(2), Gaussian()), SoftmaxGate(2))
+
+
+def test_param_space_round_trip_and_bounds():
+    m = paper_model()
+    space = ParamSpace(m, {"beta": 5.0, "tau": 5.0, "expert": 5.0, "nu": [1e-6, 10.0]})
+    assert set(space.names) == {"gate.beta", "gate.tau", "prompts.0.expert.eta", "prompts.0.nu"}
+    p = stack_params(m, 3)
+    back = space.to_natural(space.to_unconstrained(p))
+    for k in p:
+        torch.testing.assert_close(back[k], p[k])
+    p["gate.tau"][1] = 7.0
+    with pytest.raises(ValueError, match="outside its bounds"):
+        space.to_unconstrained(p)
+    with pytest.raises(ValueError, match="unknown bound keys"):
+        ParamSpace(m, {"gamma": 1.0})
+
+
+def test_batched_evaluation_matches_the_module():
+    m = paper_model()
+    X, Y = torch.randn(2, 30, 3), torch.randn(2, 30)
+    lj = batched_log_joint(m, stack_params(m, 2), X, Y)
+    for r in range(2):
+        torch.testing.assert_close(lj[r], m.log_joint(X[r], Y[r]))

@@ -1,0 +1,110 @@
+"""End to end through the real command on tiny sweeps."""
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, run_cli
+
+TINY = ["sweep=tiny", "fit=direct", "progress=false"]
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_run_writes_every_output_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("softmoe_torch.run", *TINY, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 4 and {int(r["n"]) for r in rows} == {500, 1000}
+    assert all(r["status"] == "converged" for r in rows)
+    assert all(float(r[f"err_{p}"]) >= 0 for r in rows for p in ("beta", "exp_tau", "eta", "nu"))
+    slopes = json.loads((out / "slopes.json").read_text())
+    assert set(slopes["params"]) == {"beta", "exp_tau", "eta", "nu"}
+    for s in slopes["params"].values():
+        assert {"slope", "ci_low", "ci_high", "theory", "paper", "verdict"} <= set(s)
+        assert s["ci_low"] <= s["slope"] <= s["ci_high"] or s["ci_low"] <= s["ci_high"]
+    assert (out / "figure.png").stat().st_size > 10_000 and (out / "figure.pdf").exists()
+    assert "| beta |" in (out / "report.md").read_text()
+    assert "slopes for distinguishable" in proc.stdout
+    acc = EventAccumulator(str(out / "tensorboard")).Reload()
+    tags = acc.Tags()
+    assert {"error/beta", "error/nu", "slope/eta"} <= set(tags["scalars"])
+    assert "figure" in tags["images"]
+
+    again = run_cli("softmoe_torch.run", *TINY, f"hydra.run.dir={out}")
+    assert again.returncode == 0, again.stderr
+    assert "0 fits to run, 4 already done" in again.stdout
+    assert read_rows(out / "results.csv") == rows
+
+
+def test_traces_are_logged_when_asked(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("softmoe_torch.run", *TINY, "sweep.reps=1", "sweep.sizes=[400]", "monitor.trace=true", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    tags = EventAccumulator(str(out / "tensorboard")).Reload().Tags()["scalars"]
+    assert "trace/n400_rep0" in tags
+
+
+def test_default_run_dir_is_the_same_for_the_same_command(tmp_path):
+    args = [*TINY, "sweep.reps=1", "sweep.sizes=[300,600]", "setting=nondistinguishable_eta"]
+    first = run_cli("softmoe_torch.run", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("softmoe_torch.run", *args, cwd=tmp_path)
+    assert "0 fits to run, 2 already done" in second.stdout
+
+
+def test_multirun_over_settings(tmp_path):
+    proc = run_cli("softmoe_torch.run", "-m", "setting=distinguishable,nondistinguishable_nu", *TINY,
+                   "sweep.reps=1", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("distinguishable", "nondistinguishable_nu"):
+        assert len(list(tmp_path.glob(f"{name}/**/results.csv"))) == 1
+
+
+def test_interrupted_run_keeps_a_valid_file_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "softmoe_torch.run", "fit=direct", "progress=false", "sweep.reps=2",
+            "sweep.sizes=[200,300,400,500,600,700,800,900,1000,1100,1200,1300]", f"hydra.run.dir={out}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "results.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    partial = read_rows(out / "results.csv")
+    assert 0 < len(partial) < 24 and len(partial) % 2 == 0
+    done = run_cli("softmoe_torch.run", *args[3:])
+    assert done.returncode == 0, done.stderr
+    assert f"{24 - len(partial)} fits to run, {len(partial)} already done" in done.stdout
+    rows = read_rows(out / "results.csv")
+    assert len({(r["n"], r["rep"]) for r in rows}) == len(rows) == 24
+
+
+@pytest.mark.parametrize("override,message", [
+    ("setting=nope", "Could not find 'setting/nope'"),
+    ("sweep.reps=0", "error: sweep.reps must be at least 1"),
+    ("fit.method=newton", "error: fit.method must be 'em' or 'direct'"),
+    ("device=cuda:7", "error:"),
+])
+def test_bad_override_is_a_clear_error(tmp_path, override, message):
+    proc = run_cli("softmoe_torch.run", *TINY, override, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_joblib_launcher_runs_settings_in_parallel(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    proc = run_cli("softmoe_torch.run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "setting=distinguishable,nondistinguishable_eta", *TINY, "sweep.reps=1", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(tmp_path.glob("*/**/results.csv"))) == 2
