@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the paper's Figures 1, 2a and 2b (20 sizes 1e3..1e5 x 40 replications each) and write
-# one combined report, experiments/paper/REPORT.md, with the figures beside it.
+# one combined report, experiments/paper/REPORT.md, with the figures and per-fit results beside it.
 # Usage: bash experiments/reproduce.sh [extra Hydra overrides, e.g. fit=em_batched]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,3 +13,8 @@ for setting in distinguishable nondistinguishable_eta nondistinguishable_nu; do
   echo "$setting $(( $(date +%s) - start ))" >> outputs/paper/wall_seconds.txt
 done
 python experiments/combine_report.py outputs/paper "$out"
+mkdir -p "$out/runs"
+for setting in distinguishable nondistinguishable_eta nondistinguishable_nu; do
+  cp outputs/paper/$setting/results.csv "$out/runs/$setting.csv"
+done
+cp outputs/paper/wall_seconds.txt "$out/runs/"

@@ -6,7 +6,6 @@ and ``sample`` draws ``mean + sqrt(variance) * eps`` with ``eps`` of unit varian
 import math
 
 import torch
-from scipy.stats import chi2
 from torch import nn
 
 
@@ -78,6 +77,8 @@ class StudentT(Density):
 
     def standard_sample(self, shape, generator=None, dtype=None, device=None):
         z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        from scipy.stats import chi2  # imported here: scipy.stats costs seconds at start-up
+
         # chi-square(df) by inverse CDF, so that the draw follows ``generator``
         u = torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device if generator else "cpu").cpu()
         chi = torch.as_tensor(chi2.ppf(u.numpy(), self.df), dtype=z.dtype, device=z.device)

@@ -129,6 +129,7 @@ def run_study(cfg: DictConfig, out_dir, monitor=None) -> Results:
     if not reps_all:
         raise ValueError("sweep.reps must be at least 1")
     model = setting.model(dtype=dtype, device=device)
+    setting.truth(sizes[0])  # a setting without a truth fails here, in one line, not per batch
     results = Results.load(out_dir / "results.csv")
     done = results.done(setting.name, int(cfg.seed))
     todo = [(n, [r for r in reps_all if (n, r) not in done]) for n in sizes]

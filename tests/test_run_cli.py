@@ -48,7 +48,7 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path):
 
 def test_traces_are_logged_when_asked(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("softmoe_torch.run", *TINY, "sweep.reps=1", "sweep.sizes=[400]", "monitor.trace=true", f"hydra.run.dir={out}")
+    proc = run_cli("softmoe_torch.run", *TINY, "sweep.reps=1", "sweep.sizes=[300,400]", "monitor.trace=true", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr
     tags = EventAccumulator(str(out / "tensorboard")).Reload().Tags()["scalars"]
     assert "trace/n400_rep0" in tags

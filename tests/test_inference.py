@@ -1,0 +1,164 @@
+"""Inference at the MLE: loading estimates, the observed information, standard errors, Wald
+interval coverage over replications, AIC and BIC."""
+import json
+import math
+import runpy
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from softmoe_torch import Component, ContaminatedMoE, Gaussian, SoftmaxGate, TanhExpert
+from softmoe_torch.em import FitOptions, fit
+from softmoe_torch.inference import infer, load_params, observed_information
+from softmoe_torch.init import near_truth
+from softmoe_torch.settings import Setting
+from softmoe_torch.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return Setting(compose(config_name="config", overrides=["setting=distinguishable"]).setting)
+
+
+def fitted(setting, n, R, seed):
+    """R fits by direct ML from near the truth: (X, Y, FitResult, truth)."""
+    X, Y = simulate(setting, n, range(R), seed=seed)
+    truth = setting.truth(n)
+    res = fit(setting.model(), X, Y, near_truth(truth, R, 0.1, seed + 1), FitOptions(method="direct", mstep="bfgs"))
+    assert bool(res.converged.all())
+    return X, Y, res, truth
+
+
+def coverage(setting, X, Y, res, truth):
+    """Per scalar parameter: the share of replications whose 95% interval holds the truth, (p,)."""
+    model = setting.model()
+    hits = []
+    for r in range(len(res)):
+        inf = infer(load_params(model, res.params, r), X[r], Y[r])
+        hits.append(torch.cat([((inf.lower[k] <= truth[k]) & (truth[k] <= inf.upper[k])).reshape(-1) for k in truth]))
+    return torch.stack(hits).double().mean(0)
+
+
+def test_load_params_copies_one_replication(setting):
+    model = setting.model()
+    params = {k: torch.stack([v, v + 1]) for k, v in setting.truth(1000).items()}
+    load_params(model, params, r=1)
+    for k, v in params.items():
+        torch.testing.assert_close(model.get_parameter(k).detach(), v[1])
+    with pytest.raises(ValueError, match="unknown parameters"):
+        load_params(model, {"gate.nope": torch.zeros(1)})
+
+
+def test_information_is_minus_the_hessian_by_finite_differences(setting):
+    model = setting.true_model(300)
+    X, Y = simulate(setting, 300, [0])
+    theta, info, total = observed_information(model, X[0], Y[0])
+    assert total == pytest.approx(float(model.log_prob(X[0], Y[0]).sum().detach()))
+    names = list(model.trainable_parameters())
+
+    def grad(t):
+        t = t.clone().requires_grad_(True)
+        values, start = {}, 0
+        for name in names:
+            p = model.get_parameter(name)
+            values[name] = t[start : start + p.numel()].reshape(p.shape)
+            start += p.numel()
+        ll = torch.func.functional_call(model, values, (X[0], Y[0])).sum()
+        return torch.autograd.grad(ll, t)[0]
+
+    h = 1e-6 * theta.abs().clamp(min=1e-3)
+    eye = torch.eye(len(theta), dtype=theta.dtype)
+    fd = torch.stack([(grad(theta + h[i] * e) - grad(theta - h[i] * e)) / (2 * h[i]) for i, e in enumerate(eye)])
+    torch.testing.assert_close(info, -(fd + fd.T) / 2, rtol=1e-4, atol=1e-4 * float(info.abs().max()))
+
+
+def test_aic_bic_and_interval_width(setting):
+    X, Y, res, _ = fitted(setting, 1000, 1, seed=5)
+    inf = infer(load_params(setting.model(), res.params, 0), X[0], Y[0])
+    p = 8 + 1 + 8 + 1
+    assert inf.n_params == p and inf.loglik == pytest.approx(1000 * float(res.mean_loglik[0]))
+    assert inf.aic == pytest.approx(2 * p - 2 * inf.loglik)
+    assert inf.bic == pytest.approx(p * math.log(1000) - 2 * inf.loglik)
+    for k in inf.estimate:
+        torch.testing.assert_close(inf.upper[k] - inf.estimate[k], 1.959964 * inf.se[k])
+    se = torch.cat([v.reshape(-1) for v in inf.se.values()])
+    torch.testing.assert_close(se, inf.covariance.diagonal().sqrt())
+
+
+def test_singular_information_gives_nan_with_a_warning():
+    class Idle(TanhExpert):
+        """tanh(eta^T x) with a parameter the likelihood ignores."""
+
+        def __init__(self, dim):
+            super().__init__(dim)
+            self.idle = nn.Parameter(torch.zeros(1))
+
+    pre = Component(TanhExpert(2), Gaussian(), nu=0.1, frozen=True)
+    model = ContaminatedMoE(pre, Component(Idle(2), Gaussian(), nu=0.2), SoftmaxGate(2)).double()
+    x = torch.randn(100, 2, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="not positive definite"):
+        inf = infer(model, x, torch.randn(100, dtype=torch.float64))
+    assert all(bool(v.isnan().all()) for v in inf.se.values())
+
+
+def test_fit_json_reports_the_same_inference(setting, tmp_path):
+    X, Y = simulate(setting, 800, [0], seed=9)
+    np.savez(tmp_path / "d.npz", X=X[0].numpy(), y=Y[0].numpy())
+    out = tmp_path / "r.json"
+    argv, sys.argv = sys.argv, ["softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "fit=direct", f"out={out}",
+                                f"hydra.run.dir={tmp_path}"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            runpy.run_module("softmoe_torch.fit", run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = argv
+    r = json.loads(out.read_text())
+    params = {"gate.beta": torch.tensor([[r["beta"]]]), "gate.tau": torch.tensor([[r["tau"]]]),
+              "prompts.0.expert.eta": torch.tensor([r["eta"]]), "prompts.0.nu": torch.tensor([r["nu"]])}
+    inf = infer(load_params(setting.model(), params), X[0], Y[0])
+    np.testing.assert_allclose(r["se"]["eta"], inf.se["prompts.0.expert.eta"], rtol=1e-6)
+    np.testing.assert_allclose(r["ci95"]["lower"]["tau"], inf.lower["gate.tau"][0], rtol=1e-6)
+    assert r["bic"] == pytest.approx(inf.bic) and r["n_params"] == 18
+
+
+def test_wald_intervals_cover_the_truth_fast(setting):
+    """12 replications x 18 scalars. Pooled: 216 intervals, binomial sd 0.015 at 95%: bound at
+    about nominal - 4 sd (replications shift several intervals at once, so not tighter). Each
+    scalar: at most 4 misses of 12 (P(>= 5 misses) = 2e-4 per scalar at the nominal rate)."""
+    cov = coverage(setting, *fitted(setting, 1000, 12, seed=11))
+    assert 0.88 <= float(cov.mean()) <= 1.0, cov
+    assert bool((cov >= 8 / 12).all()), cov
+
+
+def test_wald_intervals_cover_the_truth_at_the_nominal_rate(setting):
+    """40 replications at n = 2000. Each scalar: coverage >= 0.8, i.e. at most 8 misses of 40
+    (nominal - 4.4 binomial sd; P(>= 9 misses) = 1.3e-4 per scalar, 2e-3 for all 18). Pooled
+    over 720 intervals (sd 0.008): within [0.90, 0.99]. Standard errors match the spread of the
+    estimates over replications: the mean ratio within 15% (each ratio has sd about 11%)."""
+    X, Y, res, truth = fitted(setting, 2000, 40, seed=21)
+    cov = coverage(setting, X, Y, res, truth)
+    assert bool((cov >= 0.8).all()), cov
+    assert 0.90 <= float(cov.mean()) <= 0.99, cov
+    model = setting.model()
+    se = torch.stack([torch.cat([v.reshape(-1) for v in infer(load_params(model, res.params, r), X[r], Y[r]).se.values()])
+                      for r in range(40)])
+    spread = torch.cat([res.params[k].reshape(40, -1) for k in model.trainable_parameters()], dim=1).std(0)
+    assert 0.85 <= float((se.mean(0) / spread).mean()) <= 1.15
