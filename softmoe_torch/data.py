@@ -75,6 +75,10 @@ def load_data(path, dim: int):
     if not (np.isfinite(X).all() and np.isfinite(y).all()):
         raise UserError(f"{path}: X and y must be finite (found NaN or inf)")
     for key, value in init.items():
+        try:
+            value = init[key] = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: {key} must be numeric") from None
         if not np.isfinite(value).all():
             raise UserError(f"{path}: {key} must be finite")
     return X, y, {INIT_ARRAYS[k]: v for k, v in init.items()}

@@ -12,10 +12,6 @@ from torch import nn
 class Density(nn.Module):
     """A location family with unit-variance standard form ``eps``; subclasses give its log-density."""
 
-    #: True where the weighted MLE of the variance given the mean has the closed form
-    #: ``sum r (y - mean)^2 / sum r`` (Gaussian only).
-    closed_form_variance = False
-
     def log_prob(self, y: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
         """Log-density of y (any shape) given mean and variance (broadcastable)."""
         raise NotImplementedError
@@ -35,8 +31,6 @@ class Density(nn.Module):
 
 class Gaussian(Density):
     """Normal distribution N(mean, variance)."""
-
-    closed_form_variance = True
 
     def log_prob(self, y, mean, variance):
         return -0.5 * ((y - mean) ** 2 / variance + torch.log(2 * math.pi * variance))

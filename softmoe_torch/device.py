@@ -39,7 +39,3 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float32
     return _DTYPES[name]
 
-
-def loosen_for(dtype: torch.dtype, tol: float) -> float:
-    """A stopping tolerance that float32 can reach: at least 1e-5 there, unchanged in float64."""
-    return max(tol, 1e-5) if dtype == torch.float32 else tol

@@ -43,9 +43,11 @@ class FitOptions:
 @dataclass
 class FitResult:
     """Estimates and record of R fits. params: {name: (R, *shape)}; mean_loglik, n_iter,
-    converged: (R,); status: one string per replication ('converged', 'max_iter', or
-    'failed: reason'); trace: per replication, the mean log-likelihood after each iteration;
-    seconds: wall time of the whole call."""
+    converged: (R,); status: one string per replication ('converged', 'max_iter', 'stalled'
+    (direct only: no decrease found while the gradient is not small) or 'failed: reason');
+    trace: per replication, the mean log-likelihood after each iteration; seconds: wall time of
+    the whole call; at_bound: per replication, the parameters that ended on a box bound (the
+    estimate is then the constrained MLE, not an interior stationary point)."""
 
     params: dict
     mean_loglik: torch.Tensor
@@ -55,6 +57,8 @@ class FitResult:
     trace: list
     seconds: float
     method: str
+    at_bound: list
+
 
     def __len__(self):
         return self.mean_loglik.shape[0]
@@ -106,8 +110,9 @@ def fit(model, X, Y, init: dict, options: FitOptions | None = None) -> FitResult
     run = _run_em if opts.method == "em" else _run_direct
     u, ll, n_iter, status, trace = run(prob, u, opts)
     converged = torch.tensor([s == "converged" for s in status])
+    params = {k: v.detach() for k, v in space.to_natural(u).items()}
     result = FitResult(
-        params={k: v.detach() for k, v in space.to_natural(u).items()},
+        params=params,
         mean_loglik=ll,
         n_iter=n_iter,
         converged=converged,
@@ -115,6 +120,7 @@ def fit(model, X, Y, init: dict, options: FitOptions | None = None) -> FitResult
         trace=trace,
         seconds=time.perf_counter() - start,
         method=opts.method,
+        at_bound=space.at_bound(params),
     )
     _warn_if_unconverged(result, opts)
     return result
@@ -186,20 +192,26 @@ def _warn_if_unconverged(result, opts):
 
 
 def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None) -> FitResult:
-    """Fit from each start in ``starts`` (a list of init dicts) and keep, per replication, the
-    fit with the highest mean log-likelihood (failed fits never win)."""
+    """Fit from each start in ``starts`` (a non-empty list of init dicts) and keep, per
+    replication, the fit with the highest mean log-likelihood; failed fits never win."""
+    if not starts:
+        raise ValueError("no starting points: init.n_init must be at least 1")
+
+    def score(res):
+        ok = torch.tensor([not s.startswith("failed") for s in res.status], device=res.mean_loglik.device)
+        return torch.where(ok & torch.isfinite(res.mean_loglik), res.mean_loglik, -torch.inf)
+
     best = None
     for init in starts:
         res = fit(model, X, Y, init, options)
         if best is None:
             best = res
             continue
-        score = torch.where(torch.isfinite(res.mean_loglik), res.mean_loglik, -torch.inf)
-        better = (score > best.mean_loglik).cpu()
+        better = (score(res) > score(best)).cpu()
         for r in better.nonzero().squeeze(1).tolist():
             for name in best.params:
                 best.params[name][r] = res.params[name][r]
             best.mean_loglik[r], best.n_iter[r], best.converged[r] = res.mean_loglik[r], res.n_iter[r], res.converged[r]
-            best.status[r], best.trace[r] = res.status[r], res.trace[r]
+            best.status[r], best.trace[r], best.at_bound[r] = res.status[r], res.trace[r], res.at_bound[r]
         best.seconds += res.seconds
     return best

@@ -3,7 +3,7 @@
 - ``near_truth``: the paper's protocol, truth plus a seeded perturbation of size ``scale``
   (additive for beta, tau and expert parameters, multiplicative exp(scale * z) for variances);
 - ``values``: given explicitly;
-- ``random``: seeded random starts (``n_init`` of them per data set are fitted by ``fit_random``).
+- ``random``: seeded random starts (``n_init`` of them per data set; ``em.fit_best_of`` keeps the best).
 """
 import torch
 

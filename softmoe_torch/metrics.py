@@ -36,7 +36,8 @@ def bootstrap_slope(ns, errors, n_boot: int = 2000, seed: int = 0, level: float 
     idx = rng.integers(0, R, size=(n_boot, R))
     boot_means = np.nanmean(errors[:, idx], axis=2)  # (S, n_boot)
     logn = np.log(np.asarray(ns, float))
-    boots = np.polyfit(logn, np.log(boot_means), 1)[0]
+    usable = np.isfinite(np.log(boot_means)).all(axis=0)  # a draw of only failed fits at some n has no slope
+    boots = np.polyfit(logn, np.log(boot_means[:, usable]), 1)[0] if usable.any() else np.array([np.nan])
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
     return {"slope": slope, "ci_low": float(lo), "ci_high": float(hi), "intercept": intercept}
 

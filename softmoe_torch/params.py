@@ -51,9 +51,9 @@ class ParamSpace:
         self.names = list(trainable)
         self.shapes = [tuple(p.shape) for p in trainable.values()]
         self.sizes = [math.prod(s) for s in self.shapes]
-        kinds = [param_kind(n) for n in self.names]
-        self.transforms = [_transform(k, bounds.get(k)) for k in kinds]
-        self.intervals = [_interval(k, bounds.get(k)) for k in kinds]
+        self.kinds = [param_kind(n) for n in self.names]
+        self.transforms = [_transform(k, bounds.get(k)) for k in self.kinds]
+        self.intervals = [_interval(k, bounds.get(k)) for k in self.kinds]
         self.dim = sum(self.sizes)
 
     def to_natural(self, u: torch.Tensor) -> dict:
@@ -76,6 +76,23 @@ class ParamSpace:
                 )
             pieces.append(tr.inv(v).reshape(v.shape[0], -1))
         return torch.cat(pieces, dim=1)
+
+
+    def at_bound(self, params: dict, rel: float = 1e-3) -> list:
+        """Per replication, the names of parameters with an entry within ``rel`` of the box width
+        (a relative distance on the log scale for nu) of a bound: ['gate.tau', ...] or []."""
+        R = next(iter(params.values())).shape[0]
+        hits = [[] for _ in range(R)]
+        for name, kind, (lo, hi) in zip(self.names, self.kinds, self.intervals):
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                continue
+            v = params[name].reshape(R, -1).double()
+            if kind == "nu":
+                v, lo, hi = v.log(), math.log(lo), math.log(hi)
+            near = ((v - lo) <= rel * (hi - lo)) | ((hi - v) <= rel * (hi - lo))
+            for r in near.any(dim=1).nonzero().squeeze(1).tolist():
+                hits[r].append(name)
+        return hits
 
 
 def batched_log_joint(model, params: dict, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ def error_table(rows, param: str):
     reps = sorted({int(r["rep"]) for r in rows})
     table = np.full((len(sizes), len(reps)), np.nan)
     for r in rows:
-        if not str(r["status"]).startswith("failed"):
+        if not str(r["status"]).startswith(("failed", "error")):
             table[sizes.index(int(r["n"])), reps.index(int(r["rep"]))] = float(r[f"err_{param}"])
     return np.array(sizes), table
 
@@ -47,8 +47,9 @@ def summarize(rows, setting_cfg, n_boot: int = 2000, seed: int = 0) -> dict:
     """Per parameter: slope, 95% CI, theory and paper slopes, verdict; plus fit counts."""
     paper = setting_cfg.get("paper_slopes") or {}
     out = {"setting": setting_cfg.name, "n_fits": len(rows), "params": {}}
-    out["failed"] = sum(str(r["status"]).startswith("failed") for r in rows)
+    out["failed"] = sum(str(r["status"]).startswith(("failed", "error")) for r in rows)
     out["not_converged"] = sum(str(r["converged"]) != "True" for r in rows)
+    out["at_bound"] = sum(bool(r.get("at_bound")) for r in rows)
     for p in PAPER_PARAMS:
         sizes, table = error_table(rows, p)
         usable = ~np.all(np.isnan(table), axis=1)
@@ -89,7 +90,8 @@ def figure(rows, summary: dict, title: str):
 def markdown(summary: dict, wall_seconds: float | None = None) -> str:
     """report.md text for one setting."""
     lines = [f"# {summary['setting']}", ""]
-    lines.append(f"{summary['n_fits']} fits; {summary['failed']} failed; {summary['not_converged']} did not converge.")
+    lines.append(f"{summary['n_fits']} fits; {summary['failed']} failed; {summary['not_converged']} did not converge; "
+                 f"{summary['at_bound']} ended on a bound of the parameter space (see the at_bound column).")
     if wall_seconds is not None:
         lines.append(f"Wall time of this run: {wall_seconds:.1f} s.")
     lines += ["", "| parameter | fitted slope | 95% CI | theory | paper | verdict |", "|---|---|---|---|---|---|"]

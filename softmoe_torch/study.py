@@ -4,6 +4,7 @@ Each sample size's missing replications are simulated and fitted together (one b
 after every batch the results file is rewritten atomically, so an interruption loses only the
 batch in flight and a rerun into the same directory skips every finished fit."""
 import csv
+import json
 import os
 import traceback
 import warnings
@@ -23,7 +24,7 @@ from .settings import PAPER_PARAMS, Setting
 from .simulate import data_seed, simulate
 
 COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),
-           "mean_loglik", "n_iter", "converged", "status", "seconds"]
+           "mean_loglik", "n_iter", "converged", "status", "at_bound", "seconds"]
 
 
 def sample_sizes(sweep: DictConfig) -> list:
@@ -43,7 +44,11 @@ def sample_sizes(sweep: DictConfig) -> list:
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:
     """FitOptions from the ``fit`` config group; float32 gets looser tolerances."""
     f = OmegaConf.to_container(cfg.fit, resolve=True)
-    opts = FitOptions(**f)
+    try:
+        opts = FitOptions(**f)
+        opts.tol, opts.max_iter = float(opts.tol), int(opts.max_iter)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad fit options {f}: {err}") from None
     if dtype == torch.float32:
         opts.tol = max(opts.tol, 1e-5)
         opts.inner.ftol, opts.inner.gtol = max(opts.inner.ftol, 1e-7), max(opts.inner.gtol, 1e-5)
@@ -79,11 +84,16 @@ class Results:
         return cls(path, rows)
 
     def done(self, setting: str, seed: int) -> set:
-        return {(int(r["n"]), int(r["rep"])) for r in self.rows if r["setting"] == setting and int(r["seed"]) == seed}
+        """(n, rep) of finished fits; a batch that raised ('error: ...') is not finished."""
+        return {(int(r["n"]), int(r["rep"])) for r in self.rows
+                if r["setting"] == setting and int(r["seed"]) == seed and not r["status"].startswith("error")}
 
     def add(self, new_rows):
-        """Append rows and rewrite the file atomically (write a temporary file, then rename)."""
-        self.rows.extend(new_rows)
+        """Add rows (replacing earlier rows of the same fits) and rewrite the file atomically
+        (write a temporary file, then rename)."""
+        key = lambda r: (r["setting"], int(r["n"]), int(r["rep"]), int(r["seed"]))  # noqa: E731
+        fresh = {key(r) for r in new_rows}
+        self.rows = [r for r in self.rows if key(r) not in fresh] + list(new_rows)
         tmp = self.path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -101,7 +111,8 @@ def _rows(setting, n, reps, seed, result, errors):
             "setting": setting.name, "n": n, "rep": rep, "seed": seed,
             **{f"err_{p}": float(errors[p][j]) for p in PAPER_PARAMS},
             "mean_loglik": float(result.mean_loglik[j]), "n_iter": int(result.n_iter[j]),
-            "converged": bool(result.converged[j]), "status": result.status[j], "seconds": share,
+            "converged": bool(result.converged[j]), "status": result.status[j],
+            "at_bound": " ".join(result.at_bound[j]), "seconds": share,
         }
         for j, rep in enumerate(reps)
     ]
@@ -111,9 +122,25 @@ def _failed_rows(setting, n, reps, seed, reason):
     nan = float("nan")
     return [
         {"setting": setting.name, "n": n, "rep": rep, "seed": seed, **{f"err_{p}": nan for p in PAPER_PARAMS},
-         "mean_loglik": nan, "n_iter": 0, "converged": False, "status": f"failed: {reason}", "seconds": 0.0}
+         "mean_loglik": nan, "n_iter": 0, "converged": False, "status": f"error: {reason}", "at_bound": "", "seconds": 0.0}
         for rep in reps
     ]
+
+
+def _check_fingerprint(cfg: DictConfig, out_dir: Path):
+    """Refuse to resume into a directory whose results came from another configuration (setting,
+    fit, init or dtype); the first run writes fingerprint.json."""
+    keys = ("setting", "fit", "init", "dtype")
+    mine = json.loads(json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) if k != "dtype" else cfg[k] for k in keys}))
+    path = out_dir / "fingerprint.json"
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        changed = [k for k in keys if theirs.get(k) != mine[k]]
+        if changed:
+            raise ValueError(f"{out_dir} holds results of another configuration (different {', '.join(changed)}); "
+                             "choose another directory with hydra.run.dir=...")
+    else:
+        path.write_text(json.dumps(mine, indent=2))
 
 
 def run_study(cfg: DictConfig, out_dir, monitor=None) -> Results:
@@ -130,6 +157,7 @@ def run_study(cfg: DictConfig, out_dir, monitor=None) -> Results:
         raise ValueError("sweep.reps must be at least 1")
     model = setting.model(dtype=dtype, device=device)
     setting.truth(sizes[0])  # a setting without a truth fails here, in one line, not per batch
+    _check_fingerprint(cfg, out_dir)
     results = Results.load(out_dir / "results.csv")
     done = results.done(setting.name, int(cfg.seed))
     todo = [(n, [r for r in reps_all if (n, r) not in done]) for n in sizes]

@@ -86,3 +86,9 @@ def test_unknown_setting_is_rejected(tmp_path, data):
     proc = run_cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=nope")
     assert proc.returncode != 0 and "Could not find 'setting/nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_argument_is_one_line(tmp_path):
+    proc = run_cli("softmoe_torch.fit", f"out={tmp_path / 'r.json'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -100,3 +100,12 @@ def test_batched_evaluation_matches_the_module():
     lj = batched_log_joint(m, stack_params(m, 2), X, Y)
     for r in range(2):
         torch.testing.assert_close(lj[r], m.log_joint(X[r], Y[r]))
+
+
+def test_param_space_reports_estimates_on_a_bound():
+    m = paper_model()
+    space = ParamSpace(m, {"beta": 5.0, "tau": 10.0, "expert": 5.0, "nu": [1e-6, 10.0]})
+    p = stack_params(m, 3)
+    p["gate.tau"][1] = 9.9999
+    p["prompts.0.nu"][2] = 1.00001e-6
+    assert space.at_bound(p) == [[], ["gate.tau"], ["prompts.0.nu"]]

@@ -108,3 +108,12 @@ def test_joblib_launcher_runs_settings_in_parallel(tmp_path):
                    "setting=distinguishable,nondistinguishable_eta", *TINY, "sweep.reps=1", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     assert len(list(tmp_path.glob("*/**/results.csv"))) == 2
+
+
+def test_resuming_with_another_configuration_is_refused(tmp_path):
+    out = tmp_path / "run"
+    first = run_cli("softmoe_torch.run", *TINY, "sweep.reps=1", f"hydra.run.dir={out}")
+    assert first.returncode == 0, first.stderr
+    other = run_cli("softmoe_torch.run", *TINY, "sweep.reps=1", "init.scale=0.2", f"hydra.run.dir={out}")
+    assert other.returncode == 2
+    assert "holds results of another configuration (different init)" in other.stderr
