@@ -46,9 +46,8 @@ def fit_options(cfg: DictConfig, dtype) -> FitOptions:
     f = OmegaConf.to_container(cfg.fit, resolve=True)
     try:
         opts = FitOptions(**f)
-        opts.tol, opts.max_iter = float(opts.tol), int(opts.max_iter)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bad fit options {f}: {err}") from None
+    except TypeError as err:  # an unknown key or a value of the wrong type
+        raise ValueError(f"bad fit options: {err}") from None
     if dtype == torch.float32:
         opts.tol = max(opts.tol, 1e-5)
         opts.inner.ftol, opts.inner.gtol = max(opts.inner.ftol, 1e-7), max(opts.inner.gtol, 1e-5)
