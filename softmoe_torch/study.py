@@ -61,8 +61,14 @@ def starting_points(cfg, setting, model, n, reps, Y):
         truth = setting.truth(n)
         per_rep = [near_truth(truth, 1, float(cfg.init.scale), data_seed(cfg.seed + 1, setting.name, n, r)) for r in reps]
         return [{k: torch.cat([p[k] for p in per_rep]) for k in truth}]
-    if policy == "random":
-        return [random_start(model, Y, data_seed(cfg.seed + 2 + i, setting.name, n, min(reps))) for i in range(int(cfg.init.n_init))]
+    if policy == "random":  # each replication's starts depend only on (seed, setting, n, rep, i)
+        return [
+            {k: torch.cat([p[k] for p in per_rep]) for k in per_rep[0]}
+            for per_rep in (
+                [random_start(model, Y[j : j + 1], data_seed(cfg.seed, f"{setting.name}/random{i}", n, r)) for j, r in enumerate(reps)]
+                for i in range(int(cfg.init.n_init))
+            )
+        ]
     raise ValueError(f"unknown init.policy {policy!r} for a sweep; use near_truth or random")
 
 
