@@ -13,6 +13,15 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: far faster for small problems on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def compose_cfg():
     """compose_cfg(overrides, config_name='config') -> DictConfig via Hydra's compose API."""
 

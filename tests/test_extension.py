@@ -24,7 +24,10 @@ from softmoe_torch.optim import SolverOptions
 from softmoe_torch.settings import Setting
 from softmoe_torch.simulate import simulate
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript: deprecated, still loads
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),  # TorchScript: deprecated, still loads
+    pytest.mark.usefixtures("one_thread"),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ["setting.prompt.expert._target_=user_mlp.MLPExpert", "++setting.prompt.expert.hidden=2"]
@@ -57,14 +60,6 @@ class Branchy(Expert):  # a Python branch on a tensor value: fine alone, not und
         return z if z.sum().item() > 0 else -z
 '''
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: far faster for these small problems on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
