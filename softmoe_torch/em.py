@@ -59,7 +59,6 @@ class FitResult:
     method: str
     at_bound: list
 
-
     def __len__(self):
         return self.mean_loglik.shape[0]
 

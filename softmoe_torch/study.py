@@ -54,20 +54,21 @@ def fit_options(cfg: DictConfig, dtype) -> FitOptions:
     return opts
 
 
+def _stack(per_rep: list) -> dict:
+    """One-replication init dicts {name: (1, ...)} -> one dict {name: (R, ...)}."""
+    return {k: torch.cat([p[k] for p in per_rep]) for k in per_rep[0]}
+
+
 def starting_points(cfg, setting, model, n, reps, Y):
     """A list of init dicts {name: (R, ...)} (more than one for random restarts)."""
     policy = cfg.init.policy
     if policy == "near_truth":
         truth = setting.truth(n)
-        per_rep = [near_truth(truth, 1, float(cfg.init.scale), data_seed(cfg.seed + 1, setting.name, n, r)) for r in reps]
-        return [{k: torch.cat([p[k] for p in per_rep]) for k in truth}]
+        return [_stack([near_truth(truth, 1, float(cfg.init.scale), data_seed(cfg.seed + 1, setting.name, n, r)) for r in reps])]
     if policy == "random":  # each replication's starts depend only on (seed, setting, n, rep, i)
         return [
-            {k: torch.cat([p[k] for p in per_rep]) for k in per_rep[0]}
-            for per_rep in (
-                [random_start(model, Y[j : j + 1], data_seed(cfg.seed, f"{setting.name}/random{i}", n, r)) for j, r in enumerate(reps)]
-                for i in range(int(cfg.init.n_init))
-            )
+            _stack([random_start(model, Y[j : j + 1], data_seed(cfg.seed, f"{setting.name}/random{i}", n, r)) for j, r in enumerate(reps)])
+            for i in range(int(cfg.init.n_init))
         ]
     raise ValueError(f"unknown init.policy {policy!r} for a sweep; use near_truth or random")
 
