@@ -1,53 +1,82 @@
-"""The estimator, written once: EM with an LBFGS (or batched BFGS) M-step, and a direct
-quasi-Newton ascent of the marginal log-likelihood, both over R replications at once.
+"""The fitting driver, written once: EM (E-step in torch, M-step by a batched L-BFGS), and direct
+maximization of the marginal log-likelihood by batched BFGS or Newton, all over R replications
+at once and under one convergence contract (``convergence.py``).
 
-The model supplies one hook, ``log_joint`` (via ``batched_log_joint``); the driver knows nothing
-of experiments or files."""
+The objective (``objective.py``) supplies the log-likelihood, its derivatives and the
+responsibilities; the driver knows nothing of experiments or files."""
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-from .optim import SolverOptions, batched_bfgs, lbfgs_one
-from .params import ParamSpace, batched_log_joint
+from .convergence import Contract, rounding, warn_unconverged
+from .objective import GenericObjective, make_objective
+from .optim import STRATEGIES, SolverOptions, minimize, torch_lbfgs_one
+from .params import ParamSpace
 
-DEFAULT_BOUNDS = {"beta": 10.0, "tau": 10.0, "expert": 10.0, "nu": [1e-8, 1e2]}
+DEFAULT_BOUNDS = {"real": 10.0, "positive": [1e-8, 1e2]}
+METHODS = ("em", "direct", "newton")
+METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
+    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
+    "em_torch": dict(method="em", mstep="torch_lbfgs", warm_mstep=False, tol=1e-8, max_iter=1000, inner=dict(max_iter=200)),
+    "direct": dict(method="direct", mstep="bfgs", tol=1e-12, max_iter=2000),
+    "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
+}
+MSTEPS = ("lbfgs", "bfgs", "torch_lbfgs")
 
 
 @dataclass
 class FitOptions:
-    """How to fit. ``method``: 'em' or 'direct'; ``mstep`` (EM only): 'lbfgs' (torch.optim.LBFGS,
-    one replication at a time) or 'bfgs' (batched BFGS over replications). EM stops when the
-    change of the mean log-likelihood is below ``tol``, or after ``max_iter`` iterations."""
+    """How to fit. ``method``: 'em', 'direct' (batched BFGS on the marginal log-likelihood) or
+    'newton' (batched Newton with the exact Hessian; BFGS where the model has no fused path).
+    ``mstep`` (EM only): 'lbfgs' (the batched L-BFGS, each replication its own history),
+    'bfgs' (batched BFGS) or 'torch_lbfgs' (``torch.optim.LBFGS``, one replication at a time).
+    ``tol``, ``rule``, ``gtol``, ``max_iter``: the convergence contract. ``inner``: the M-step's
+    own stopping rule; ``warm_mstep``: the batched M-step solver keeps each replication's
+    curvature pairs from one M-step to the next (short, inexact M-steps then suffice; every step
+    still raises Q, so the likelihood never drops). ``fused``: use the fused fast path where the
+    model allows it."""
 
     method: str = "em"
     mstep: str = "lbfgs"
     tol: float = 1e-8
+    rule: str = "loglik"
+    gtol: float = 1e-8
     max_iter: int = 1000
     bounds: dict | None = field(default_factory=lambda: dict(DEFAULT_BOUNDS))
     inner: SolverOptions = field(default_factory=SolverOptions)
+    warm_mstep: bool = True
+    fused: bool = True
 
     def __post_init__(self):
-        if self.method not in ("em", "direct"):
-            raise ValueError(f"fit.method must be 'em' or 'direct', got {self.method!r}")
-        if self.mstep not in ("lbfgs", "bfgs"):
-            raise ValueError(f"fit.mstep must be 'lbfgs' or 'bfgs', got {self.mstep!r}")
-        if not self.tol > 0 or self.max_iter < 1:
-            raise ValueError("fit.tol must be positive and fit.max_iter at least 1")
+        if self.method not in METHODS:
+            raise ValueError(f"fit.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.mstep not in MSTEPS:
+            raise ValueError(f"fit.mstep must be one of {', '.join(MSTEPS)}, got {self.mstep!r}")
         if isinstance(self.inner, dict):
             self.inner = SolverOptions(**self.inner)
+        self.contract = Contract(self.tol, self.rule, self.gtol, self.max_iter)
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> "FitOptions":
+        """The documented defaults of ``method`` ('em', 'em_torch', 'direct' or 'newton'; the same as
+        conf/fit/<method>.yaml) with ``overrides``."""
+        if method not in METHOD_DEFAULTS:
+            raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHOD_DEFAULTS)}")
+        fields = {k: (dict(v) if isinstance(v, dict) else v) for k, v in METHOD_DEFAULTS[method].items()}
+        inner = {**fields.pop("inner", {}), **(overrides.pop("inner", None) or {})}
+        return cls(**{**fields, **overrides}, inner=SolverOptions(**inner))
 
 
 @dataclass
-class FitResult:
+class BatchFit:
     """Estimates and record of R fits. params: {name: (R, *shape)}; mean_loglik, n_iter,
-    converged: (R,); status: one string per replication ('converged', 'max_iter', 'stalled'
-    (direct only: no decrease found while the gradient is not small) or 'failed: reason');
-    trace: per replication, the mean log-likelihood after each iteration; seconds: wall time of
-    the whole call; at_bound: per replication, the parameters that ended on a box bound (the
-    estimate is then the constrained MLE, not an interior stationary point)."""
+    converged: (R,); status: one string per replication (see ``convergence.py``); trace: per
+    replication, the mean log-likelihood at the start and after each iteration; at_bound: per
+    replication, the parameters that ended on a box bound (the estimate is then the constrained
+    MLE); seconds: wall time of the call(s); n_evals: objective evaluations (calls over the batch);
+    solver: what ran ('em/lbfgs', 'newton', ...); fused: whether the fused path was used."""
 
     params: dict
     mean_loglik: torch.Tensor
@@ -55,19 +84,31 @@ class FitResult:
     converged: torch.Tensor
     status: list
     trace: list
-    seconds: float
-    method: str
     at_bound: list
+    seconds: float
+    n_evals: int
+    solver: str
+    fused: bool
 
     def __len__(self):
         return self.mean_loglik.shape[0]
 
-    def replication(self, r: int) -> dict:
-        """One replication's estimates as plain python values."""
-        return {n: v[r].tolist() for n, v in self.params.items()}
+    def replace_where(self, mask: torch.Tensor, other: "BatchFit") -> "BatchFit":
+        """A fit taking replication r from ``other`` where mask[r], else from self; times and
+        evaluations add up."""
+        rows = mask.cpu().tolist()
+        pick = lambda a, b: [y if m else x for x, y, m in zip(a, b, rows)]  # noqa: E731
+        where = lambda a, b: torch.where(mask.to(a.device).reshape(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
+        return BatchFit(
+            params={k: where(v, other.params[k]) for k, v in self.params.items()},
+            mean_loglik=where(self.mean_loglik, other.mean_loglik), n_iter=where(self.n_iter, other.n_iter),
+            converged=where(self.converged, other.converged), status=pick(self.status, other.status),
+            trace=pick(self.trace, other.trace), at_bound=pick(self.at_bound, other.at_bound),
+            seconds=self.seconds + other.seconds, n_evals=self.n_evals + other.n_evals, solver=self.solver, fused=self.fused)
 
 
-def _as_batch(X, Y):
+def as_batch(X, Y):
+    """X (n, d) or (R, n, d), Y (n,) or (R, n) -> X (R, n, d), Y (R, n)."""
     if X.dim() == 2:
         X, Y = X.unsqueeze(0), Y.unsqueeze(0)
     if X.dim() != 3 or Y.shape != X.shape[:2]:
@@ -75,122 +116,129 @@ def _as_batch(X, Y):
     return X, Y
 
 
-class _Problem:
-    """Data, model and parameter layout of one ``fit`` call; evaluates the log joint of any
-    subset ``idx`` of replications at flat parameters u (m, p)."""
+class _Counted:
+    """An objective whose evaluate calls are counted."""
 
-    def __init__(self, model, X, Y, space):
-        self.model, self.X, self.Y, self.space = model, X, Y, space
+    def __init__(self, objective):
+        self.objective, self.calls = objective, 0
+        self.exact_hessian = objective.exact_hessian
 
-    def log_joint(self, u, idx):
-        """(m, n, K+1)."""
-        return batched_log_joint(self.model, self.space.to_natural(u), self.X[idx], self.Y[idx])
-
-    def neg_loglik(self, u, idx):
-        """Minus the mean log-likelihood, (m,)."""
-        return -torch.logsumexp(self.log_joint(u, idx), -1).mean(-1)
-
-    def neg_q(self, resp):
-        """Minus the expected complete-data log-likelihood given responsibilities resp (R, n, K+1)."""
-        return lambda u, idx: -(resp[idx] * self.log_joint(u, idx)).sum(-1).mean(-1)
+    def evaluate(self, *args, **kwargs):
+        self.calls += 1
+        return self.objective.evaluate(*args, **kwargs)
 
 
-def fit(model, X, Y, init: dict, options: FitOptions | None = None) -> FitResult:
+def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None) -> BatchFit:
     """Maximum-likelihood fit of ``model``'s trainable parameters to R data sets.
 
-    X (R, n, d) or (n, d); Y (R, n) or (n,); init {name: (R, *shape)} starting values (see
-    ``init.py``). The model's own parameters are not modified."""
+    X (R, n, d) or (n, d); Y (R, n) or (n,); init {name: (R, *shape)} starting values. The
+    model's own parameters are not modified."""
     opts = options or FitOptions()
-    X, Y = _as_batch(X, Y)
+    X, Y = as_batch(X, Y)
     space = ParamSpace(model, opts.bounds)
-    prob = _Problem(model, X, Y, space)
+    obj = _Counted(make_objective(model, X, Y, space) if opts.fused else GenericObjective(model, X, Y, space))
     start = time.perf_counter()
     u = space.to_unconstrained({k: v.to(X) for k, v in init.items()})
-    run = _run_em if opts.method == "em" else _run_direct
-    u, ll, n_iter, status, trace = run(prob, u, opts)
-    converged = torch.tensor([s == "converged" for s in status])
+    if opts.method == "em":
+        run, solver = _run_em, f"em/{opts.mstep}"
+    else:
+        solver = "newton" if opts.method == "newton" and obj.exact_hessian else "bfgs"
+        run = lambda o, s, v, f: _run_direct(o, s, v, f, solver)  # noqa: E731
+    u, ll, n_iter, status, trace = run(obj, space, u, opts)
     params = {k: v.detach() for k, v in space.to_natural(u).items()}
-    result = FitResult(
-        params=params,
-        mean_loglik=ll,
-        n_iter=n_iter,
-        converged=converged,
-        status=status,
-        trace=trace,
-        seconds=time.perf_counter() - start,
-        method=opts.method,
-        at_bound=space.at_bound(params),
+    result = BatchFit(
+        params=params, mean_loglik=ll.detach(), n_iter=n_iter.cpu(),
+        converged=torch.tensor([s == "converged" for s in status]), status=status, trace=trace,
+        at_bound=space.at_bound(params), seconds=time.perf_counter() - start, n_evals=obj.calls,
+        solver=solver, fused=not isinstance(obj.objective, GenericObjective),
     )
-    _warn_if_unconverged(result, opts)
+    advice = ("raise fit.max_iter, start closer (init.scale), or use fit=newton" if opts.method == "em"
+              else "raise fit.max_iter or start closer (init.scale)")
+    warn_unconverged(status, advice)
     return result
 
 
-def _mean_loglik(log_joint):
-    return torch.logsumexp(log_joint, -1).mean(-1)
+def _theta(space, u):
+    return space.natural_flat(u, 0)[0]
 
 
-def _run_em(prob, u, opts):
+def _inner_rule(inner: SolverOptions):
+    def done(f_old, f_new, u_old, u_new, g_new):
+        scale = torch.maximum(f_old.abs(), f_new.abs()).clamp_min(1.0)
+        return ((f_old - f_new) <= inner.ftol * scale) | (g_new.abs().amax(1) <= inner.gtol)
+
+    return done
+
+
+def _mstep(obj, u, idx, resp, opts, memory=None):
+    """One M-step from u (m, p) for problems idx with responsibilities resp (rows aligned);
+    ``memory``: a batched strategy object whose curvature pairs carry over between M-steps."""
+
+    def q(v, j, order):
+        return obj.evaluate(v, idx[j], order, resp=resp[j])
+
+    if opts.mstep == "torch_lbfgs":
+        def one(j):
+            jj = torch.tensor([j], device=u.device)
+            return lambda v: (lambda e: (e.loss[0], e.grad[0]))(q(v[None], jj, 1))
+
+        return torch.stack([torch_lbfgs_one(one(j), u[j], opts.inner) for j in range(u.shape[0])])
+    return minimize(q, u, memory or opts.mstep, opts.inner, _inner_rule(opts.inner), rows=idx)[0]
+
+
+def _run_em(obj, space, u, opts):
+    contract = opts.contract
     R = u.shape[0]
-    everyone = torch.arange(R, device=u.device)
-    with torch.no_grad():
-        lj = prob.log_joint(u, everyone)
-    ll = _mean_loglik(lj)
+    ev = obj.evaluate(u, torch.arange(R, device=u.device), 1)
+    ll, grad, resp = -ev.loss, -ev.grad, ev.resp
     status = ["running" if torch.isfinite(v) else "failed: non-finite log-likelihood at the start" for v in ll]
     trace = [[float(v)] for v in ll]
     n_iter = torch.zeros(R, dtype=torch.long)
-    for it in range(1, opts.max_iter + 1):
+    memory = STRATEGIES[opts.mstep](R, u.shape[1], u, opts.inner.history) if opts.warm_mstep and opts.mstep != "torch_lbfgs" else None
+    for it in range(1, contract.max_iter + 1):
         idx = torch.tensor([r for r in range(R) if status[r] == "running"], dtype=torch.long, device=u.device)
         if idx.numel() == 0:
             break
-        resp = torch.zeros_like(lj)
-        resp[idx] = torch.softmax(lj[idx], -1)  # E-step
-        neg_q = prob.neg_q(resp)
-        if opts.mstep == "bfgs":
-            u_new, _, _, _ = batched_bfgs(lambda v, j: neg_q(v, idx[j]), u[idx], opts.inner)
-        else:
-            u_new = torch.stack(
-                [lbfgs_one(lambda v, j=j: neg_q(v[None], idx[j : j + 1])[0], u[r], opts.inner) for j, r in enumerate(idx)]
-            )
-        with torch.no_grad():
-            lj_new = prob.log_joint(u_new, idx)
-        ll_new = _mean_loglik(lj_new)
+        u_new = _mstep(obj, u[idx], idx, resp[idx], opts, memory)
+        ev = obj.evaluate(u_new, idx, 1)
+        ll_new, grad_new = -ev.loss, -ev.grad
+        finite = torch.isfinite(ll_new) & torch.isfinite(u_new).all(1) & torch.isfinite(grad_new).all(1)
+        lowered = (ll_new < ll[idx] - rounding(ll[idx])) & finite
+        met = contract.met(ll[idx], ll_new, _theta(space, u[idx]), _theta(space, u_new), grad_new)
         for j, r in enumerate(idx.tolist()):
             n_iter[r] = it
-            if not (torch.isfinite(ll_new[j]) and torch.isfinite(u_new[j]).all()):
+            if not finite[j]:
                 status[r] = f"failed: non-finite values after M-step {it}; rolled back to iteration {it - 1}"
-                continue
-            change = float(ll_new[j] - ll[r])
-            u[r], lj[r], ll[r] = u_new[j], lj_new[j], ll_new[j]
-            trace[r].append(float(ll_new[j]))
-            if abs(change) < opts.tol:
-                status[r] = "converged"
+            elif lowered[j]:
+                status[r] = (f"stalled: EM step {it} would lower the mean log-likelihood by "
+                             f"{float(ll[r] - ll_new[j]):.2e}; kept iteration {it - 1}")
+            else:
+                u[r], ll[r], grad[r], resp[r] = u_new[j], ll_new[j], grad_new[j], ev.resp[j]
+                trace[r].append(float(ll_new[j]))
+                if met[j]:
+                    status[r] = "converged"
     return u, ll, n_iter, ["max_iter" if s == "running" else s for s in status], trace
 
 
-def _run_direct(prob, u, opts):
-    inner = dataclasses.replace(opts.inner, max_iter=opts.max_iter)
-    rows = []
+def _run_direct(obj, space, u, opts, solver):
+    contract = opts.contract
+    R = u.shape[0]
     with torch.no_grad():
-        ll0 = -prob.neg_loglik(u, torch.arange(u.shape[0], device=u.device))
-    u, f, n_iter, status = batched_bfgs(prob.neg_loglik, u, inner, trace=rows)
+        ll0 = -obj.evaluate(u, torch.arange(R, device=u.device), 0).loss
+
+    def done(f_old, f_new, u_old, u_new, g_new):
+        thetas = (_theta(space, u_old), _theta(space, u_new)) if contract.rule == "params" else (u_old, u_new)
+        return contract.met(-f_old, -f_new, *thetas, g_new)
+
+    rows = []
+    inner = dataclasses.replace(opts.inner, max_iter=contract.max_iter)  # an iteration is an optimizer step
+    u, f, _, n_iter, status = minimize(obj.evaluate, u, solver, inner, done, trace=rows)
     status = [s if torch.isfinite(v) else "failed: non-finite log-likelihood at the start" for s, v in zip(status, ll0)]
-    trace = [[float(ll0[r])] + [-float(row[r]) for row in rows if not torch.isnan(row[r])] for r in range(u.shape[0])]
-    return u, -f, n_iter.cpu(), status, trace
+    trace = [[float(ll0[r])] + [-float(row[r]) for row in rows if not torch.isnan(row[r])] for r in range(R)]
+    return u, -f, n_iter, status, trace
 
 
-def _warn_if_unconverged(result, opts):
-    bad = [s for s in result.status if s != "converged"]
-    if not bad:
-        return
-    advice = (
-        "raise fit.max_iter, loosen fit.tol, start closer (init.scale), or try fit.method=direct"
-        if opts.method == "em"
-        else "raise fit.max_iter or start closer (init.scale)"
-    )
-    warnings.warn(f"{len(bad)} of {len(result)} fits did not converge ({bad[0]}); {advice}", RuntimeWarning, stacklevel=3)
-
-
-def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None) -> FitResult:
+def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None) -> BatchFit:
     """Fit from each start in ``starts`` (a non-empty list of init dicts) and keep, per
     replication, the fit with the highest mean log-likelihood; failed fits never win."""
     if not starts:
@@ -200,17 +248,8 @@ def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None) ->
         ok = torch.tensor([not s.startswith("failed") for s in res.status], device=res.mean_loglik.device)
         return torch.where(ok & torch.isfinite(res.mean_loglik), res.mean_loglik, -torch.inf)
 
-    best = None
-    for init in starts:
-        res = fit(model, X, Y, init, options)
-        if best is None:
-            best = res
-            continue
-        better = (score(res) > score(best)).cpu()
-        for r in better.nonzero().squeeze(1).tolist():
-            for name in best.params:
-                best.params[name][r] = res.params[name][r]
-            best.mean_loglik[r], best.n_iter[r], best.converged[r] = res.mean_loglik[r], res.n_iter[r], res.converged[r]
-            best.status[r], best.trace[r], best.at_bound[r] = res.status[r], res.trace[r], res.at_bound[r]
-        best.seconds += res.seconds
+    best = fit_batch(model, X, Y, starts[0], options)
+    for init in starts[1:]:
+        res = fit_batch(model, X, Y, init, options)
+        best = best.replace_where(score(res) > score(best), res)
     return best

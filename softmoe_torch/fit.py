@@ -11,16 +11,14 @@ import warnings
 from pathlib import Path
 
 import hydra
-import torch
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .cli import UserError, one_line_errors
 from .data import INIT_ARRAYS, load_data
 from .device import resolve_device, resolve_dtype
-from .em import fit_best_of
-from .inference import infer, load_params
-from .init import near_truth, random_start
+from .estimator import Estimator
 from .settings import Setting
 from .study import fit_options
 
@@ -45,46 +43,44 @@ def named(values: dict) -> dict:
 
 
 def fit_file(cfg: DictConfig, out_path) -> dict:
-    """Fit cfg.setting's model to the file cfg.data; write and return the result dict."""
+    """Fit cfg.setting's model to the file cfg.data; write and return the result dict (and keep
+    the ``FitResults`` under the key ``results``, not written)."""
     setting = Setting(cfg.setting)
     X, y, init_values = load_data(cfg.data, setting.dim)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    model = setting.model(dtype=dtype, device=device)
-    Xt = torch.as_tensor(X, dtype=dtype, device=device)[None]
-    Yt = torch.as_tensor(y, dtype=dtype, device=device)[None]
+    model = setting.model()
     policy = cfg.init.policy
-    if policy == "near_truth":
-        starts = [near_truth(setting.truth(len(y)), 1, float(cfg.init.scale), int(cfg.seed))]
-    elif policy == "random":
-        starts = [random_start(model, Yt, int(cfg.seed) + i) for i in range(int(cfg.init.n_init))]
-    else:
-        raise UserError(f"unknown init.policy {policy!r}; use near_truth or random")
+    options = fit_options(cfg, resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
+    estimator = Estimator(model, init=policy, n_init=int(cfg.init.get("n_init", 1)), seed=int(cfg.seed),
+                          truth=setting.truth(len(y)) if policy == "near_truth" else None,
+                          init_scale=float(cfg.init.get("scale", 0.1)), device=cfg.device, dtype=cfg.dtype,
+                          options=options)
     trainable = model.trainable_parameters()
     for name, value in init_values.items():  # arrays in the file override the policy
         if name not in trainable:
             key = next(k for k, v in INIT_ARRAYS.items() if v == name)
             raise UserError(f"{cfg.data}: {key} sets {name}, which this model does not have; remove {key} from the file")
-        value = torch.as_tensor(value, dtype=torch.float64)
-        if value.numel() != trainable[name].numel():
-            raise UserError(f"{cfg.data}: init value for {name} has {value.numel()} entries, expected {trainable[name].numel()}")
-        for start in starts:
-            start[name] = value.reshape(1, *trainable[name].shape)
+        if np.size(value) != trainable[name].numel():
+            raise UserError(f"{cfg.data}: init value for {name} has {np.size(value)} entries, expected {trainable[name].numel()}")
+        init_values[name] = np.reshape(value, tuple(trainable[name].shape))
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        res = fit_best_of(model, Xt, Yt, starts, fit_options(cfg, dtype))
-        inf = infer(load_params(model, res.params, 0), Xt[0], Yt[0])
+        warnings.simplefilter("always")
+        res = estimator.fit(X, y, start=init_values or None)
+        se, (lower, upper) = res.se(), _pair(res.conf_int())
     result = {
-        **named(inf.estimate), "se": named(inf.se), "ci95": {"lower": named(inf.lower), "upper": named(inf.upper)},
-        "loglik": inf.loglik, "n_params": inf.n_params, "aic": inf.aic, "bic": inf.bic,
+        **named(res.estimates()), "se": named(se), "ci95": {"lower": named(lower), "upper": named(upper)},
+        "loglik": float(res.loglik[0]), "n_params": res.n_params, "aic": float(res.aic[0]), "bic": float(res.bic[0]),
         "mean_loglik": float(res.mean_loglik[0]), "n_iter": int(res.n_iter[0]), "converged": bool(res.converged[0]),
         "status": res.status[0], "seconds": res.seconds, "n": len(y), "setting": setting.name,
-        "method": cfg.fit.method, "warnings": [str(w.message) for w in caught],
+        "method": cfg.fit.method, "solver": res.solver, "warnings": [str(w.message) for w in caught],
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2))
-    return result
+    return {**result, "results": res}
+
+
+def _pair(intervals: dict):
+    return {k: v[0] for k, v in intervals.items()}, {k: v[1] for k, v in intervals.items()}
 
 
 @hydra.main(config_path="../conf", config_name="fit_data", version_base="1.3")
@@ -92,6 +88,7 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
 def main(cfg: DictConfig) -> None:
     out = cfg.out or Path(HydraConfig.get().runtime.output_dir) / "result.json"
     result = fit_file(cfg, out)
+    print(result["results"].summary())
     for w in result["warnings"]:
         print(f"warning: {w}")
     print(Path(out).resolve())

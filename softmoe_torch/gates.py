@@ -5,6 +5,7 @@ weight is the paper's sigmoid(beta^T x + tau).
 """
 import torch
 from torch import nn
+from torch.distributions import constraints
 
 
 def _log_weights(prompt_logits: torch.Tensor) -> torch.Tensor:
@@ -13,13 +14,19 @@ def _log_weights(prompt_logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(torch.cat([zero, prompt_logits], dim=-1), dim=-1)
 
 
+def _values(v, shape) -> torch.Tensor:
+    return torch.as_tensor(v, dtype=torch.float32).reshape(shape).clone()
+
+
 class SoftmaxGate(nn.Module):
     """Input-dependent gate: prompt k has logit beta_k^T x + tau_k; beta (K, d), tau (K,)."""
 
-    def __init__(self, dim: int, n_prompts: int = 1):
+    param_constraints = {"beta": constraints.real, "tau": constraints.real}
+
+    def __init__(self, dim: int, n_prompts: int = 1, beta=None, tau=None):
         super().__init__()
-        self.beta = nn.Parameter(torch.zeros(n_prompts, dim))
-        self.tau = nn.Parameter(torch.zeros(n_prompts))
+        self.beta = nn.Parameter(torch.zeros(n_prompts, dim) if beta is None else _values(beta, (n_prompts, dim)))
+        self.tau = nn.Parameter(torch.zeros(n_prompts) if tau is None else _values(tau, (n_prompts,)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _log_weights(x @ self.beta.T + self.tau)
@@ -28,9 +35,11 @@ class SoftmaxGate(nn.Module):
 class ConstantGate(nn.Module):
     """Input-free gate (constant weights): prompt k has logit tau_k; tau (K,)."""
 
-    def __init__(self, n_prompts: int = 1):
+    param_constraints = {"tau": constraints.real}
+
+    def __init__(self, n_prompts: int = 1, tau=None):
         super().__init__()
-        self.tau = nn.Parameter(torch.zeros(n_prompts))
+        self.tau = nn.Parameter(torch.zeros(n_prompts) if tau is None else _values(tau, (n_prompts,)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _log_weights(self.tau.expand(*x.shape[:-1], -1))

@@ -1,6 +1,7 @@
 """The softmax-contaminated mixture of experts as a composition of ``nn.Module``s."""
 import torch
 from torch import nn
+from torch.distributions import constraints
 
 from .densities import Density
 
@@ -10,6 +11,8 @@ class Component(nn.Module):
     variance ``nu`` (a positive scalar parameter, in the expert's dtype; float64 for an expert
     without parameters). ``frozen=True`` makes it a fixed, known
     component whose parameters never receive gradients."""
+
+    param_constraints = {"nu": constraints.positive}
 
     def __init__(self, expert: nn.Module, density: Density, nu: float = 1.0, frozen: bool = False):
         super().__init__()

@@ -1,8 +1,11 @@
-"""Optimizers over flat unconstrained parameters u.
+"""Batched minimizers over flat unconstrained parameters u (R, p).
 
-``batched_bfgs`` solves R independent problems at once: every replication has its own inverse
-Hessian, step length and stopping rule, so its trajectory is the one it would follow alone.
-``lbfgs_one`` runs ``torch.optim.LBFGS`` (fresh, strong-Wolfe) on a single problem.
+``minimize`` solves R independent problems at once: every replication has its own curvature
+model, step length and stopping rule, so its trajectory is the one it would follow alone. The
+search direction comes from a strategy: ``LBFGS`` (own history per replication), ``BFGS`` (own
+inverse Hessian) or ``Newton`` (the exact Hessian where positive definite, else BFGS). The step is a
+backtracking Armijo line search with a trust cap on its max-norm. ``torch_lbfgs_one`` runs
+``torch.optim.LBFGS`` (fresh, strong Wolfe) on a single problem.
 """
 from dataclasses import dataclass
 
@@ -13,127 +16,215 @@ C1 = 1e-4  # Armijo constant
 
 @dataclass
 class SolverOptions:
-    """Inner stopping rule: relative change of the objective below ``ftol`` or max |gradient|
-    below ``gtol``, at most ``max_iter`` iterations; steps (in max-norm over u) at most
-    ``first_step`` before the first curvature update and ``max_step`` after."""
+    """An inner (EM M-step) solve stops when the relative change of its objective is below
+    ``ftol`` or max |gradient| below ``gtol``, after at most ``max_iter`` iterations. Steps (in
+    max-norm over u) are at most ``first_step`` before the first curvature update and ``max_step``
+    after; ``history`` is the L-BFGS memory."""
 
     max_iter: int = 200
     ftol: float = 1e-12
     gtol: float = 1e-9
     max_ls: int = 40
-    stall_gtol: float = 1e-6
     first_step: float = 1e-2
     max_step: float = 0.5
+    history: int = 10
 
 
-def _value_and_grad(fun, u, idx):
-    u = u.detach().requires_grad_(True)
-    with torch.enable_grad():
-        f = fun(u, idx)
-        (g,) = torch.autograd.grad(f.sum(), u)
-    return f.detach(), g
+class LBFGS:
+    """Limited-memory BFGS, one history of (s, y) pairs per replication."""
+
+    order = 1
+
+    def __init__(self, R, p, like, history=10):
+        self.S = like.new_zeros(R, history, p)
+        self.Y = like.new_zeros(R, history, p)
+        self.count = torch.zeros(R, dtype=torch.long, device=like.device)
+
+    def fresh(self, idx):
+        return self.count[idx] == 0
+
+    def reset(self, idx):
+        self.count[idx] = 0
+
+    def direction(self, idx, g, hess):
+        """Two-loop recursion over each replication's stored pairs (newest first)."""
+        S, Y, k = self.S[idx], self.Y[idx], self.count[idx]
+        m = S.shape[1]
+        q = g.clone()
+        alphas = []
+        for j in range(m):  # slot j holds the pair stored j updates ago
+            valid = (j < k).to(g.dtype)
+            s, y = S[:, j], Y[:, j]
+            rho = valid / (s * y).sum(1).where(valid > 0, torch.ones_like(valid))
+            a = rho * (s * q).sum(1)
+            q = q - a[:, None] * y
+            alphas.append((a, rho))
+        y0, s0 = Y[:, 0], S[:, 0]
+        gamma = torch.where(k > 0, (s0 * y0).sum(1) / (y0 * y0).sum(1).clamp_min(1e-300), torch.ones_like(k, dtype=g.dtype))
+        r = gamma[:, None] * q
+        for j in reversed(range(m)):
+            a, rho = alphas[j]
+            b = rho * (Y[:, j] * r).sum(1)
+            r = r + (a - b)[:, None] * S[:, j]
+        return -r
+
+    def update(self, idx, s, y, good):
+        sel = idx[good]
+        self.S[sel] = torch.roll(self.S[sel], 1, dims=1)
+        self.Y[sel] = torch.roll(self.Y[sel], 1, dims=1)
+        self.S[sel, 0], self.Y[sel, 0] = s[good], y[good]
+        self.count[sel] = (self.count[sel] + 1).clamp(max=self.S.shape[1])
 
 
-def batched_bfgs(fun, u0: torch.Tensor, opts: SolverOptions, trace=None):
-    """Minimize R separable objectives with BFGS and a backtracking Armijo line search.
+class BFGS:
+    """Full-memory BFGS: one inverse-Hessian approximation (p, p) per replication."""
 
-    fun(u (m, p), idx (m,)) -> (m,) values of the problems ``idx`` at rows of u; it must be
-    separable (row i depends only on u[i]). Returns (u (R, p), f (R,), n_iter (R,), status list)
-    with status 'converged', 'max_iter' or 'stalled'. When no decrease is found along the
-    search direction the problem ends: 'converged' if max |gradient| <= ``stall_gtol`` (the end
-    of what float precision allows at a flat optimum), else 'stalled'.
-    ``trace``, if a list, receives one (R,) tensor of objective values per iteration (NaN where
-    a problem was already finished)."""
+    order = 1
+
+    def __init__(self, R, p, like, history=None):
+        self.eye = torch.eye(p, dtype=like.dtype, device=like.device)
+        self.H = self.eye.expand(R, p, p).clone()
+        self.is_fresh = torch.ones(R, dtype=torch.bool, device=like.device)
+
+    def fresh(self, idx):
+        return self.is_fresh[idx]
+
+    def reset(self, idx):
+        self.H[idx] = self.eye
+        self.is_fresh[idx] = True
+
+    def direction(self, idx, g, hess):
+        return -(self.H[idx] @ g.unsqueeze(-1)).squeeze(-1)
+
+    def update(self, idx, s, y, good):
+        sel = idx[good]
+        s, y = s[good], y[good]
+        sy = (s * y).sum(1)
+        H = torch.where(self.is_fresh[sel][:, None, None], (sy / (y * y).sum(1))[:, None, None] * self.eye, self.H[sel])
+        rho = (1.0 / sy)[:, None, None]
+        V = self.eye - rho * s.unsqueeze(2) * y.unsqueeze(1)
+        self.H[sel] = V @ H @ V.transpose(1, 2) + rho * s.unsqueeze(2) * s.unsqueeze(1)
+        self.is_fresh[sel] = False
+
+
+class Newton(BFGS):
+    """Newton's method with the exact Hessian where it is positive definite (near a maximum of
+    the likelihood: quadratic convergence); elsewhere the BFGS direction, whose inverse-Hessian
+    approximation is updated at every step either way (robust where the likelihood is not concave)."""
+
+    order = 2
+
+    def __init__(self, R, p, like, history=None):
+        super().__init__(R, p, like)
+        self.newton = torch.zeros(R, dtype=torch.bool, device=like.device)
+
+    def fresh(self, idx):
+        return super().fresh(idx) & ~self.newton[idx]
+
+    def direction(self, idx, g, hess):
+        chol, info = torch.linalg.cholesky_ex(hess)
+        pd = info == 0
+        self.newton[idx] = pd
+        d = super().direction(idx, g, hess)
+        if pd.any():
+            d[pd] = -torch.cholesky_solve(g[pd].unsqueeze(-1), chol[pd]).squeeze(-1)
+        return d
+
+
+STRATEGIES = {"lbfgs": LBFGS, "bfgs": BFGS, "newton": Newton}
+
+
+def minimize(fun, u0, strategy, opts: SolverOptions, done, trace=None, rows=None):
+    """Minimize R separable objectives.
+
+    fun(u (m, p), idx (m,), order) -> ``objective.Evaluation`` for the problems ``idx`` (row i
+    depends only on u[i]); done(f_old, f_new, u_old, u_new, g_new) -> (m,) bool, the stopping
+    rule after an accepted step. Returns (u (R, p), f (R,), g (R, p), n_iter (R,), status) with
+    status 'converged', 'max_iter' or 'stalled' (no decrease found along the search direction and
+    the stopping rule does not hold there); ``trace``, if a list, receives one (R,) tensor of
+    objective values per iteration (NaN where a problem had already finished).
+
+    ``strategy``: a name in STRATEGIES, or a strategy object to continue (its curvature memory
+    is kept across calls); ``rows`` (R,) then maps the problems to the object's rows."""
     R, p = u0.shape
     everyone = torch.arange(R, device=u0.device)
+    dirs = STRATEGIES[strategy](R, p, u0, opts.history) if isinstance(strategy, str) else strategy
+    rows = everyone if rows is None else rows
     u = u0.detach().clone()
-    f, g = _value_and_grad(fun, u, everyone)
-    eye = torch.eye(p, dtype=u.dtype, device=u.device)
-    H = eye.expand(R, p, p).clone()
-    fresh = torch.ones(R, dtype=torch.bool, device=u.device)
+    ev = fun(u, everyone, dirs.order)
+    f, g, H = ev.loss, ev.grad, ev.hess
     n_iter = torch.zeros(R, dtype=torch.long, device=u.device)
-    status = ["converged" if bool(gm <= opts.gtol) else "running" for gm in g.abs().amax(1)]
-    active = torch.tensor([s == "running" for s in status], device=u.device)
+    status = ["running"] * R
+    active = torch.ones(R, dtype=torch.bool, device=u.device)
     for _ in range(opts.max_iter):
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        ua, fa, ga, Ha = u[idx], f[idx], g[idx], H[idx]
-        d = -(Ha @ ga.unsqueeze(-1)).squeeze(-1)
+        ua, fa, ga = u[idx], f[idx], g[idx]
+        d = dirs.direction(rows[idx], ga, None if H is None else H[idx])
         slope = (ga * d).sum(1)
         reset = ~(slope < 0)
-        if reset.any():  # not a descent direction: fall back to steepest descent
-            Ha[reset] = eye
-            d[reset] = -ga[reset]
-            slope[reset] = -(ga[reset] ** 2).sum(1)
-            fresh[idx[reset]] = True
-        # a trust cap on each step (max-norm): small while the inverse Hessian is still the
-        # identity, so the first steps cannot leap into another basin, looser once it is scaled
-        cap = torch.where(fresh[idx], opts.first_step, opts.max_step)
-        t = (cap / d.abs().amax(1)).clamp(max=1.0)
+        if reset.any():  # not a descent direction: restart from steepest descent
+            dirs.reset(rows[idx[reset]])
+            d[reset], slope[reset] = -ga[reset], -(ga[reset] ** 2).sum(1)
+        # a trust cap on each step (max-norm): small while the curvature model is still the identity,
+        # so the first steps cannot leap into another basin, looser once it is scaled
+        cap = torch.where(dirs.fresh(rows[idx]) | reset, opts.first_step, opts.max_step)
+        t = (cap / d.abs().amax(1).clamp_min(1e-300)).clamp(max=1.0)
         unew, fnew, gnew = ua.clone(), fa.clone(), ga.clone()
-        accepted = torch.zeros_like(active[idx])
+        Hnew = None if H is None else H[idx].clone()
+        accepted = torch.zeros(idx.numel(), dtype=torch.bool, device=u.device)
         pending = torch.arange(idx.numel(), device=u.device)
         for _ in range(opts.max_ls):
             ut = ua[pending] + t[pending, None] * d[pending]
-            ft, gt = _value_and_grad(fun, ut, idx[pending])
-            ok = torch.isfinite(ft) & torch.isfinite(gt).all(1)
-            ok &= ft <= fa[pending] + C1 * t[pending] * slope[pending]
+            trial = fun(ut, idx[pending], dirs.order)
+            ok = torch.isfinite(trial.loss) & torch.isfinite(trial.grad).all(1)
+            ok &= trial.loss <= fa[pending] + C1 * t[pending] * slope[pending]
             hit = pending[ok]
-            unew[hit], fnew[hit], gnew[hit] = ut[ok], ft[ok], gt[ok]
+            unew[hit], fnew[hit], gnew[hit] = ut[ok], trial.loss[ok], trial.grad[ok]
+            if Hnew is not None:
+                Hnew[hit] = trial.hess[ok]
             accepted[hit] = True
             pending = pending[~ok]
             if pending.numel() == 0:
                 break
             t[pending] = t[pending] / 2
-        s, yv = unew - ua, gnew - ga
-        sy = (s * yv).sum(1)
-        good = accepted & (sy > 1e-12 * s.norm(dim=1) * yv.norm(dim=1))
+        s, y = unew - ua, gnew - ga
+        good = accepted & ((s * y).sum(1) > 1e-12 * s.norm(dim=1) * y.norm(dim=1))
         if good.any():
-            Hg, sg, yg, syg = Ha[good], s[good], yv[good], sy[good]
-            scale = syg / (yg * yg).sum(1)
-            Hg = torch.where(fresh[idx[good]][:, None, None], scale[:, None, None] * eye, Hg)
-            rho = (1.0 / syg)[:, None, None]
-            V = eye - rho * sg.unsqueeze(2) * yg.unsqueeze(1)
-            Ha[good] = V @ Hg @ V.transpose(1, 2) + rho * sg.unsqueeze(2) * sg.unsqueeze(1)
-            fresh[idx[good]] = False
-        u[idx], f[idx], g[idx], H[idx] = unew, fnew, gnew, Ha
+            dirs.update(rows[idx], s, y, good)
+        u[idx], f[idx], g[idx] = unew, fnew, gnew
+        if H is not None:
+            H[idx] = Hnew
         n_iter[idx] += accepted.long()
-        scale_f = torch.maximum(torch.maximum(fa.abs(), fnew.abs()), torch.ones_like(fa))
-        done = accepted & (((fa - fnew) <= opts.ftol * scale_f) | (gnew.abs().amax(1) <= opts.gtol))
+        finished = accepted & done(fa, fnew, ua, unew, gnew)
         if trace is not None:
             row = torch.full((R,), float("nan"), dtype=u.dtype, device=u.device)
             row[idx] = fnew
             trace.append(row)
-        for j in (~accepted).nonzero().squeeze(1).tolist():
-            status[idx[j]] = "converged" if bool(ga[j].abs().max() <= opts.stall_gtol) else "stalled"
-        for j in done.nonzero().squeeze(1).tolist():
-            status[idx[j]] = "converged"
-        active[idx[done | ~accepted]] = False
+        stuck = ~accepted
+        if stuck.any():  # no decrease: converged only if the rule holds where it stands
+            at_rest = done(fa[stuck], fa[stuck], ua[stuck], ua[stuck], ga[stuck])
+            for j, ok in zip(stuck.nonzero().squeeze(1).tolist(), at_rest.tolist()):
+                status[int(idx[j])] = "converged" if ok else "stalled"
+        for j in finished.nonzero().squeeze(1).tolist():
+            status[int(idx[j])] = "converged"
+        active[idx[finished | stuck]] = False
     status = ["max_iter" if s == "running" else s for s in status]
-    return u, f, n_iter, status
+    return u, f, g, n_iter, status
 
 
-def lbfgs_one(fun, u0: torch.Tensor, opts: SolverOptions) -> torch.Tensor:
-    """Minimize fun(u (p,)) -> scalar with a fresh ``torch.optim.LBFGS`` (strong Wolfe).
+def torch_lbfgs_one(fun, u0: torch.Tensor, opts: SolverOptions) -> torch.Tensor:
+    """Minimize fun(u (p,)) -> (loss, grad (p,)) with a fresh ``torch.optim.LBFGS`` (strong Wolfe).
     Returns the final u (p,); the caller checks that the value is finite."""
     u = u0.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [u],
-        lr=1.0,
-        max_iter=opts.max_iter,
-        tolerance_grad=opts.gtol,
-        tolerance_change=opts.ftol,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
+    opt = torch.optim.LBFGS([u], lr=1.0, max_iter=opts.max_iter, tolerance_grad=opts.gtol, tolerance_change=opts.ftol,
+                            history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
-        opt.zero_grad()
-        loss = fun(u)
-        loss.backward()
+        loss, grad = fun(u.detach())
+        u.grad = grad
         return loss
 
-    with torch.enable_grad():
-        opt.step(closure)
+    opt.step(closure)
     return u.detach()

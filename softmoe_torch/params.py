@@ -1,93 +1,144 @@
 """Batched parameters: the trainable parameters of a model carry a leading replication axis R,
 are flattened to one unconstrained vector per replication for optimization, and are mapped back
-through transforms that keep variances positive and honour optional box bounds."""
+through ``torch.distributions.biject_to`` of the domain each module declares.
+
+A module declares its parameters' domains in ``param_constraints`` (a dict name -> constraint,
+as ``torch.distributions`` does with ``arg_constraints``); undeclared parameters are real.
+Bounds (the theory's compact parameter space) apply per domain: ``real`` parameters get the box
+[-B, B], ``positive`` ones [lo, hi] on the log scale; a parameter's own name (or a prefix of it)
+overrides its domain's default."""
 import math
 
 import torch
-from torch.distributions import transforms as T
+from torch.distributions import constraints, transforms as T
+from torch.distributions.constraint_registry import biject_to
 from torch.func import functional_call
 
-
-def param_kind(name: str) -> str:
-    """Which bound applies to a trainable parameter: 'beta', 'tau', 'nu' or 'expert'."""
-    if name.startswith("gate."):
-        return name.split(".")[-1]
-    if name.endswith(".nu"):
-        return "nu"
-    return "expert"
+DOMAINS = ("real", "positive")
 
 
-def _transform(kind: str, bound):
-    """Map from R to the parameter's domain: identity/exp, or a sigmoid onto the bounds."""
-    if kind == "nu":
-        if bound is None:
-            return T.ExpTransform()
-        lo, hi = (math.log(float(b)) for b in bound)
-        return T.ComposeTransform([T.SigmoidTransform(), T.AffineTransform(lo, hi - lo), T.ExpTransform()])
-    if bound is None:
-        return T.identity_transform
-    b = float(bound)
-    return T.ComposeTransform([T.SigmoidTransform(), T.AffineTransform(-b, 2 * b)])
+def declared_constraint(model, name: str):
+    """The constraint that the module owning parameter ``name`` declares for it (real if none)."""
+    owner, _, leaf = name.rpartition(".")
+    return getattr(model.get_submodule(owner), "param_constraints", {}).get(leaf, constraints.real)
 
 
-def _interval(kind: str, bound):
-    if bound is None:
-        return (0.0, math.inf) if kind == "nu" else (-math.inf, math.inf)
-    return (float(bound[0]), float(bound[1])) if kind == "nu" else (-float(bound), float(bound))
+def _domain(constraint) -> str | None:
+    if constraint is constraints.real:
+        return "real"
+    if constraint is constraints.positive:
+        return "positive"
+    return None  # another declared domain (an interval, ...): already compact or its own bijection
+
+
+def _flatten(bounds: dict, prefix: str = "") -> dict:
+    """Nested bounds {gate: {tau: 20}} -> {'gate.tau': 20}; numbers and [lo, hi] lists are leaves."""
+    out = {}
+    for key, value in bounds.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _interval(domain: str, bound, name: str):
+    """(lo, hi) of a bounded parameter; a number B means [-B, B] for a real parameter."""
+    if domain == "real" and not isinstance(bound, (list, tuple)):
+        return -float(bound), float(bound)
+    lo, hi = (float(b) for b in bound)
+    if not lo < hi or (domain == "positive" and lo <= 0):
+        raise ValueError(f"bad bound for {name}: {list(bound)}; need lo < hi (and lo > 0 for a positive parameter)")
+    return lo, hi
+
+
+def _bijection(domain, constraint, interval):
+    """Map from R onto the parameter's (bounded) domain."""
+    if interval is None:
+        return biject_to(constraint)
+    lo, hi = interval
+    if domain == "positive":
+        return T.ComposeTransform([biject_to(constraints.interval(math.log(lo), math.log(hi))), T.ExpTransform()])
+    return biject_to(constraints.interval(lo, hi))
 
 
 class ParamSpace:
     """Layout of a model's trainable parameters as flat unconstrained vectors u of shape (R, p).
 
-    ``bounds`` maps 'beta', 'tau', 'expert' to a half-width B (the box [-B, B]) and 'nu' to
-    [lo, hi]; a missing or null entry leaves that parameter unbounded (nu stays positive)."""
+    ``bounds``: {'real': B, 'positive': [lo, hi], <parameter name or prefix>: bound}; a missing or
+    null entry leaves that domain or parameter unbounded (positive parameters stay positive)."""
 
     def __init__(self, model, bounds=None):
-        bounds = dict(bounds or {})
-        unknown = set(bounds) - {"beta", "tau", "expert", "nu"}
-        if unknown:
-            raise ValueError(f"unknown bound keys {sorted(unknown)}; use beta, tau, expert, nu")
+        flat = _flatten(dict(bounds or {}))
         trainable = model.trainable_parameters()
         self.names = list(trainable)
+        unknown = [k for k in flat if k not in DOMAINS and not any(n == k or n.startswith(k + ".") for n in self.names)]
+        if unknown:
+            raise ValueError(f"unknown bound keys {sorted(unknown)}; use {', '.join(DOMAINS)} or a parameter name "
+                             f"such as {self.names[-1]}")
         self.shapes = [tuple(p.shape) for p in trainable.values()]
         self.sizes = [math.prod(s) for s in self.shapes]
-        self.kinds = [param_kind(n) for n in self.names]
-        self.transforms = [_transform(k, bounds.get(k)) for k in self.kinds]
-        self.intervals = [_interval(k, bounds.get(k)) for k in self.kinds]
+        self.constraints = [declared_constraint(model, n) for n in self.names]
+        self.domains = [_domain(c) for c in self.constraints]
+        self.intervals = []
+        for name, domain in zip(self.names, self.domains):
+            keys = [k for k in flat if name == k or name.startswith(k + ".")]
+            key = max(keys, key=len) if keys else domain
+            bound = flat.get(key)
+            if bound is not None and domain is None:
+                raise ValueError(f"bounds apply to real or positive parameters; {name} declares its own domain")
+            self.intervals.append(None if bound is None else _interval(domain, bound, name))
+        self.transforms = [_bijection(d, c, i) for d, c, i in zip(self.domains, self.constraints, self.intervals)]
+        offsets = [0, *torch.tensor(self.sizes).cumsum(0).tolist()]
+        self.slices = {n: slice(a, b) for n, a, b in zip(self.names, offsets[:-1], offsets[1:])}
         self.dim = sum(self.sizes)
 
     def to_natural(self, u: torch.Tensor) -> dict:
         """u (R, p) -> {name: (R, *shape)} in the parameters' own domains."""
-        out, start = {}, 0
-        for name, shape, size, tr in zip(self.names, self.shapes, self.sizes, self.transforms):
-            out[name] = tr(u[:, start : start + size]).reshape(u.shape[0], *shape)
-            start += size
-        return out
+        return {n: tr(u[:, self.slices[n]]).reshape(u.shape[0], *s) for n, s, tr in zip(self.names, self.shapes, self.transforms)}
+
+    def natural_flat(self, u: torch.Tensor, order: int = 1):
+        """u (R, p) -> (theta (R, p), dtheta/du (R, p), d2theta/du2 (R, p) or None); the maps are
+        element-wise, so their derivatives are too. ``order`` 1 leaves out the second derivative."""
+        if order < 2:
+            theta, d1 = [], []
+            for n, tr in zip(self.names, self.transforms):
+                x = u[:, self.slices[n]]
+                y = tr(x)
+                theta.append(y)
+                d1.append(tr.log_abs_det_jacobian(x, y).exp().expand_as(x))
+            return torch.cat(theta, 1), torch.cat(d1, 1), None
+        with torch.enable_grad():
+            uu = u.detach().requires_grad_(True)
+            theta = torch.cat([tr(uu[:, self.slices[n]]) for n, tr in zip(self.names, self.transforms)], 1)
+            (d1,) = torch.autograd.grad(theta.sum(), uu, create_graph=True)
+            d2 = torch.autograd.grad(d1.sum(), uu)[0] if d1.requires_grad else torch.zeros_like(u)
+        return theta.detach(), d1.detach(), d2
 
     def to_unconstrained(self, params: dict) -> torch.Tensor:
-        """{name: (R, *shape)} -> u (R, p); raises ValueError for values outside the bounds."""
+        """{name: (R, *shape)} -> u (R, p); raises ValueError for values outside the domain or bounds."""
         pieces = []
-        for name, (lo, hi), tr in zip(self.names, self.intervals, self.transforms):
+        for name, c, interval, tr in zip(self.names, self.constraints, self.intervals, self.transforms):
             v = params[name]
-            if not bool(((v > lo) & (v < hi)).all()):
-                raise ValueError(
-                    f"starting value of {name} is outside its bounds ({lo:g}, {hi:g}); "
-                    "widen fit.bounds or change the initialization"
-                )
+            lo, hi = interval or (-math.inf, math.inf)
+            if not bool((c.check(v) & (v > lo) & (v < hi)).all()):
+                where = f"its bounds ({lo:g}, {hi:g})" if interval else f"its domain ({c})"
+                raise ValueError(f"starting value of {name} is outside {where}; widen fit.bounds or change the initialization")
             pieces.append(tr.inv(v).reshape(v.shape[0], -1))
         return torch.cat(pieces, dim=1)
 
-
     def at_bound(self, params: dict, rel: float = 1e-3) -> list:
         """Per replication, the names of parameters with an entry within ``rel`` of the box width
-        (a relative distance on the log scale for nu) of a bound: ['gate.tau', ...] or []."""
+        (a relative distance on the log scale for positive parameters) of a bound: ['gate.tau', ...] or []."""
         R = next(iter(params.values())).shape[0]
         hits = [[] for _ in range(R)]
-        for name, kind, (lo, hi) in zip(self.names, self.kinds, self.intervals):
-            if not (math.isfinite(lo) and math.isfinite(hi)):
+        for name, domain, interval in zip(self.names, self.domains, self.intervals):
+            if interval is None:
                 continue
+            lo, hi = interval
             v = params[name].reshape(R, -1).double()
-            if kind == "nu":
+            if domain == "positive":
                 v, lo, hi = v.log(), math.log(lo), math.log(hi)
             near = ((v - lo) <= rel * (hi - lo)) | ((hi - v) <= rel * (hi - lo))
             for r in near.any(dim=1).nonzero().squeeze(1).tolist():

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .device import resolve_device, resolve_dtype
-from .em import FitOptions, fit, fit_best_of
-from .init import near_truth, random_start
+from .convergence import ConvergenceWarning
+from .em import FitOptions, fit_best_of
+from .init import starting_points
 from .metrics import param_errors
 from .settings import PAPER_PARAMS, Setting
 from .simulate import data_seed, simulate
@@ -44,33 +45,27 @@ def sample_sizes(sweep: DictConfig) -> list:
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:
     """FitOptions from the ``fit`` config group; float32 gets looser tolerances."""
     f = OmegaConf.to_container(cfg.fit, resolve=True)
+    if dtype == torch.float32:
+        f["tol"], f["gtol"] = max(f.get("tol", 0), 1e-5), max(f.get("gtol", 0), 1e-5)
+        inner = f.setdefault("inner", {})
+        inner["ftol"], inner["gtol"] = max(inner.get("ftol", 0), 1e-7), max(inner.get("gtol", 0), 1e-5)
     try:
-        opts = FitOptions(**f)
+        return FitOptions(**f)
     except TypeError as err:  # an unknown key or a value of the wrong type
         raise ValueError(f"bad fit options: {err}") from None
-    if dtype == torch.float32:
-        opts.tol = max(opts.tol, 1e-5)
-        opts.inner.ftol, opts.inner.gtol = max(opts.inner.ftol, 1e-7), max(opts.inner.gtol, 1e-5)
-    return opts
 
 
-def _stack(per_rep: list) -> dict:
-    """One-replication init dicts {name: (1, ...)} -> one dict {name: (R, ...)}."""
-    return {k: torch.cat([p[k] for p in per_rep]) for k in per_rep[0]}
-
-
-def starting_points(cfg, setting, model, n, reps, Y):
-    """A list of init dicts {name: (R, ...)} (more than one for random restarts)."""
+def sweep_starts(cfg, setting, model, n, reps, Y):
+    """The init policy's starts {name: (R, ...)} for replications ``reps``; each replication's
+    starts depend only on (seed, setting, n, rep, start)."""
     policy = cfg.init.policy
     if policy == "near_truth":
-        truth = setting.truth(n)
-        return [_stack([near_truth(truth, 1, float(cfg.init.scale), data_seed(cfg.seed + 1, setting.name, n, r)) for r in reps])]
-    if policy == "random":  # each replication's starts depend only on (seed, setting, n, rep, i)
-        return [
-            _stack([random_start(model, Y[j : j + 1], data_seed(cfg.seed, f"{setting.name}/random{i}", n, r)) for j, r in enumerate(reps)])
-            for i in range(int(cfg.init.n_init))
-        ]
-    raise ValueError(f"unknown init.policy {policy!r} for a sweep; use near_truth or random")
+        seed_of = lambda i, j: data_seed(cfg.seed + 1, setting.name, n, reps[j])  # noqa: E731
+    else:
+        seed_of = lambda i, j: data_seed(cfg.seed, f"{setting.name}/random{i}", n, reps[j])  # noqa: E731
+    truth = setting.truth(n) if policy == "near_truth" else None
+    return starting_points(model, Y, policy, seed_of, truth=truth, scale=float(cfg.init.get("scale", 0.1)),
+                           n_init=int(cfg.init.get("n_init", 1)))
 
 
 @dataclass
@@ -175,9 +170,9 @@ def run_study(cfg: DictConfig, out_dir, monitor=None) -> Results:
         bar.set_postfix(n=n)
         try:
             X, Y = simulate(setting, n, reps, int(cfg.seed), dtype=dtype, device=device)
-            starts = starting_points(cfg, setting, model, n, reps, Y)
+            starts = sweep_starts(cfg, setting, model, n, reps, Y)
             with warnings.catch_warnings():  # unconverged fits are counted in the report instead
-                warnings.simplefilter("ignore", RuntimeWarning)
+                warnings.simplefilter("ignore", ConvergenceWarning)
                 result = fit_best_of(model, X, Y, starts, opts)
             errors = param_errors(result.params, setting.truth(n))
             rows = _rows(setting, n, reps, int(cfg.seed), result, errors)

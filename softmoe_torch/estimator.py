@@ -1,0 +1,76 @@
+"""The estimator: configured once, ``fit(X, y)`` on plain arrays, one ``FitResults`` back.
+
+    res = Estimator(model, method="em").fit(X, y)     # X (n, d) or (R, n, d); y (n,) or (R, n)
+    print(res.summary())
+
+The caller's model is the specification (structure, frozen pre-trained component); it is never
+mutated. Without a start, ``n_init`` random starts are run and the best fit of each replication
+is kept."""
+import copy
+
+import numpy as np
+import torch
+
+from .device import resolve_device, resolve_dtype
+from .em import FitOptions, as_batch, fit_best_of
+from .init import starting_points
+from .results import FitResults
+
+
+class Estimator:
+    """Maximum-likelihood estimation of a ``ContaminatedMoE``'s trainable parameters.
+
+    method: 'em' (default; EM with the batched L-BFGS M-step), 'em_torch' (EM with a
+    torch.optim.LBFGS M-step per replication), 'direct' (BFGS on the marginal log-likelihood) or
+    'newton' (Newton with the exact Hessian; the fastest). ``tol``, ``rule``, ``gtol``,
+    ``max_iter``, ``bounds`` and any other ``FitOptions`` field override the method's defaults.
+    init: 'random' (``n_init`` seeded starts, default 5) or 'near_truth' (``truth`` {name: tensor}
+    plus noise of size ``init_scale``: the paper's protocol). device: 'auto', 'cpu', 'cuda', 'mps';
+    dtype: 'float64' (default) or 'float32'. ``options``: a complete ``FitOptions`` instead."""
+
+    def __init__(self, model, method: str = "em", *, init: str = "random", n_init: int = 5, seed: int = 0,
+                 truth: dict | None = None, init_scale: float = 0.1, device: str = "cpu", dtype: str = "float64",
+                 options: FitOptions | None = None, **fit_options):
+        self.options = options or FitOptions.for_method(method, **fit_options)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.spec = copy.deepcopy(model).to(dtype=self.dtype, device=self.device)
+        self.method, self.init, self.n_init, self.seed = method, init, n_init, seed
+        self.truth, self.init_scale = truth, init_scale
+
+    def fit(self, X, y, start: dict | None = None) -> FitResults:
+        """Fit to X (n, d) or (R, n, d) and y (n,) or (R, n), numpy or torch, any float dtype.
+        ``start`` {name: value of the parameter's shape, or (R, *shape)} replaces the init policy;
+        parameters it leaves out start from the policy's first start."""
+        X, Y = as_batch(self._tensor(X, "X"), self._tensor(y, "y"))
+        if X.shape[1] < 2:
+            raise ValueError(f"need at least 2 observations per data set, got n = {X.shape[1]}")
+        starts = starting_points(self.spec, Y, self.init, lambda i, j: self.seed + 1000 * i + j, truth=self.truth,
+                                 scale=self.init_scale, n_init=1 if start else self.n_init)
+        if start:
+            starts = [self._with_start(starts[0], start, X.shape[0])]
+        fit = fit_best_of(self.spec, X, Y, starts, self.options)
+        return FitResults(self.spec, fit, X, Y)
+
+    def _tensor(self, a, what: str) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+        if not t.is_floating_point() and t.dtype != torch.long and t.dtype != torch.int:
+            raise ValueError(f"{what} must be numeric, got {t.dtype}")
+        t = t.to(dtype=self.dtype, device=self.device)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{what} must be finite (found NaN or inf)")
+        return t
+
+    def _with_start(self, base: dict, start: dict, R: int) -> dict:
+        out = dict(base)
+        for name, value in start.items():
+            if name not in base:
+                raise ValueError(f"unknown parameter {name!r} in start; the model's are {list(base)}")
+            shape = base[name].shape[1:]
+            v = torch.as_tensor(value, dtype=torch.float64)
+            if v.shape == shape:
+                v = v.expand(R, *shape)
+            if tuple(v.shape) != (R, *shape):
+                raise ValueError(f"start value of {name} has shape {tuple(v.shape)}, expected {tuple(shape)} or {(R, *shape)}")
+            out[name] = v.clone()
+        return out

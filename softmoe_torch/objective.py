@@ -1,0 +1,176 @@
+"""The log-likelihood of R replications as a function of flat unconstrained parameters u (R, p),
+with its derivatives: the quantity every fitting method optimizes.
+
+Two implementations share one interface, ``evaluate(u, idx, order, resp) -> Evaluation``:
+
+- ``GenericObjective``: any ``nn.Module`` experts, densities and gates, evaluated with
+  ``vmap(functional_call)`` and differentiated by autograd (value and gradient only);
+- ``FusedObjective``: the paper's families (one prompt, an index expert with known activation
+  derivatives, a density with known derivatives, a softmax or constant gate), evaluated with one
+  batched matmul and analytic first and second derivatives.
+
+``make_objective`` picks the fused one whenever the model allows it. Losses are *minus* mean
+log-likelihoods (or minus the EM's Q function when responsibilities ``resp`` are given), so
+optimizers minimize them."""
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .densities import Density
+from .experts import IndexExpert
+from .gates import ConstantGate, SoftmaxGate
+from .params import ParamSpace, batched_log_joint
+
+
+class Evaluation(NamedTuple):
+    """loss (m,); grad (m, p) or None; hess (m, p, p) or None; resp: responsibilities at u
+    (marginal evaluations only; the E-step), rows aligned with u."""
+
+    loss: torch.Tensor
+    grad: torch.Tensor | None = None
+    hess: torch.Tensor | None = None
+    resp: torch.Tensor | None = None
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[idx] without a copy when idx is every row in order."""
+    return t if idx.numel() == t.shape[0] and bool((idx == torch.arange(t.shape[0], device=idx.device)).all()) else t[idx]
+
+
+class GenericObjective:
+    """Autograd through ``vmap(functional_call)``; X (R, n, d), Y (R, n). resp (m, n, K+1)."""
+
+    exact_hessian = False
+
+    def __init__(self, model, X, Y, space: ParamSpace):
+        self.model, self.X, self.Y, self.space = model, X, Y, space
+
+    def evaluate(self, u, idx, order: int = 1, resp=None) -> Evaluation:
+        if order > 1:
+            raise NotImplementedError("the generic path has no Hessian")
+        with torch.enable_grad() if order else torch.no_grad():
+            uu = u.detach().requires_grad_(order > 0)
+            lj = batched_log_joint(self.model, self.space.to_natural(uu), _rows(self.X, idx), _rows(self.Y, idx))
+            if resp is None:
+                loss, new_resp = -torch.logsumexp(lj, -1).mean(-1), torch.softmax(lj.detach(), -1)
+            else:
+                loss, new_resp = -(resp * lj).sum(-1).mean(-1), None
+            grad = torch.autograd.grad(loss.sum(), uu)[0] if order else None
+        return Evaluation(loss.detach(), grad, None, new_resp)
+
+
+def _defines_both(cls) -> bool:
+    """True when the class that gives ``activation`` also gives ``activation_derivatives``."""
+    owner = lambda attr: next(c for c in cls.__mro__ if attr in vars(c))  # noqa: E731
+    return cls.activation_derivatives is not None and owner("activation") is owner("activation_derivatives")
+
+
+def fused_supported(model) -> bool:
+    """Whether ``FusedObjective`` can evaluate ``model`` (see the module docstring)."""
+    if len(model.prompts) != 1:
+        return False
+    prompt, gate = model.prompts[0], model.gate
+    expected = {"prompts.0.expert.eta", "prompts.0.nu", "gate.tau"} | ({"gate.beta"} if isinstance(gate, SoftmaxGate) else set())
+    return (
+        isinstance(prompt.expert, IndexExpert)
+        and _defines_both(type(prompt.expert))
+        and type(prompt.density).derivatives is not Density.derivatives
+        and type(gate) in (SoftmaxGate, ConstantGate)
+        and set(model.trainable_parameters()) == expected
+    )
+
+
+class FusedObjective:
+    """Analytic value, gradient and Hessian for the paper's model families. X (R, n, d), Y (R, n);
+    the frozen component's log-density L0 (R, n) is computed once. resp: the prompt's
+    responsibility (m, n)."""
+
+    exact_hessian = True
+
+    def __init__(self, model, X, Y, space: ParamSpace):
+        self.X, self.Y, self.space = X, Y, space
+        self.Xt = X.transpose(1, 2).contiguous()  # (R, d, n): both layouts make every matmul a fast one
+        prompt = model.prompts[0]
+        self.activation = type(prompt.expert).activation_derivatives
+        self.density = prompt.density
+        self.has_beta = "gate.beta" in space.slices
+        with torch.no_grad():
+            R, n, d = X.shape
+            self.L0 = model.pretrained(X.reshape(R * n, d), Y.reshape(R * n)).reshape(R, n)
+
+    def _split(self, theta):
+        sl = self.space.slices
+        beta = theta[:, sl["gate.beta"]] if self.has_beta else None
+        return beta, theta[:, sl["gate.tau"]], theta[:, sl["prompts.0.expert.eta"]], theta[:, sl["prompts.0.nu"]]
+
+    def evaluate(self, u, idx, order: int = 1, resp=None) -> Evaluation:
+        theta, d1, d2 = self.space.natural_flat(u, order)
+        beta, tau, eta, nu = self._split(theta)
+        X, Xt, Y, L0 = _rows(self.X, idx), _rows(self.Xt, idx), _rows(self.Y, idx), _rows(self.L0, idx)
+        n = Y.shape[1]
+        if self.has_beta:
+            lin = torch.bmm(torch.stack([beta, eta], 1), Xt)  # (m, 2, n): one pass over X
+            a, z = lin[:, 0] + tau, lin[:, 1]
+        else:
+            a, z = tau.expand_as(Y), torch.bmm(eta.unsqueeze(1), Xt).squeeze(1)
+        mean, h1, h2 = self.activation(z)
+        L1, L1m, L1v, L1mm, L1mv, L1vv = self.density.derivatives(Y, mean, nu)
+        log_s = F.logsigmoid(a)
+        log_1ms = log_s - a  # log(1 - s) = log s - a
+        if resp is None:
+            delta = log_s + L1 - log_1ms - L0  # log odds of the prompt given (x, y)
+            ll = log_s + L1 - F.logsigmoid(delta)
+            r = torch.sigmoid(delta)
+            loss, w = -ll.mean(-1), r * (1 - r)
+        else:
+            r = resp
+            loss, w = -(r * log_s + (1 - r) * log_1ms + r * L1).mean(-1), None
+        out_resp = r.detach() if resp is None else None
+        if order == 0:
+            return Evaluation(loss, None, None, out_resp)
+        s = torch.exp(log_s)
+        la, lm, lv = r - s, r * L1m, r * L1v  # d ll_i / d(a, m, v)
+        sl, p = self.space.slices, u.shape[1]
+        g = u.new_zeros(u.shape[0], p)
+        gx = torch.bmm(torch.stack([la, lm * h1], 1), X) / n  # (m, 2, d)
+        if self.has_beta:
+            g[:, sl["gate.beta"]] = gx[:, 0]
+        g[:, sl["gate.tau"]] = la.mean(-1, keepdim=True)
+        g[:, sl["prompts.0.expert.eta"]] = gx[:, 1]
+        g[:, sl["prompts.0.nu"]] = lv.mean(-1, keepdim=True)
+        grad = -g * d1
+        if order == 1:
+            return Evaluation(loss, grad, None, out_resp)
+        zero = torch.zeros_like(r) if w is None else w
+        laa = zero - s * (1 - s)
+        lam, lav = zero * L1m, zero * L1v
+        lmm = zero * L1m * L1m + r * L1mm
+        lmv, lvv = zero * L1m * L1v + r * L1mv, zero * L1v * L1v + r * L1vv
+        w_ee, w_ae = lmm * h1 * h1 + lm * h2, lam * h1
+        H = u.new_zeros(u.shape[0], p, p)
+        b, t, e, v = sl.get("gate.beta"), sl["gate.tau"], sl["prompts.0.expert.eta"], sl["prompts.0.nu"]
+
+        def put(rows, cols, block):  # a block and its mirror image
+            H[:, rows, cols] = block
+            H[:, cols, rows] = block.transpose(1, 2)
+
+        vec = torch.bmm(torch.stack([laa, w_ae, lav, lmv * h1], 1), X) / n  # (m, 4, d)
+        scalar = lambda q: q.mean(-1).reshape(-1, 1, 1)  # noqa: E731
+        H[:, e, e] = torch.bmm(Xt * w_ee.unsqueeze(1), X) / n
+        H[:, t, t], H[:, v, v] = scalar(laa), scalar(lvv)
+        put(t, v, scalar(lav))
+        put(t, e, vec[:, 1:2])
+        put(v, e, vec[:, 3:4])
+        if self.has_beta:
+            H[:, b, b] = torch.bmm(Xt * laa.unsqueeze(1), X) / n
+            put(b, e, torch.bmm(Xt * w_ae.unsqueeze(1), X) / n)
+            put(t, b, vec[:, 0:1])
+            put(v, b, vec[:, 2:3])
+        hess = -(d1.unsqueeze(2) * H * d1.unsqueeze(1) + torch.diag_embed(g * d2))
+        return Evaluation(loss, grad, hess, out_resp)
+
+
+def make_objective(model, X, Y, space: ParamSpace):
+    """The fused objective where the model allows it, else the generic one."""
+    return (FusedObjective if fused_supported(model) else GenericObjective)(model, X, Y, space)
