@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .cli import UserError, one_line_errors
+from .configs import CONF_DIR, register_resolvers
 from .data import INIT_ARRAYS, load_data
 from .device import resolve_device, resolve_dtype
 from .em import fit_best_of
@@ -87,9 +88,10 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
     return result
 
 
-@hydra.main(config_path="../conf", config_name="fit_data", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="fit_data", version_base="1.3")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    register_resolvers()
     out = cfg.out or Path(HydraConfig.get().runtime.output_dir) / "result.json"
     result = fit_file(cfg, out)
     for w in result["warnings"]:
