@@ -19,8 +19,8 @@ from tqdm import tqdm
 from .device import resolve_device, resolve_dtype
 from .em import FitOptions, fit, fit_best_of
 from .init import near_truth, random_start
-from .metrics import param_errors
-from .settings import PAPER_PARAMS, Setting
+from .paper import PAPER_PARAMS, param_errors
+from .settings import Setting
 from .simulate import data_seed, simulate
 
 COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),

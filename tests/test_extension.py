@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from softmoe_torch import Component, ContaminatedMoE, Gaussian, MLPExpert, SoftmaxGate, TanhExpert
 from softmoe_torch.em import FitOptions, fit
 from softmoe_torch.init import random_start
-from softmoe_torch.metrics import param_errors
+from softmoe_torch.paper import param_errors
 from softmoe_torch.optim import SolverOptions
 from softmoe_torch.settings import Setting
 from softmoe_torch.simulate import simulate
