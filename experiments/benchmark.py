@@ -63,7 +63,9 @@ def _compose(setting: str, fit: str):
     """The Hydra config for ``setting=<setting> fit=<fit>``."""
     from hydra import compose, initialize_config_dir
 
-    import softmoe_torch.settings  # noqa: F401  (registers the resolvers used by conf/setting)
+    from softmoe_torch.configs import register_resolvers
+
+    register_resolvers()  # used by conf/setting
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=[f"setting={setting}", f"fit={fit}"])

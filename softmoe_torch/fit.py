@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .cli import UserError, one_line_errors
+from .configs import CONF_DIR, register_resolvers
 from .data import INIT_ARRAYS, load_data
 from .device import resolve_device, resolve_dtype
 from .estimator import Estimator
@@ -83,9 +84,10 @@ def _pair(intervals: dict):
     return {k: v[0] for k, v in intervals.items()}, {k: v[1] for k, v in intervals.items()}
 
 
-@hydra.main(config_path="../conf", config_name="fit_data", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="fit_data", version_base="1.3")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    register_resolvers()
     out = cfg.out or Path(HydraConfig.get().runtime.output_dir) / "result.json"
     result = fit_file(cfg, out)
     print(result["results"].summary())

@@ -1,20 +1,5 @@
-"""Parameter errors and empirical convergence rates (power-law slopes with bootstrap CIs)."""
+"""Empirical convergence rates: power-law slopes of errors on n, with bootstrap CIs."""
 import numpy as np
-
-from .settings import PAPER_PARAMS, paper_view
-
-
-def param_errors(estimate: dict, truth: dict) -> dict:
-    """Per-replication errors of the paper's four quantities, each (R,):
-    ||beta_hat - beta*||, |exp(tau_hat) - exp(tau*)|, ||eta_hat - eta*||, |nu_hat - nu*|.
-    ``estimate`` {name: (R, ...)}; ``truth`` {name: tensor} without the replication axis."""
-    est = paper_view(estimate)
-    tru = paper_view({k: v.unsqueeze(0).to(next(iter(estimate.values()))) for k, v in truth.items()})
-    out = {}
-    for key in PAPER_PARAMS:
-        diff = (est[key] - tru[key]).reshape(est[key].shape[0], -1)
-        out[key] = diff.norm(dim=1)
-    return out
 
 
 def fit_power_law(ns, mean_errors):

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .metrics import bootstrap_slope  # noqa: E402
-from .settings import PAPER_PARAMS  # noqa: E402
+from .paper import reported_params  # noqa: E402
 
 LABELS = {
     "beta": r"$\|\hat\beta-\beta^*\|$",
@@ -50,7 +50,7 @@ def summarize(rows, setting_cfg, n_boot: int = 2000, seed: int = 0) -> dict:
     out["failed"] = sum(str(r["status"]).startswith(("failed", "error")) for r in rows)
     out["not_converged"] = sum(str(r["converged"]) != "True" for r in rows)
     out["at_bound"] = sum(bool(r.get("at_bound")) for r in rows)
-    for p in PAPER_PARAMS:
+    for p in reported_params(setting_cfg):
         sizes, table = error_table(rows, p)
         usable = ~np.all(np.isnan(table), axis=1)
         if usable.sum() < 2:
@@ -63,10 +63,11 @@ def summarize(rows, setting_cfg, n_boot: int = 2000, seed: int = 0) -> dict:
 
 
 def figure(rows, summary: dict, title: str):
-    """Four log-log panels: mean error per n with a 10-90% band over replications, the fitted
+    """One log-log panel per reported parameter: mean error per n with a 10-90% band over replications, the fitted
     power law (dashed) and the theoretical rate through the fitted line's centre (dotted)."""
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
-    for ax, p in zip(axes, PAPER_PARAMS):
+    params = list(summary["params"])
+    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.6), constrained_layout=True, squeeze=False)
+    for ax, p in zip(axes[0], params):
         sizes, table = error_table(rows, p)
         s = summary["params"][p]
         mean = np.nanmean(table, axis=1)

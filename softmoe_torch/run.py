@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .cli import one_line_errors
+from .configs import CONF_DIR, register_resolvers
 from .monitor import Monitor
 from .report import terminal_table, write_report
 from .study import run_study
@@ -41,9 +42,10 @@ def run_experiment(cfg: DictConfig, out_dir) -> dict:
     return summary
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    register_resolvers()
     run_experiment(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -20,8 +20,8 @@ from .device import resolve_device, resolve_dtype
 from .convergence import ConvergenceWarning
 from .em import FitOptions, fit_best_of
 from .init import starting_points
-from .metrics import param_errors
-from .settings import PAPER_PARAMS, Setting
+from .paper import PAPER_PARAMS, param_errors
+from .settings import Setting
 from .simulate import data_seed, simulate
 
 COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),

@@ -6,7 +6,8 @@ import torch
 
 from softmoe_torch.em import FitOptions, fit
 from softmoe_torch.init import near_truth
-from softmoe_torch.settings import Setting, paper_view
+from softmoe_torch.paper import paper_view
+from softmoe_torch.settings import Setting
 from softmoe_torch.simulate import simulate
 
 

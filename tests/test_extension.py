@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from softmoe_torch import Component, ContaminatedMoE, Gaussian, MLPExpert, SoftmaxGate, TanhExpert
 from softmoe_torch.em import FitOptions, fit
 from softmoe_torch.init import random_start
-from softmoe_torch.metrics import param_errors
+from softmoe_torch.paper import param_errors
 from softmoe_torch.optim import SolverOptions
 from softmoe_torch.settings import Setting
 from softmoe_torch.simulate import simulate
@@ -107,7 +107,8 @@ def test_external_expert_and_density_run_and_fit_as_subprocesses(tmp_path, user_
     """A class defined outside the package, on PYTHONPATH, through both command-line entries."""
     work = tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(user_dir), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (str(user_dir), os.environ.get("PYTHONPATH")) if p)  # keep the tree under test
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "softmoe_torch.run", "sweep=tiny", "fit=direct", *MLP, *STUDENT_T, "progress=false",
          "monitor.tensorboard=false", f"hydra.run.dir={work / 'run'}"],

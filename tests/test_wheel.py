@@ -1,0 +1,51 @@
+"""A non-editable wheel carries conf/ and runs both entries from any folder (about 30 s)."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import ROOT
+
+
+def sh(*args, cwd=None, env=None):
+    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_installed_wheel_runs_a_sweep_and_a_fit_from_another_folder(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "softmoe_torch", src / "softmoe_torch", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", src / "conf")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src)
+    (wheel,) = (tmp_path / "dist").glob("softmoe_torch-*.whl")
+    venv = tmp_path / "venv"
+    sh(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv)  # torch etc. from the system
+    python = venv / "bin" / "python"
+    sh(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
+
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    where = sh(python, "-c", "import softmoe_torch.configs as c; print(c.__file__); print(c.CONF_DIR)", cwd=work, env=env)
+    site = str(venv / "lib")
+    assert all(line.startswith(site) for line in where.split()), where  # the wheel's copy, not a source tree
+
+    sh(python, "-m", "softmoe_torch.run", "setting=distinguishable", "sweep=tiny", "fit=direct", "progress=false",
+       "monitor.tensorboard=false", "hydra.run.dir=run", cwd=work, env=env)
+    with open(work / "run" / "results.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 8))
+    np.savez(work / "d.npz", X=X, y=np.tanh(X[:, 0]) + 0.03 * rng.standard_normal(400))
+    sh(python, "-m", "softmoe_torch.fit", "data=d.npz", "setting=distinguishable", "fit=direct", "out=r.json",
+       cwd=work, env=env)
+    result = json.loads((work / "r.json").read_text())
+    assert result["n"] == 400 and len(result["beta"]) == 8
