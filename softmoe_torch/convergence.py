@@ -10,9 +10,12 @@ on the marginal log-likelihood. After each iteration a fit is **converged** when
 - the largest entry of the gradient of the mean log-likelihood in the unconstrained parameters
   is at most ``gtol``.
 
-Otherwise the fit ends as ``max_iter`` (``max_iter`` iterations done), ``stalled`` (no step raises
-the likelihood beyond rounding: a line search found no ascent, or an EM step would have lowered
-it, in which case the step is undone and the reason says so), or ``failed: <reason>``
+A fit whose line search finds no ascent step is also **converged** when even the full step's
+predicted gain (quadratic model) is below the float rounding of the mean log-likelihood
+(64 eps |ll|): no better optimum can be resolved. Otherwise the fit ends as ``max_iter``
+(``max_iter`` iterations done), ``stalled`` (no step raises the likelihood beyond rounding while
+more was predicted, or an EM step would have lowered it, in which case the step is undone and
+the reason says so), or ``failed: <reason>``
 (non-finite values; the parameters roll back to the last finite iterate). Only ``converged``
 counts as converged; the others raise a ``ConvergenceWarning``."""
 import warnings
@@ -51,7 +54,11 @@ class Contract:
             change = (ll_new - ll_old).abs() / ll_new.abs().clamp_min(1e-300)
         else:
             change = (theta_new - theta_old).abs().amax(1)
-        return (change < self.tol) | (grad.abs().amax(1) <= self.gtol)
+        return (change < self.tol) | self.stationary(grad)
+
+    def stationary(self, grad) -> torch.Tensor:
+        """(m,) bool: the largest gradient entry is at most gtol."""
+        return grad.abs().amax(1) <= self.gtol
 
 
 def rounding(ll: torch.Tensor) -> torch.Tensor:

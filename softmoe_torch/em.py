@@ -162,12 +162,16 @@ def _theta(space, u):
     return space.natural_flat(u, 0)[0]
 
 
-def _inner_rule(inner: SolverOptions):
+def _inner_rules(inner: SolverOptions):
+    """(done, stationary) of an M-step solve: relative change below ftol, or gradient below gtol."""
+    def stationary(g):
+        return g.abs().amax(1) <= inner.gtol
+
     def done(f_old, f_new, u_old, u_new, g_new):
         scale = torch.maximum(f_old.abs(), f_new.abs()).clamp_min(1.0)
-        return ((f_old - f_new) <= inner.ftol * scale) | (g_new.abs().amax(1) <= inner.gtol)
+        return ((f_old - f_new) <= inner.ftol * scale) | stationary(g_new)
 
-    return done
+    return done, stationary
 
 
 def _mstep(obj, u, idx, resp, opts, memory=None):
@@ -183,7 +187,7 @@ def _mstep(obj, u, idx, resp, opts, memory=None):
             return lambda v: (lambda e: (e.loss[0], e.grad[0]))(q(v[None], jj, 1))
 
         return torch.stack([torch_lbfgs_one(one(j), u[j], opts.inner) for j in range(u.shape[0])])
-    return minimize(q, u, memory or opts.mstep, opts.inner, _inner_rule(opts.inner), rows=idx)[0]
+    return minimize(q, u, memory or opts.mstep, opts.inner, *_inner_rules(opts.inner), rows=idx)[0]
 
 
 def _run_em(obj, space, u, opts):
@@ -232,7 +236,7 @@ def _run_direct(obj, space, u, opts, solver):
 
     rows = []
     inner = dataclasses.replace(opts.inner, max_iter=contract.max_iter)  # an iteration is an optimizer step
-    u, f, _, n_iter, status = minimize(obj.evaluate, u, solver, inner, done, trace=rows)
+    u, f, _, n_iter, status = minimize(obj.evaluate, u, solver, inner, done, contract.stationary, trace=rows)
     status = [s if torch.isfinite(v) else "failed: non-finite log-likelihood at the start" for s, v in zip(status, ll0)]
     trace = [[float(ll0[r])] + [-float(row[r]) for row in rows if not torch.isnan(row[r])] for r in range(R)]
     return u, -f, n_iter, status, trace

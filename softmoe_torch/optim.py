@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .convergence import rounding
+
 C1 = 1e-4  # Armijo constant
 
 
@@ -134,14 +136,17 @@ class Newton(BFGS):
 STRATEGIES = {"lbfgs": LBFGS, "bfgs": BFGS, "newton": Newton}
 
 
-def minimize(fun, u0, strategy, opts: SolverOptions, done, trace=None, rows=None):
+def minimize(fun, u0, strategy, opts: SolverOptions, done, stationary, trace=None, rows=None):
     """Minimize R separable objectives.
 
     fun(u (m, p), idx (m,), order) -> ``objective.Evaluation`` for the problems ``idx`` (row i
     depends only on u[i]); done(f_old, f_new, u_old, u_new, g_new) -> (m,) bool, the stopping
-    rule after an accepted step. Returns (u (R, p), f (R,), g (R, p), n_iter (R,), status) with
+    rule after an accepted step (a step is accepted on Armijo's condition and a strict decrease);
+    stationary(g (m, p)) -> (m,) bool: where no step is accepted, whether that is convergence (so
+    is a predicted gain below float rounding: nothing better can be resolved).
+    Returns (u (R, p), f (R,), g (R, p), n_iter (R,), status) with
     status 'converged', 'max_iter' or 'stalled' (no decrease found along the search direction and
-    the stopping rule does not hold there); ``trace``, if a list, receives one (R,) tensor of
+    the point is not stationary); ``trace``, if a list, receives one (R,) tensor of
     objective values per iteration (NaN where a problem had already finished).
 
     ``strategy``: a name in STRATEGIES, or a strategy object to continue (its curvature memory
@@ -179,7 +184,7 @@ def minimize(fun, u0, strategy, opts: SolverOptions, done, trace=None, rows=None
             ut = ua[pending] + t[pending, None] * d[pending]
             trial = fun(ut, idx[pending], dirs.order)
             ok = torch.isfinite(trial.loss) & torch.isfinite(trial.grad).all(1)
-            ok &= trial.loss <= fa[pending] + C1 * t[pending] * slope[pending]
+            ok &= (trial.loss <= fa[pending] + C1 * t[pending] * slope[pending]) & (trial.loss < fa[pending])
             hit = pending[ok]
             unew[hit], fnew[hit], gnew[hit] = ut[ok], trial.loss[ok], trial.grad[ok]
             if Hnew is not None:
@@ -203,8 +208,9 @@ def minimize(fun, u0, strategy, opts: SolverOptions, done, trace=None, rows=None
             row[idx] = fnew
             trace.append(row)
         stuck = ~accepted
-        if stuck.any():  # no decrease: converged only if the rule holds where it stands
-            at_rest = done(fa[stuck], fa[stuck], ua[stuck], ua[stuck], ga[stuck])
+        if stuck.any():  # no decrease: converged only at a stationary point, or where even the full step's
+            # predicted gain (-slope / 2 on the local quadratic model) is below float rounding of f
+            at_rest = stationary(ga[stuck]) | (-slope[stuck] / 2 <= rounding(fa[stuck]))
             for j, ok in zip(stuck.nonzero().squeeze(1).tolist(), at_rest.tolist()):
                 status[int(idx[j])] = "converged" if ok else "stalled"
         for j in finished.nonzero().squeeze(1).tolist():

@@ -92,14 +92,14 @@ def test_slurm_launcher_config_composes(compose_cfg):
 
 
 def test_random_starts_do_not_depend_on_the_batch(compose_cfg):
-    from softmoe_torch.study import starting_points
+    from softmoe_torch.study import sweep_starts
 
     cfg = compose_cfg(["init=random", "init.n_init=2"])
     setting = Setting(cfg.setting)
     model = setting.model()
     Y = torch.randn(3, 50, dtype=torch.float64)
-    together = starting_points(cfg, setting, model, 50, [0, 1, 2], Y)
-    alone = starting_points(cfg, setting, model, 50, [2], Y[2:])
+    together = sweep_starts(cfg, setting, model, 50, [0, 1, 2], Y)
+    alone = sweep_starts(cfg, setting, model, 50, [2], Y[2:])
     assert len(together) == 2
     for k in together[0]:
         torch.testing.assert_close(together[1][k][2:], alone[1][k])

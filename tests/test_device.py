@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from softmoe_torch.device import resolve_device, resolve_dtype
-from softmoe_torch.em import FitOptions, fit
+from softmoe_torch.em import FitOptions, fit_batch
 from softmoe_torch.init import near_truth
 from softmoe_torch.settings import Setting
 from softmoe_torch.simulate import simulate
@@ -37,8 +37,8 @@ def test_mps_falls_back_to_float32_with_a_warning():
 def test_cuda_fit_matches_cpu(compose_cfg):
     setting = Setting(compose_cfg(["setting=distinguishable"]).setting)
     X, Y = simulate(setting, 2000, range(4), seed=0)
-    init = near_truth(setting.truth(2000), 4, 0.1, 1)
+    init = near_truth(setting.model(), setting.truth(2000), 4, 0.1, 1)
     opts = FitOptions(method="direct")
-    cpu = fit(setting.model(), X, Y, init, opts)
-    gpu = fit(setting.model(device="cuda"), X.cuda(), Y.cuda(), init, opts)
+    cpu = fit_batch(setting.model(), X, Y, init, opts)
+    gpu = fit_batch(setting.model(device="cuda"), X.cuda(), Y.cuda(), init, opts)
     torch.testing.assert_close(gpu.mean_loglik.cpu(), cpu.mean_loglik, rtol=1e-9, atol=0)

@@ -17,10 +17,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from softmoe_torch import Component, ContaminatedMoE, Gaussian, MLPExpert, SoftmaxGate, TanhExpert
-from softmoe_torch.em import FitOptions, fit
+from softmoe_torch.convergence import ConvergenceWarning
+from softmoe_torch.em import FitOptions, fit_batch
 from softmoe_torch.init import random_start
 from softmoe_torch.paper import param_errors
-from softmoe_torch.optim import SolverOptions
 from softmoe_torch.settings import Setting
 from softmoe_torch.simulate import simulate
 
@@ -189,8 +189,8 @@ def test_frozen_network_as_pretrained_mean(tmp_path, task_a_net, source):
     assert not any(k.startswith("pretrained") for k in model.trainable_parameters())
     before = {k: v.clone() for k, v in model.pretrained.state_dict().items()}
     X, Y = simulate(setting, 400, [0, 1])
-    with pytest.warns(RuntimeWarning, match="did not converge"):  # 30 iterations are enough here
-        res = fit(model, X, Y, random_start(model, Y, 0), FitOptions(method="direct", mstep="bfgs", max_iter=30))
+    with pytest.warns(ConvergenceWarning, match="did not converge"):  # 30 iterations are enough here
+        res = fit_batch(model, X, Y, random_start(model, Y, 0), FitOptions(method="direct", mstep="bfgs", max_iter=30))
     assert torch.isfinite(res.mean_loglik).all()
     for k, v in model.pretrained.state_dict().items():
         assert torch.equal(v, before[k])
@@ -219,9 +219,9 @@ def test_two_prompts_em_never_lowers_the_likelihood(tmp_path):
     model = two.model()
     assert len(model.prompts) == 2 and model.gate.beta.shape == (2, 8)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        opts = FitOptions(method="em", mstep="bfgs", max_iter=6, inner=SolverOptions(max_iter=30))
-        res = fit(model, X, Y, random_start(model, Y, 1), opts)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        opts = FitOptions(method="em", max_iter=6)
+        res = fit_batch(model, X, Y, random_start(model, Y, 1), opts)
     for trace in res.trace:
         assert len(trace) > 3 and bool((torch.diff(torch.tensor(trace)) >= -1e-10).all())
     np.savez(tmp_path / "d.npz", X=X[0].numpy(), y=Y[0].numpy())

@@ -13,10 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from softmoe_torch import Component, ContaminatedMoE, Gaussian, SoftmaxGate, TanhExpert
-from softmoe_torch.em import FitOptions, fit
-from softmoe_torch.inference import infer, load_params, observed_information
-from softmoe_torch.init import near_truth
+from softmoe_torch import Component, ContaminatedMoE, Estimator, FitResults, Gaussian, SoftmaxGate, TanhExpert
+from softmoe_torch.inference import load_params, observed_information
 from softmoe_torch.settings import Setting
 from softmoe_torch.simulate import simulate
 
@@ -33,21 +31,20 @@ def setting():
 
 
 def fitted(setting, n, R, seed):
-    """R fits by direct ML from near the truth: (X, Y, FitResult, truth)."""
+    """R fits by Newton from near the truth: (X, Y, FitResults, truth)."""
     X, Y = simulate(setting, n, range(R), seed=seed)
     truth = setting.truth(n)
-    res = fit(setting.model(), X, Y, near_truth(truth, R, 0.1, seed + 1), FitOptions(method="direct", mstep="bfgs"))
-    assert bool(res.converged.all())
+    res = Estimator(setting.model(), "newton", init="near_truth", truth=truth, seed=seed + 1).fit(X, Y)
+    assert isinstance(res, FitResults) and bool(res.converged.all())
     return X, Y, res, truth
 
 
 def coverage(setting, X, Y, res, truth):
     """Per scalar parameter: the share of replications whose 95% interval holds the truth, (p,)."""
-    model = setting.model()
     hits = []
     for r in range(len(res)):
-        inf = infer(load_params(model, res.params, r), X[r], Y[r])
-        hits.append(torch.cat([((inf.lower[k] <= truth[k]) & (truth[k] <= inf.upper[k])).reshape(-1) for k in truth]))
+        ci = res.conf_int(0.05, r)
+        hits.append(torch.cat([((ci[k][0] <= truth[k]) & (truth[k] <= ci[k][1])).reshape(-1) for k in truth]))
     return torch.stack(hits).double().mean(0)
 
 
@@ -64,8 +61,8 @@ def test_load_params_copies_one_replication(setting):
 def test_information_is_minus_the_hessian_by_finite_differences(setting):
     model = setting.true_model(300)
     X, Y = simulate(setting, 300, [0])
-    theta, info, total = observed_information(model, X[0], Y[0])
-    assert total == pytest.approx(float(model.log_prob(X[0], Y[0]).sum().detach()))
+    info = observed_information(model, X[0], Y[0])
+    theta = torch.cat([p.detach().reshape(-1) for p in model.trainable_parameters().values()])
     names = list(model.trainable_parameters())
 
     def grad(t):
@@ -86,15 +83,16 @@ def test_information_is_minus_the_hessian_by_finite_differences(setting):
 
 def test_aic_bic_and_interval_width(setting):
     X, Y, res, _ = fitted(setting, 1000, 1, seed=5)
-    inf = infer(load_params(setting.model(), res.params, 0), X[0], Y[0])
     p = 8 + 1 + 8 + 1
-    assert inf.n_params == p and inf.loglik == pytest.approx(1000 * float(res.mean_loglik[0]))
-    assert inf.aic == pytest.approx(2 * p - 2 * inf.loglik)
-    assert inf.bic == pytest.approx(p * math.log(1000) - 2 * inf.loglik)
-    for k in inf.estimate:
-        torch.testing.assert_close(inf.upper[k] - inf.estimate[k], 1.959964 * inf.se[k])
-    se = torch.cat([v.reshape(-1) for v in inf.se.values()])
-    torch.testing.assert_close(se, inf.covariance.diagonal().sqrt())
+    loglik = float(res.model().log_prob(X[0], Y[0]).sum())
+    assert res.n_params == p and float(res.loglik[0]) == pytest.approx(loglik, rel=1e-12)
+    assert float(res.aic[0]) == pytest.approx(2 * p - 2 * loglik)
+    assert float(res.bic[0]) == pytest.approx(p * math.log(1000) - 2 * loglik)
+    est, se, ci = res.estimates(), res.se(), res.conf_int()
+    for k in est:
+        torch.testing.assert_close(ci[k][1] - est[k], 1.959964 * se[k])
+    flat = torch.cat([v.reshape(-1) for v in se.values()])
+    torch.testing.assert_close(flat, res.covariance().diagonal().sqrt())
 
 
 def test_singular_information_gives_nan_with_a_warning():
@@ -108,9 +106,12 @@ def test_singular_information_gives_nan_with_a_warning():
     pre = Component(TanhExpert(2), Gaussian(), nu=0.1, frozen=True)
     model = ContaminatedMoE(pre, Component(Idle(2), Gaussian(), nu=0.2), SoftmaxGate(2)).double()
     x = torch.randn(100, 2, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = Estimator(model, "direct", n_init=1, max_iter=20).fit(x, torch.randn(100, dtype=torch.float64))
     with pytest.warns(RuntimeWarning, match="not positive definite"):
-        inf = infer(model, x, torch.randn(100, dtype=torch.float64))
-    assert all(bool(v.isnan().all()) for v in inf.se.values())
+        se = res.se()
+    assert all(bool(v.isnan().all()) for v in se.values())
 
 
 def test_fit_json_reports_the_same_inference(setting, tmp_path):
@@ -121,17 +122,22 @@ def test_fit_json_reports_the_same_inference(setting, tmp_path):
                                 f"hydra.run.dir={tmp_path}"]
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore")
             runpy.run_module("softmoe_torch.fit", run_name="__main__", alter_sys=True)
     finally:
         sys.argv = argv
     r = json.loads(out.read_text())
     params = {"gate.beta": torch.tensor([[r["beta"]]]), "gate.tau": torch.tensor([[r["tau"]]]),
               "prompts.0.expert.eta": torch.tensor([r["eta"]]), "prompts.0.nu": torch.tensor([r["nu"]])}
-    inf = infer(load_params(setting.model(), params), X[0], Y[0])
-    np.testing.assert_allclose(r["se"]["eta"], inf.se["prompts.0.expert.eta"], rtol=1e-6)
-    np.testing.assert_allclose(r["ci95"]["lower"]["tau"], inf.lower["gate.tau"][0], rtol=1e-6)
-    assert r["bic"] == pytest.approx(inf.bic) and r["n_params"] == 18
+    model = load_params(setting.model(), params)
+    cov = torch.linalg.inv(observed_information(model, X[0], Y[0]))
+    se = cov.diagonal().sqrt()
+    names = list(model.trainable_parameters())
+    eta = names.index("prompts.0.expert.eta")  # eta comes first among the flattened entries after nu
+    offset = sum(model.get_parameter(n).numel() for n in names[:eta])
+    np.testing.assert_allclose(r["se"]["eta"], se[offset : offset + 8], rtol=1e-5)
+    loglik = float(model.log_prob(X[0], Y[0]).sum())
+    assert r["bic"] == pytest.approx(18 * math.log(800) - 2 * loglik) and r["n_params"] == 18
 
 
 def test_wald_intervals_cover_the_truth_fast(setting):
@@ -152,8 +158,6 @@ def test_wald_intervals_cover_the_truth_at_the_nominal_rate(setting):
     cov = coverage(setting, X, Y, res, truth)
     assert bool((cov >= 0.8).all()), cov
     assert 0.90 <= float(cov.mean()) <= 0.99, cov
-    model = setting.model()
-    se = torch.stack([torch.cat([v.reshape(-1) for v in infer(load_params(model, res.params, r), X[r], Y[r]).se.values()])
-                      for r in range(40)])
-    spread = torch.cat([res.params[k].reshape(40, -1) for k in model.trainable_parameters()], dim=1).std(0)
+    se = torch.stack([torch.cat([v.reshape(-1) for v in res.se(r).values()]) for r in range(40)])
+    spread = torch.cat([v.reshape(40, -1) for v in res.params.values()], dim=1).std(0)
     assert 0.85 <= float((se.mean(0) / spread).mean()) <= 1.15

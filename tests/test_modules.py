@@ -81,7 +81,7 @@ def test_pretrained_must_be_frozen():
 
 def test_param_space_round_trip_and_bounds():
     m = paper_model()
-    space = ParamSpace(m, {"beta": 5.0, "tau": 5.0, "expert": 5.0, "nu": [1e-6, 10.0]})
+    space = ParamSpace(m, {"real": 5.0, "positive": [1e-6, 10.0]})
     assert set(space.names) == {"gate.beta", "gate.tau", "prompts.0.expert.eta", "prompts.0.nu"}
     p = stack_params(m, 3)
     back = space.to_natural(space.to_unconstrained(p))
@@ -104,7 +104,7 @@ def test_batched_evaluation_matches_the_module():
 
 def test_param_space_reports_estimates_on_a_bound():
     m = paper_model()
-    space = ParamSpace(m, {"beta": 5.0, "tau": 10.0, "expert": 5.0, "nu": [1e-6, 10.0]})
+    space = ParamSpace(m, {"real": 5.0, "positive": [1e-6, 10.0], "gate": {"tau": 10.0}})
     p = stack_params(m, 3)
     p["gate.tau"][1] = 9.9999
     p["prompts.0.nu"][2] = 1.00001e-6

@@ -23,8 +23,9 @@ CONSTANT_GATE = ["setting.gate._target_=softmoe_torch.gates.ConstantGate", "~set
 LAYERS = {
     **dict.fromkeys(["densities", "experts", "gates"], 0),
     "mixture": 1,
-    **dict.fromkeys(["params", "optim", "em", "init", "inference"], 2),
-    **dict.fromkeys(["configs", "device", "errors", "checkpoints", "module_checks", "build", "truth", "paper",
+    **dict.fromkeys(["params", "convergence", "objective", "optim", "em", "init", "inference", "results", "device",
+                     "estimator"], 2),
+    **dict.fromkeys(["configs", "errors", "checkpoints", "module_checks", "build", "truth", "paper",
                      "settings", "simulate", "metrics", "study", "report", "monitor"], 3),
     **dict.fromkeys(["cli", "data", "run", "fit", "__init__"], 4),
 }
