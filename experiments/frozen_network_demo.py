@@ -21,9 +21,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 
-from softmoe_torch.em import FitOptions, fit_best_of  # noqa: E402
-from softmoe_torch.inference import infer, load_params  # noqa: E402
-from softmoe_torch.init import random_start  # noqa: E402
+from softmoe_torch import Estimator  # noqa: E402
 from softmoe_torch.settings import Setting  # noqa: E402
 from softmoe_torch.simulate import simulate  # noqa: E402
 
@@ -108,18 +106,11 @@ def main(argv=None) -> dict:
         setting = task_b_setting(checkpoint)
         X, Y = simulate(setting, args.n, [0], seed=1)
         model, true_model = setting.model(), setting.true_model(args.n)
-    starts = [random_start(model, Y, seed=i) for i in range(5)]
-    res = fit_best_of(model, X, Y, starts, FitOptions(method="direct", mstep="bfgs"))
-    inf = infer(load_params(model, res.params, 0), X[0], Y[0])
-    truth = setting.truth(args.n)
-    print(f"{'parameter':22} {'estimate':>10} {'s.e.':>9} {'truth':>9}")
-    out = {}
-    for name, est in inf.estimate.items():
-        for e, s, t in zip(est.reshape(-1).tolist(), inf.se[name].reshape(-1).tolist(), truth[name].reshape(-1).tolist()):
-            print(f"{name:22} {e:10.4f} {s:9.4f} {t:9.4f}")
-        out[name] = (est, inf.se[name], truth[name])
-    print(f"log-likelihood {inf.loglik:.1f}, AIC {inf.aic:.1f}, BIC {inf.bic:.1f}")
-    plot(model, true_model, X[0], Y[0], args.plot)
+    res = Estimator(model, "direct", n_init=5).fit(X[0], Y[0])
+    print(res.summary())
+    truth, se = setting.truth(args.n), res.se()
+    out = {name: (est, se[name], truth[name]) for name, est in res.estimates().items()}
+    plot(res.model(), true_model, X[0], Y[0], args.plot)
     print(f"plot: {args.plot}")
     return out
 

@@ -22,6 +22,7 @@ from softmoe_torch.em import FitOptions, fit_batch
 from softmoe_torch.init import random_start
 from softmoe_torch.paper import param_errors
 from softmoe_torch.settings import Setting
+from softmoe_torch.params import ParamSpace
 from softmoe_torch.simulate import simulate
 
 pytestmark = [
@@ -52,6 +53,19 @@ class Column(Expert):  # means of shape (n, 1), not (n,)
 class LogMean(Expert):  # log of negative numbers: NaN
     def forward(self, x):
         return torch.log(x @ self.w)
+
+
+class Scaled(nn.Module):  # a declared positive parameter: h = scale * tanh(eta^T x), scale > 0
+    from torch.distributions import constraints
+    param_constraints = {"scale": constraints.positive}
+
+    def __init__(self, dim):
+        super().__init__()
+        self.eta = nn.Parameter(torch.zeros(dim))
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * torch.tanh(x @ self.eta)
 
 
 class Branchy(Expert):  # a Python branch on a tensor value: fine alone, not under vmap
@@ -135,6 +149,38 @@ def test_external_expert_and_density_run_and_fit_as_subprocesses(tmp_path, user_
     assert r["aic"] == pytest.approx(2 * r["n_params"] - 2 * r["loglik"])
     truth = setting.truth(800)
     assert abs(r["nu"] - float(truth["prompts.0.nu"])) < 5 * r["se"]["nu"]
+
+
+SCALED = ["setting.prompt.expert._target_=bad_experts.Scaled",
+          "++setting.truth.expert_checkpoint={tmp}/scaled.pt"]
+
+
+def test_plugin_with_a_declared_positive_parameter_through_run_and_fit(tmp_path, user_dir):
+    """scale is declared positive: it is mapped through biject_to(positive), starts positive, is
+    bounded by fit.bounds.positive and recovered, through both command-line entries."""
+    import bad_experts
+
+    truth = bad_experts.Scaled(8)
+    with torch.no_grad():
+        truth.eta.copy_(-torch.eye(8)[0])
+        truth.scale.fill_(0.7)
+    torch.save(truth.state_dict(), tmp_path / "scaled.pt")
+    overrides = [o.format(tmp=tmp_path) for o in SCALED]
+    space = ParamSpace(Setting(cfg(overrides).setting).model(), {"positive": [1e-3, 10.0]})
+    assert space.intervals[space.names.index("prompts.0.expert.scale")] == (1e-3, 10.0)
+    run = tmp_path / "run"
+    assert cli("softmoe_torch.run", "sweep=tiny", "fit=newton", *overrides, "progress=false",
+               "monitor.tensorboard=false", f"hydra.run.dir={run}") == 0
+    with open(run / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and all(r["status"] == "converged" for r in rows)
+    setting = save_data(tmp_path / "d.npz", overrides, 3000, seed=2)
+    assert float(setting.truth(3000)["prompts.0.expert.scale"]) == pytest.approx(0.7)
+    out = tmp_path / "r.json"
+    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "fit=newton", "init=random", *overrides,
+               f"out={out}", f"hydra.run.dir={tmp_path}") == 0
+    r = json.loads(out.read_text())
+    assert 0 < r["expert"]["scale"] and abs(r["expert"]["scale"] - 0.7) < 4 * r["se"]["expert"]["scale"]
 
 
 def test_truth_of_a_general_expert_is_seeded_and_its_error_is_a_parameter_distance(user_dir):
