@@ -24,6 +24,7 @@ METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
     "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
 }
 MSTEPS = ("lbfgs", "bfgs", "torch_lbfgs")
+ACCELERATIONS = ("none", "squarem")
 
 
 @dataclass
@@ -33,7 +34,8 @@ class FitOptions:
     ``mstep`` (EM only): 'lbfgs' (the batched L-BFGS, each replication its own history),
     'bfgs' (batched BFGS) or 'torch_lbfgs' (``torch.optim.LBFGS``, one replication at a time).
     ``tol``, ``rule``, ``gtol``, ``max_iter``: the convergence contract. ``inner``: the M-step's
-    own stopping rule; ``warm_mstep``: the batched M-step solver keeps each replication's
+    own stopping rule; ``accelerate`` (EM only): 'squarem' runs EM in SQUAREM cycles of three
+    EM iterations (the contract is then checked once per cycle); ``warm_mstep``: the batched M-step solver keeps each replication's
     curvature pairs from one M-step to the next (short, inexact M-steps then suffice; every step
     still raises Q, so the likelihood never drops). ``fused``: use the fused fast path where the
     model allows it."""
@@ -46,6 +48,7 @@ class FitOptions:
     max_iter: int = 1000
     bounds: dict | None = field(default_factory=lambda: dict(DEFAULT_BOUNDS))
     inner: SolverOptions = field(default_factory=SolverOptions)
+    accelerate: str = "none"
     warm_mstep: bool = True
     fused: bool = True
 
@@ -54,6 +57,8 @@ class FitOptions:
             raise ValueError(f"fit.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.mstep not in MSTEPS:
             raise ValueError(f"fit.mstep must be one of {', '.join(MSTEPS)}, got {self.mstep!r}")
+        if self.accelerate not in ACCELERATIONS:
+            raise ValueError(f"fit.accelerate must be one of {', '.join(ACCELERATIONS)}, got {self.accelerate!r}")
         if isinstance(self.inner, dict):
             self.inner = SolverOptions(**self.inner)
         self.contract = Contract(self.tol, self.rule, self.gtol, self.max_iter)
@@ -76,7 +81,7 @@ class BatchFit:
     replication, the mean log-likelihood at the start and after each iteration; at_bound: per
     replication, the parameters that ended on a box bound (the estimate is then the constrained
     MLE); seconds: wall time of the call(s); n_evals: objective evaluations (calls over the batch);
-    solver: what ran ('em/lbfgs', 'newton', ...); fused: whether the fused path was used."""
+    solver: what ran ('em/lbfgs', 'em/lbfgs+squarem', 'newton', ...); fused: whether the fused path was used."""
 
     params: dict
     mean_loglik: torch.Tensor
@@ -140,7 +145,7 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None) -> Bat
     start = time.perf_counter()
     u = space.to_unconstrained({k: v.to(X) for k, v in init.items()})
     if opts.method == "em":
-        run, solver = _run_em, f"em/{opts.mstep}"
+        run, solver = _run_em, f"em/{opts.mstep}" + ("+squarem" if opts.accelerate == "squarem" else "")
     else:
         solver = "newton" if opts.method == "newton" and obj.exact_hessian else "bfgs"
         run = lambda o, s, v, f: _run_direct(o, s, v, f, solver)  # noqa: E731
@@ -190,6 +195,35 @@ def _mstep(obj, u, idx, resp, opts, memory=None):
     return minimize(q, u, memory or opts.mstep, opts.inner, *_inner_rules(opts.inner), rows=idx)[0]
 
 
+def _em_map(obj, u, idx, resp, opts, memory):
+    """One EM iteration from u (m, p) with responsibilities resp at u: (u_new, evaluation at u_new)."""
+    u_new = _mstep(obj, u, idx, resp, opts, memory)
+    return u_new, obj.evaluate(u_new, idx, 1)
+
+
+def _pick(mask, a, b):
+    """Rows of tensor b where mask, else of a."""
+    return torch.where(mask.reshape(-1, *[1] * (a.dim() - 1)), b, a)
+
+
+def _squarem_cycle(obj, u0, idx, resp0, opts, memory):
+    """One SQUAREM cycle (Varadhan & Roland 2008, scheme S3) of three EM iterations: two EM maps
+    u1, u2 from u0, the extrapolation u0 - 2 a r + a^2 v (r = u1 - u0, v = u2 - 2 u1 + u0,
+    a = -|r| / |v| <= -1), and one EM map u3 from it. u3 is kept only where it is finite and at
+    least as likely as u2, so the cycle never does worse than two plain EM iterations."""
+    u1, ev1 = _em_map(obj, u0, idx, resp0, opts, memory)
+    u2, ev2 = _em_map(obj, u1, idx, ev1.resp, opts, memory)
+    r, v = u1 - u0, u2 - 2 * u1 + u0
+    a = -(r.norm(dim=1) / v.norm(dim=1).clamp_min(1e-300)).clamp(min=1.0)[:, None]
+    ux = u0 - 2 * a * r + a * a * v
+    evx = obj.evaluate(ux, idx, 0)
+    ok = torch.isfinite(evx.loss) & torch.isfinite(ux).all(1)
+    ux, respx = _pick(ok, u2, ux), _pick(ok, ev2.resp, evx.resp)
+    u3, ev3 = _em_map(obj, ux, idx, respx, opts, memory)
+    better = ok & torch.isfinite(ev3.loss) & torch.isfinite(ev3.grad).all(1) & (ev3.loss <= ev2.loss)
+    return _pick(better, u2, u3), type(ev2)(*(None if x is None else _pick(better, x, y) for x, y in zip(ev2, ev3)))
+
+
 def _run_em(obj, space, u, opts):
     contract = opts.contract
     R = u.shape[0]
@@ -199,23 +233,28 @@ def _run_em(obj, space, u, opts):
     trace = [[float(v)] for v in ll]
     n_iter = torch.zeros(R, dtype=torch.long)
     memory = STRATEGIES[opts.mstep](R, u.shape[1], u, opts.inner.history) if opts.warm_mstep and opts.mstep != "torch_lbfgs" else None
-    for it in range(1, contract.max_iter + 1):
+    squarem = opts.accelerate == "squarem"
+    done = 0
+    while done < contract.max_iter:
         idx = torch.tensor([r for r in range(R) if status[r] == "running"], dtype=torch.long, device=u.device)
         if idx.numel() == 0:
             break
-        u_new = _mstep(obj, u[idx], idx, resp[idx], opts, memory)
-        ev = obj.evaluate(u_new, idx, 1)
+        cycle = squarem and contract.max_iter - done >= 3
+        step = _squarem_cycle if cycle else _em_map
+        u_new, ev = step(obj, u[idx], idx, resp[idx], opts, memory)
+        first, done = done + 1, done + (3 if cycle else 1)
         ll_new, grad_new = -ev.loss, -ev.grad
         finite = torch.isfinite(ll_new) & torch.isfinite(u_new).all(1) & torch.isfinite(grad_new).all(1)
         lowered = (ll_new < ll[idx] - rounding(ll[idx])) & finite
         met = contract.met(ll[idx], ll_new, _theta(space, u[idx]), _theta(space, u_new), grad_new)
+        which = f"EM iteration {done}" if not cycle else f"EM iterations {first}-{done}"
         for j, r in enumerate(idx.tolist()):
-            n_iter[r] = it
+            n_iter[r] = done
             if not finite[j]:
-                status[r] = f"failed: non-finite values after M-step {it}; rolled back to iteration {it - 1}"
+                status[r] = f"failed: non-finite values after {which}; rolled back to iteration {first - 1}"
             elif lowered[j]:
-                status[r] = (f"stalled: EM step {it} would lower the mean log-likelihood by "
-                             f"{float(ll[r] - ll_new[j]):.2e}; kept iteration {it - 1}")
+                status[r] = (f"stalled: {which} would lower the mean log-likelihood by "
+                             f"{float(ll[r] - ll_new[j]):.2e}; kept iteration {first - 1}")
             else:
                 u[r], ll[r], grad[r], resp[r] = u_new[j], ll_new[j], grad_new[j], ev.resp[j]
                 trace[r].append(float(ll_new[j]))

@@ -191,9 +191,11 @@ def minimize(fun, u0, strategy, opts: SolverOptions, done, stationary, trace=Non
                 Hnew[hit] = trial.hess[ok]
             accepted[hit] = True
             pending = pending[~ok]
+            t[pending] = t[pending] / 2
+            # give up where even the halved step's predicted gain is below float rounding: nothing to resolve
+            pending = pending[-t[pending] * slope[pending] > rounding(fa[pending])]
             if pending.numel() == 0:
                 break
-            t[pending] = t[pending] / 2
         s, y = unew - ua, gnew - ga
         good = accepted & ((s * y).sum(1) > 1e-12 * s.norm(dim=1) * y.norm(dim=1))
         if good.any():
