@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .cli import one_line_errors
+from .device import match_threads_to_job
 from .monitor import Monitor
 from .report import terminal_table, write_report
 from .study import run_study
@@ -44,6 +45,7 @@ def run_experiment(cfg: DictConfig, out_dir) -> dict:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    match_threads_to_job()
     run_experiment(cfg, HydraConfig.get().runtime.output_dir)
 
 
