@@ -47,6 +47,16 @@ def test_explicit_omp_threads_win_and_outside_slurm_nothing_changes(restore_thre
     assert torch.get_num_threads() == 2
 
 
+def test_a_job_without_result_is_described_in_one_line():
+    describe_uncompleted = pytest.importorskip("hydra_plugins.softmoe_torch_slurm.slurm_launcher", reason="needs the launchers extra").describe_uncompleted
+    message = ("Job 17 (task: 0) with path /x/.submitit/17/17_0_result.pkl\n"
+               "has not produced any output (state: CANCELLED by 0)\nError stream produced:\nsrun: ...")
+    line = describe_uncompleted(message)
+    assert line.startswith("SLURM job 17 ended without a result (state: CANCELLED by 0); its log: /x/.submitit/17/17_0_log.err.")
+    assert "\n" not in line
+    assert describe_uncompleted("something else\nmore") == "something else"
+
+
 # ---------------------------------------------------------------- the cluster
 
 def _cluster(cmd, timeout):
@@ -180,6 +190,16 @@ def _wait_for_rows(results, proc, timeout):
     return False
 
 
+def _assert_one_line_error(stderr, job, state):
+    """The launcher ends with one line naming the job, its state, its log and how to resume."""
+    line = (stderr.strip().splitlines() or [""])[-1]
+    print("launcher's error:", line)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert line.startswith(f"error: SLURM job {job} ended without a result (state: {state}"), stderr[-3000:]
+    assert "rerun the same command to resume" in line
+    assert Path(re.search(r"its log: (\S+)\.", line).group(1)).exists()
+
+
 def _assert_resumes(cmd, sweep_dir, results, rows_before, n_total):
     """Rerun the same command: it does only the missing fits and completes results.csv."""
     again = _run(cmd, 300, sweep_dir)
@@ -213,10 +233,46 @@ def test_killed_job_fails_clearly_and_a_rerun_finishes_it(slurm_cluster, tmp_pat
             proc.kill()
             _cancel(sweep_dir)
     states = _report(f"killed by {how}", sweep_dir)
-    print("launcher's error:", (err.strip().splitlines() or [""])[-1])
     assert proc.returncode != 0
     assert list(states.values())[0] in ("CANCELLED", "FAILED"), states
-    assert "has not produced any output" in err and f"state: {list(states.values())[0]}" in err, err[-3000:]
+    _assert_one_line_error(err, job[0], list(states.values())[0])
     rows_before = len(_rows(results))
     assert 2 <= rows_before < 10
     _assert_resumes(cmd, sweep_dir, results, rows_before, 10)
+
+
+@pytest.mark.slurm
+def test_job_past_its_time_limit_fails_clearly_and_a_rerun_resumes(slurm_cluster, tmp_path):
+    # 60 sizes x 2 reps at n=1e5..2e5: minutes of work on any machine, so the 1-minute limit
+    # (enforced by slurmctld within ~30 s, then SIGKILL after KillWait) always cuts it mid-run
+    sweep_dir = tmp_path / "multirun"
+    big = ["setting=distinguishable", "sweep=tiny", "fit=direct", "sweep.n_min=100000", "sweep.n_max=200000",
+           "sweep.num_sizes=60"]
+    # signal_delay_s=0: no early USR2 (submitit would end a 1-minute job at once as "timed-out")
+    limited = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=0"]
+    first = _run(_multirun(sweep_dir, *big, *limited), 300, sweep_dir)
+    states = _report("past its time limit", sweep_dir)
+    assert first.returncode != 0
+    assert list(states.values()) == ["TIMEOUT"], states
+    _assert_one_line_error(first.stderr, _job_ids(sweep_dir)[0], "TIMEOUT")
+    results = _results(sweep_dir, "distinguishable")
+    rows_before = len(_rows(results))
+    assert 2 <= rows_before < 120
+
+    # the rerun (same overrides, longer limit) resumes from the rows on disk; finishing it would take
+    # minutes, and finishing after a SIGKILL is what the kill tests check, so stop it once it has
+    # reported its resume point and added a row
+    cmd = _multirun(sweep_dir, *big, "hydra.launcher.timeout_min=10")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(_rows(results)) <= rows_before + 1 and proc.poll() is None:
+            time.sleep(0.5)
+        counts = re.findall(r"(\d+) fits to run, (\d+) already done", _job_logs(sweep_dir, newest=True))
+        assert counts == [(str(120 - rows_before), str(rows_before))], counts
+        keys = [(int(r["n"]), int(r["rep"])) for r in _rows(results)]
+        assert len(keys) == len(set(keys)) > rows_before
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        _cancel(sweep_dir)
