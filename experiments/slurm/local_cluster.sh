@@ -34,7 +34,7 @@ alive() {  # alive NAME: the daemon whose PID file is $STATE/NAME.pid is running
     local pid
     [[ -s $STATE/$1.pid ]] || return 1
     pid=$(<"$STATE/$1.pid")
-    kill -0 "$pid" 2>/dev/null
+    ps -p "$pid" >/dev/null  # not kill -0: that fails for a non-root user asking for status
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND until it succeeds
