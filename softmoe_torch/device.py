@@ -1,5 +1,6 @@
 """Device and dtype selection: auto picks CUDA, then Apple MPS, then CPU; float64 by default,
 float32 on MPS (which has no float64) with a one-time warning."""
+import os
 import warnings
 
 import torch
@@ -39,3 +40,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float32
     return _DTYPES[name]
 
+
+
+def match_threads_to_job(environ=os.environ) -> int | None:
+    """In a SLURM job, use as many torch threads as the job has CPUs (SLURM_CPUS_PER_TASK).
+
+    The joblib launcher already gives each worker cores/n_jobs threads, but where a cluster does not
+    pin a job to its cores torch counts every core of the node and oversubscribes it. An explicit
+    OMP_NUM_THREADS wins. Returns the thread count set, or None when nothing was changed."""
+    cpus = environ.get("SLURM_CPUS_PER_TASK", "")
+    if not cpus.isdigit() or int(cpus) < 1 or environ.get("OMP_NUM_THREADS"):
+        return None
+    torch.set_num_threads(int(cpus))
+    print(f"torch threads: {cpus} (SLURM_CPUS_PER_TASK)")
+    return int(cpus)

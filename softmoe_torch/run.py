@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cli import one_line_errors
 from .configs import CONF_DIR, register_resolvers
+from .device import match_threads_to_job
 from .monitor import Monitor
 from .report import terminal_table, write_report
 from .study import run_study
@@ -46,6 +47,7 @@ def run_experiment(cfg: DictConfig, out_dir) -> dict:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     register_resolvers()
+    match_threads_to_job()
     run_experiment(cfg, HydraConfig.get().runtime.output_dir)
 
 

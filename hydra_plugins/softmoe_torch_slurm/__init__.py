@@ -1,0 +1,1 @@
+"""softmoe_torch's Hydra launcher plugin (see slurm_launcher.py)."""
