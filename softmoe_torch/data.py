@@ -50,9 +50,9 @@ def _read_npz(path: Path):
     return arrays["X"], arrays["y"], init
 
 
-def load_data(path, dim: int):
+def load_data(path):
     """-> X (n, d) float64, y (n,) float64, init {parameter name: array}; validated against
-    the setting's dimension ``dim``."""
+    shapes, finiteness and emptiness."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -70,8 +70,6 @@ def load_data(path, dim: int):
         raise UserError(f"{path}: expected X of shape (n, d) and y of shape (n,), got {X.shape} and {y.shape}")
     if X.shape[0] == 0:
         raise UserError(f"{path}: the data set is empty")
-    if X.shape[1] != dim:
-        raise UserError(f"{path}: X has d={X.shape[1]} columns but the setting expects d={dim}")
     if not (np.isfinite(X).all() and np.isfinite(y).all()):
         raise UserError(f"{path}: X and y must be finite (found NaN or inf)")
     for key, value in init.items():

@@ -6,6 +6,7 @@ The objective (``objective.py``) supplies the log-likelihood, its derivatives an
 responsibilities; the driver knows nothing of experiments or files."""
 import dataclasses
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -18,13 +19,14 @@ from .params import ParamSpace
 DEFAULT_BOUNDS = {"real": 10.0, "positive": [1e-8, 1e2]}
 METHODS = ("em", "direct", "newton")
 METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
-    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
-    "em_torch": dict(method="em", mstep="torch_lbfgs", warm_mstep=False, tol=1e-8, max_iter=1000, inner=dict(max_iter=200)),
+    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, accelerate="none", tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
+    "em_torch": dict(method="em", mstep="torch_lbfgs", warm_mstep=False, accelerate="none", tol=1e-8, max_iter=1000, inner=dict(max_iter=200)),
     "direct": dict(method="direct", mstep="bfgs", tol=1e-12, max_iter=2000),
     "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
 }
 MSTEPS = ("lbfgs", "bfgs", "torch_lbfgs")
 ACCELERATIONS = ("none", "squarem")
+SMALL_BATCH = 200_000  # samples (R * n) below which a fit runs on one thread
 
 
 @dataclass
@@ -133,13 +135,42 @@ class _Counted:
         return self.objective.evaluate(*args, **kwargs)
 
 
-def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None) -> BatchFit:
+@contextmanager
+def _threads_for(elements: int):
+    """One intra-op thread for small batches (R * n below SMALL_BATCH samples): there the
+    threads' start-up and synchronisation cost more than they save, many times more on a busy
+    machine; the caller's setting otherwise."""
+    before = torch.get_num_threads()
+    if elements < SMALL_BATCH:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: bool = True) -> BatchFit:
     """Maximum-likelihood fit of ``model``'s trainable parameters to R data sets.
 
     X (R, n, d) or (n, d); Y (R, n) or (n,); init {name: (R, *shape)} starting values. The
-    model's own parameters are not modified."""
-    opts = options or FitOptions()
+    model's own parameters are not modified. ``warn``: a ConvergenceWarning for fits that did
+    not converge."""
     X, Y = as_batch(X, Y)
+    opts = options or FitOptions()
+    with _threads_for(Y.numel()):
+        result = _fit_batch(model, X, Y, init, opts)
+    if warn:
+        _warn(result, opts)
+    return result
+
+
+def _warn(result: BatchFit, opts: FitOptions) -> None:
+    advice = ("raise fit.max_iter, start closer (init.scale), or use fit=newton" if opts.method == "em"
+              else "raise fit.max_iter or start closer (init.scale)")
+    warn_unconverged(result.status, advice, stacklevel=4)
+
+
+def _fit_batch(model, X, Y, init, opts) -> BatchFit:
     space = ParamSpace(model, opts.bounds)
     obj = _Counted(make_objective(model, X, Y, space) if opts.fused else GenericObjective(model, X, Y, space))
     start = time.perf_counter()
@@ -157,9 +188,6 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None) -> Bat
         at_bound=space.at_bound(params), seconds=time.perf_counter() - start, n_evals=obj.calls,
         solver=solver, fused=not isinstance(obj.objective, GenericObjective),
     )
-    advice = ("raise fit.max_iter, start closer (init.scale), or use fit=newton" if opts.method == "em"
-              else "raise fit.max_iter or start closer (init.scale)")
-    warn_unconverged(status, advice)
     return result
 
 
@@ -291,8 +319,9 @@ def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None) ->
         ok = torch.tensor([not s.startswith("failed") for s in res.status], device=res.mean_loglik.device)
         return torch.where(ok & torch.isfinite(res.mean_loglik), res.mean_loglik, -torch.inf)
 
-    best = fit_batch(model, X, Y, starts[0], options)
+    best = fit_batch(model, X, Y, starts[0], options, warn=False)
     for init in starts[1:]:
-        res = fit_batch(model, X, Y, init, options)
+        res = fit_batch(model, X, Y, init, options, warn=False)
         best = best.replace_where(score(res) > score(best), res)
+    _warn(best, options or FitOptions())
     return best

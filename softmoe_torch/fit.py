@@ -1,7 +1,9 @@
 """Hydra entry: fit the model of a setting to a user's data file.
 
-    python -m softmoe_torch.fit data=FILE setting=NAME [fit=direct] [init=random] [out=PATH]
+    python -m softmoe_torch.fit data=FILE setting=NAME [fit=newton] [init.n_init=10] [out=PATH]
 
+The setting names the frozen pre-trained component and the prompt family; d is the data's; the
+start is random (best of ``init.n_init``) unless the file holds init_* arrays.
 Writes a JSON result (beta, tau, eta, nu, their standard errors ``se`` and 95% Wald intervals
 ``ci95``, loglik, aic, bic, mean_loglik, n_iter, converged, status, seconds) and prints its path;
 a prompt expert with parameters other than a single ``eta`` is reported under ``expert`` by its
@@ -12,7 +14,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .cli import UserError, one_line_errors
@@ -46,8 +47,9 @@ def named(values: dict) -> dict:
 def fit_file(cfg: DictConfig, out_path) -> dict:
     """Fit cfg.setting's model to the file cfg.data; write and return the result dict (and keep
     the ``FitResults`` under the key ``results``, not written)."""
+    X, y, init_values = load_data(cfg.data)
+    cfg.setting.dim = X.shape[1]  # d is the data's
     setting = Setting(cfg.setting)
-    X, y, init_values = load_data(cfg.data, setting.dim)
     model = setting.model()
     policy = cfg.init.policy
     options = fit_options(cfg, resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
@@ -72,7 +74,9 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
         "loglik": float(res.loglik[0]), "n_params": res.n_params, "aic": float(res.aic[0]), "bic": float(res.bic[0]),
         "mean_loglik": float(res.mean_loglik[0]), "n_iter": int(res.n_iter[0]), "converged": bool(res.converged[0]),
         "status": res.status[0], "seconds": res.seconds, "n": len(y), "setting": setting.name,
-        "method": cfg.fit.method, "solver": res.solver, "warnings": [str(w.message) for w in caught],
+        "method": cfg.fit.method, "solver": res.solver,
+        "starts": "the file's init_* arrays" if init_values else f"best of {estimator.n_init} {policy} start(s)",
+        "warnings": [str(w.message) for w in caught],
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,12 +92,12 @@ def _pair(intervals: dict):
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     register_resolvers()
-    out = cfg.out or Path(HydraConfig.get().runtime.output_dir) / "result.json"
-    result = fit_file(cfg, out)
+    result = fit_file(cfg, cfg.out)
+    print(f"{result['setting']} (d = {cfg.setting.dim}): fitted from {result['starts']}; the pre-trained component is frozen")
     print(result["results"].summary())
     for w in result["warnings"]:
         print(f"warning: {w}")
-    print(Path(out).resolve())
+    print(Path(cfg.out).resolve())
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def test_external_expert_and_density_run_and_fit_as_subprocesses(tmp_path, user_
     setting = save_data(work / "d.npz", MLP + STUDENT_T, 800)
     out = work / "r.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "softmoe_torch.fit", "data=d.npz", "fit=direct", *MLP, *STUDENT_T, f"out={out}"],
+        [sys.executable, "-m", "softmoe_torch.fit", "data=d.npz", "setting=distinguishable", "fit=direct", *MLP, *STUDENT_T, f"out={out}"],
         cwd=work, env=env, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr
@@ -177,7 +177,7 @@ def test_plugin_with_a_declared_positive_parameter_through_run_and_fit(tmp_path,
     setting = save_data(tmp_path / "d.npz", overrides, 3000, seed=2)
     assert float(setting.truth(3000)["prompts.0.expert.scale"]) == pytest.approx(0.7)
     out = tmp_path / "r.json"
-    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "fit=newton", "init=random", *overrides,
+    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "fit=newton", *overrides,
                f"out={out}", f"hydra.run.dir={tmp_path}") == 0
     r = json.loads(out.read_text())
     assert 0 < r["expert"]["scale"] and abs(r["expert"]["scale"] - 0.7) < 4 * r["se"]["expert"]["scale"]
@@ -200,7 +200,7 @@ def test_student_t_prompt_fits_through_the_cli(tmp_path):
     setting = save_data(tmp_path / "d.npz", overrides, 2000, seed=4)
     assert type(setting.model().prompts[0].density).__name__ == "StudentT"
     out = tmp_path / "r.json"
-    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "fit=direct", *overrides, f"out={out}",
+    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "fit=direct", *overrides, f"out={out}",
                f"hydra.run.dir={tmp_path}") == 0
     r = json.loads(out.read_text())
     truth = setting.truth(2000)
@@ -241,7 +241,7 @@ def test_frozen_network_as_pretrained_mean(tmp_path, task_a_net, source):
     for k, v in model.pretrained.state_dict().items():
         assert torch.equal(v, before[k])
     np.savez(tmp_path / "d.npz", X=X[0].numpy(), y=Y[0].numpy())
-    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "fit=direct", *overrides, f"out={tmp_path / 'r.json'}",
+    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "fit=direct", *overrides, f"out={tmp_path / 'r.json'}",
                f"hydra.run.dir={tmp_path}") == 0
 
 
@@ -272,7 +272,7 @@ def test_two_prompts_em_never_lowers_the_likelihood(tmp_path):
         assert len(trace) > 3 and bool((torch.diff(torch.tensor(trace)) >= -1e-10).all())
     np.savez(tmp_path / "d.npz", X=X[0].numpy(), y=Y[0].numpy())
     out = tmp_path / "r.json"
-    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "++setting.n_prompts=2", "init=random", "init.n_init=1",
+    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "++setting.n_prompts=2", "init=random", "init.n_init=1",
                "fit=direct", "fit.max_iter=20", f"out={out}", f"hydra.run.dir={tmp_path}") == 0
     r = json.loads(out.read_text())
     assert np.array(r["beta"]).shape == (2, 8) and np.array(r["eta"]).shape == (2, 8) and len(r["nu"]) == len(r["tau"]) == 2
@@ -303,7 +303,7 @@ def test_plugin_mistakes_are_one_line_errors_in_fit(tmp_path, user_dir, capsys, 
     overrides, message = FIT_ERRORS[case]
     torch.save({"eta": torch.ones(3)}, tmp_path / "wrong.pt")
     np.savez(tmp_path / "d.npz", X=np.random.default_rng(0).standard_normal((40, 8)), y=np.zeros(40), init_eta=np.ones(8))
-    code = cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", *[o.format(tmp=tmp_path) for o in overrides],
+    code = cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", *[o.format(tmp=tmp_path) for o in overrides],
                f"hydra.run.dir={tmp_path}")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

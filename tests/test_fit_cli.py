@@ -42,7 +42,8 @@ def test_fit_csv_matches_npz(tmp_path, data):
     results = []
     for name in ("d.npz", "d.csv"):
         out = tmp_path / f"{name}.json"
-        proc = run_cli("softmoe_torch.fit", f"data={tmp_path / name}", "fit=direct", f"out={out}")
+        proc = run_cli("softmoe_torch.fit", f"data={tmp_path / name}", "setting=distinguishable", "fit=direct",
+                       "init.n_init=1", f"out={out}")
         assert proc.returncode == 0, proc.stderr
         results.append(json.loads(out.read_text()))
     assert results[0]["mean_loglik"] == pytest.approx(results[1]["mean_loglik"], rel=1e-12)
@@ -62,18 +63,17 @@ def bad_files(tmp_path, X, y):
         "missing arrays": (npz("noy.npz", X=X), "missing array(s) y"),
         "nan": (npz("nan.npz", X=Xn, y=y), "must be finite"),
         "wrong shapes": (npz("shape.npz", X=X, y=y[:-1]), "expected X of shape (n, d)"),
-        "wrong d": (npz("d.npz", X=X[:, :5], y=y), "d=5 columns but the setting expects d=8"),
         "empty": (tmp_path / "empty.csv", "the data set is empty"),
         "bad header": (tmp_path / "header.csv", "expected a header x1,...,xd,y"),
         "bad init": (npz("init.npz", X=X, y=y, init_eta=np.ones(3)), "init value for prompts.0.expert.eta has 3 entries"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "missing arrays", "nan", "wrong shapes", "wrong d", "empty", "bad header", "bad init"])
+@pytest.mark.parametrize("case", ["missing file", "missing arrays", "nan", "wrong shapes", "empty", "bad header", "bad init"])
 def test_bad_input_is_one_clear_line(tmp_path, data, case):
     X, y, _ = data
     path, message = bad_files(tmp_path, X[:50], y[:50])[case]
-    proc = run_cli("softmoe_torch.fit", f"data={path}", f"out={tmp_path / 'r.json'}")
+    proc = run_cli("softmoe_torch.fit", f"data={path}", "setting=distinguishable", f"out={tmp_path / 'r.json'}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
@@ -88,7 +88,31 @@ def test_unknown_setting_is_rejected(tmp_path, data):
     assert "Traceback" not in proc.stderr
 
 
+def test_real_data_path_takes_d_from_the_data_and_writes_only_the_result(tmp_path):
+    """d = 3 data, a packaged setting naming the frozen component, random starts by default,
+    the summary table on the terminal, nothing written but the result."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 3))
+    new = rng.random(600) < 1 / (1 + np.exp(-X.sum(1)))
+    y = np.where(new, np.tanh(-X[:, 0]), np.tanh(X[:, 0])) + np.sqrt(0.001) * rng.standard_normal(600)
+    np.savez(tmp_path / "d3.npz", X=X, y=y)
+    proc = run_cli("softmoe_torch.fit", "data=d3.npz", "setting=nondistinguishable_eta", "fit=newton", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "(d = 3): fitted from best of 5 random start(s)" in proc.stdout
+    assert "gate.tau" in proc.stdout and "status: converged" in proc.stdout
+    r = json.loads((tmp_path / "fit_result.json").read_text())
+    assert len(r["beta"]) == 3 and np.allclose(r["eta"], [-1, 0, 0], atol=0.05)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d3.npz", "fit_result.json"]
+
+
+def test_the_setting_must_be_named(tmp_path, data):
+    X, y, _ = data
+    np.savez(tmp_path / "d.npz", X=X[:50], y=y[:50])
+    proc = run_cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", cwd=tmp_path)
+    assert proc.returncode != 0 and "You must specify 'setting'" in proc.stderr and "distinguishable" in proc.stderr
+
+
 def test_missing_data_argument_is_one_line(tmp_path):
-    proc = run_cli("softmoe_torch.fit", f"out={tmp_path / 'r.json'}")
+    proc = run_cli("softmoe_torch.fit", "setting=distinguishable", f"out={tmp_path / 'r.json'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

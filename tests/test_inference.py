@@ -118,7 +118,7 @@ def test_fit_json_reports_the_same_inference(setting, tmp_path):
     X, Y = simulate(setting, 800, [0], seed=9)
     np.savez(tmp_path / "d.npz", X=X[0].numpy(), y=Y[0].numpy())
     out = tmp_path / "r.json"
-    argv, sys.argv = sys.argv, ["softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "fit=direct", f"out={out}",
+    argv, sys.argv = sys.argv, ["softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "fit=direct", f"out={out}",
                                 f"hydra.run.dir={tmp_path}"]
     try:
         with warnings.catch_warnings():
