@@ -161,7 +161,7 @@ def test_em_refuses_a_step_that_lowers_the_likelihood(compose_cfg, monkeypatch):
     monkeypatch.setattr(em, "_mstep", lambda obj, u, idx, resp, opts, memory=None: u + 0.05)
     with pytest.warns(ConvergenceWarning, match="would lower the mean log-likelihood"):
         res = fit_batch(model, X, Y, init, FitOptions())
-    assert res.status[0].startswith("stalled: EM step 1") and len(res.trace[0]) == 1
+    assert res.status[0].startswith("stalled: EM iteration 1 would lower") and len(res.trace[0]) == 1
 
 
 @pytest.mark.parametrize("rule", ["loglik", "loglik_rel", "params"])
