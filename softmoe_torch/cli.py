@@ -29,7 +29,7 @@ def one_line_errors(func):
             print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt as err:
-            print(f"interrupted: {err or 'stopped before writing a result; run the command again'}", file=sys.stderr)
+            print(f"interrupted: {str(err) or 'stopped before writing a result; run the command again'}", file=sys.stderr)
             sys.exit(130)
 
     return wrapper
@@ -42,13 +42,14 @@ def check_writable(path, key: str, directory: bool = False) -> Path:
     if path.exists() and path.is_dir() != directory:
         kind = "a directory" if path.is_dir() else "a file"
         raise UserError(f"{key}={path} is {kind}; choose a {'directory' if directory else 'file'} path for {key}")
-    parent = path if path.exists() else path.parent
+    parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"{key}={path} cannot be created: {parent} is a file, not a directory; choose another {key}")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{key}={path} cannot be written: no permission in {parent}; choose another {key}")
+    target = path if path.exists() else parent
+    if not os.access(target, os.W_OK):
+        raise UserError(f"{key}={path} cannot be written: no permission for {target}; choose another {key}")
     return path
 
 

@@ -15,7 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .cli import UserError, one_line_errors
+from .cli import UserError, entry, one_line_errors
 from .data import INIT_ARRAYS, load_data
 from .device import resolve_device, resolve_dtype
 from .em import fit_best_of
@@ -98,4 +98,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

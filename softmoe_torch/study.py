@@ -67,7 +67,7 @@ def _check_fit_values(node, key: str):
         for i, v in enumerate(node):
             _check_fit_values(v, f"{key}[{i}]")
     elif node is not None and key not in ("fit.method", "fit.mstep"):
-        _number(node, key)
+        _number(node, key, int if key.endswith(("max_iter", "max_ls")) else float)
 
 
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:
