@@ -4,6 +4,7 @@ of the work (n summed over fits).
 
     python experiments/eta_accuracy.py fit=direct sweep.reps=10 [more overrides]"""
 import json
+import os
 import sys
 import tempfile
 import time
@@ -38,12 +39,13 @@ def main(overrides):
         run_study(cfg, out, progress=bar)
     bar.close()
     end = bar.log[-1][0]
-    report = {"overrides": overrides, "total_seconds": round(end, 1), "at": {}}
+    report = {"overrides": overrides, "total_seconds": round(end, 1), "load_average": os.getloadavg(), "at": {}}
     for q in (0.25, 0.5, 0.75):
         t, frac, eta = next(rec for rec in bar.log if rec[1] >= q)
         true = end - t
         report["at"][f"{q:.0%}"] = {"work_done": round(frac, 3), "elapsed": round(t, 1), "eta_shown": round(eta, 1),
                                     "true_remaining": round(true, 1), "error": f"{(eta - true) / true:+.0%}"}
+    report["batches"] = [(n, k, round(sec, 2)) for n, k, sec in bar.history]
     print(json.dumps(report, indent=1))
 
 
