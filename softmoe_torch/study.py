@@ -191,15 +191,16 @@ class Results:
         (write a temporary file, then rename), so a crash keeps the old file or the new one."""
         key = lambda r: (r["setting"], r["n"], r["rep"], r["seed"])  # noqa: E731
         fresh = {key(r) for r in new_rows}
-        self.rows = [r for r in self.rows if key(r) not in fresh] + list(new_rows)
+        rows = [r for r in self.rows if key(r) not in fresh] + list(new_rows)
         tmp = self.path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(self.rows)
+            writer.writerows(rows)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        self.rows = rows  # only once on disk, so an interrupt never counts rows the file lacks
 
 
 def _rows(setting, n, reps, seed, result, errors):

@@ -104,6 +104,7 @@ RUN_CASES = {  # id: (overrides, setup(run_dir, files) or None, message)
     "results.csv foreign": ([], lambda d: damage(d, "results.csv", "a,b\n1,2\n"), "has columns a,b"),
     "fingerprint cut off": ([], lambda d: damage(d, "fingerprint.json", ""), "fingerprint.json is not valid JSON"),
     "other configuration": (["init.scale=0.3"], None, "holds results of another configuration (different init)"),
+    "other dtype": (["dtype=float32"], None, "holds results of another configuration (different dtype)"),
 }
 
 FIT_CASES = {  # id: (data file name or None, extra overrides, message)
