@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 
 class UserError(ValueError):
@@ -25,6 +25,9 @@ def one_line_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except MissingMandatoryValue as err:
+            print(f"error: {err.full_key} is required; add {err.full_key}=... to the command", file=sys.stderr)
+            sys.exit(2)
         except (ValueError, OmegaConfBaseException) as err:
             print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
             sys.exit(2)

@@ -35,7 +35,8 @@ def _number(value, key: str, kind=float, minimum=None):
     """A config value as int or float; UserError naming ``key`` if it is not one (or below minimum)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
     if not ok:
-        raise UserError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}; e.g. {key}=1{'000' if kind is int else 'e-8'}")
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"{key} must be {what}, got {value!r}; write {key}=<{what.split()[-1]}>")
     if minimum is not None and value < minimum:
         raise UserError(f"{key} must be at least {minimum}, got {value!r}")
     return kind(value)

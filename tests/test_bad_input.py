@@ -108,7 +108,7 @@ RUN_CASES = {  # id: (overrides, setup(run_dir, files) or None, message)
 }
 
 FIT_CASES = {  # id: (data file name or None, extra overrides, message)
-    "no data argument": (None, [], "data"),
+    "no data argument": (None, [], "data is required; add data=... to the command"),
     "data file missing": ("missing.npz", [], "data file not found"),
     "0-byte npz": ("empty.npz", [], "the file is empty (0 bytes); write it with numpy.savez"),
     "text named npz": ("text.npz", [], "not an .npz archive; write it with numpy.savez"),
