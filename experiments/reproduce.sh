@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=experiments/paper
-mkdir -p "$out"
+mkdir -p "$out" outputs/paper
+: > outputs/paper/wall_seconds.txt  # wall time of this invocation; runs.json in each run dir keeps every run
 for setting in distinguishable nondistinguishable_eta nondistinguishable_nu; do
   start=$(date +%s)
   python -m softmoe_torch.run setting=$setting fit=direct progress=false \

@@ -1,6 +1,7 @@
 """Reading a user's data file: ``.npz`` with X (n, d), y (n,) and optional init_* arrays, or
 ``.csv`` with a header x1..xd,y. Every problem is a one-line ``UserError``."""
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +27,30 @@ def _read_csv(path: Path):
         expected = [f"x{i}" for i in range(1, d + 1)] + ["y"]
         if d < 1 or header != expected:
             raise UserError(f"{path}: expected a header x1,...,xd,y; got {','.join(header)}")
-        try:
-            values = np.array([[float(v) for v in row] for row in reader if row], dtype=float)
-        except ValueError as err:
-            raise UserError(f"{path}: not a number: {err}") from None
-    if values.size == 0:
-        return np.zeros((0, d)), np.zeros(0), {}
-    if values.shape[1] != d + 1:
-        raise UserError(f"{path}: rows must have {d + 1} columns")
+        rows = [(reader.line_num, row) for row in reader if row]
+    for line, row in rows:
+        if len(row) != d + 1:
+            raise UserError(f"{path} line {line}: {len(row)} values, but the header has {d + 1} columns; fix or remove that row")
+    try:
+        values = np.array([[float(v) for v in row] for _, row in rows], dtype=float).reshape(-1, d + 1)
+    except ValueError as err:
+        raise UserError(f"{path}: not a number: {err}; every value after the header must be numeric") from None
     return values[:, :d], values[:, d], {}
 
 
 def _read_npz(path: Path):
+    if not zipfile.is_zipfile(path):
+        what = "empty (0 bytes)" if path.stat().st_size == 0 else "not an .npz archive"
+        raise UserError(f"{path}: the file is {what}; write it with numpy.savez(path, X=X, y=y)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable .npz file ({err})") from None
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise UserError(f"{path}: not a readable .npz file ({err}); write it with numpy.savez(path, X=X, y=y)") from None
+        raise UserError(f"{path}: holds Python objects, which are never unpickled; save numeric arrays X, y with numpy.savez") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a readable .npz file ({err}); write it with numpy.savez(path, X=X, y=y)") from None
     missing = [k for k in ("X", "y") if k not in arrays]
     if missing:
         raise UserError(f"{path}: missing array(s) {', '.join(missing)}; a data file needs X (n, d) and y (n,)")

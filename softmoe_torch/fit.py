@@ -16,7 +16,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from .cli import UserError, one_line_errors
+from .cli import UserError, entry, one_line_errors
 from .configs import CONF_DIR, register_resolvers
 from .data import INIT_ARRAYS, load_data
 from .device import resolve_device, resolve_dtype
@@ -101,4 +101,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

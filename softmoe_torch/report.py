@@ -48,7 +48,7 @@ def summarize(rows, setting_cfg, n_boot: int = 2000, seed: int = 0) -> dict:
     paper = setting_cfg.get("paper_slopes") or {}
     out = {"setting": setting_cfg.name, "n_fits": len(rows), "params": {}}
     out["failed"] = sum(str(r["status"]).startswith(("failed", "error")) for r in rows)
-    out["not_converged"] = sum(str(r["converged"]) != "True" for r in rows)
+    out["not_converged"] = sum(not r["converged"] for r in rows)
     out["at_bound"] = sum(bool(r.get("at_bound")) for r in rows)
     for p in reported_params(setting_cfg):
         sizes, table = error_table(rows, p)
@@ -88,13 +88,34 @@ def figure(rows, summary: dict, title: str):
     return fig
 
 
-def markdown(summary: dict, wall_seconds: float | None = None) -> str:
-    """report.md text for one setting."""
+def record_run(out_dir, seconds: float) -> list:
+    """Append this run's wall time to out_dir/runs.json (atomically); returns every run's
+    record [{"seconds": ...}], oldest first (interrupted runs included)."""
+    path = Path(out_dir) / "runs.json"
+    try:
+        runs = json.loads(path.read_text()) if path.exists() else []
+    except json.JSONDecodeError:
+        runs = []  # written atomically, so only a hand-edited file gets here; start it again
+    runs.append({"seconds": round(seconds, 3)})
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(runs, indent=1))
+    tmp.replace(path)
+    return runs
+
+
+def wall_time_line(runs: list) -> str:
+    """One sentence on compute time: the last run's and the total over all runs into the directory."""
+    last, total = runs[-1], sum(r["seconds"] for r in runs)
+    return f"Wall time: last run {last['seconds']:.1f} s; all {len(runs)} runs into this directory {total:.1f} s."
+
+
+def markdown(summary: dict, runs: list | None = None) -> str:
+    """report.md text for one setting; ``runs`` as returned by record_run."""
     lines = [f"# {summary['setting']}", ""]
     lines.append(f"{summary['n_fits']} fits; {summary['failed']} failed; {summary['not_converged']} did not converge; "
                  f"{summary['at_bound']} ended on a bound of the parameter space (see the at_bound column).")
-    if wall_seconds is not None:
-        lines.append(f"Wall time of this run: {wall_seconds:.1f} s.")
+    if runs:
+        lines.append(wall_time_line(runs))
     lines += ["", "| parameter | fitted slope | 95% CI | theory | paper | verdict |", "|---|---|---|---|---|---|"]
     for p, s in summary["params"].items():
         paper = "-" if s["paper"] is None else f"{s['paper']:.2f}"
@@ -102,13 +123,20 @@ def markdown(summary: dict, wall_seconds: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(rows, setting_cfg, out_dir, wall_seconds=None, n_boot: int = 2000):
+def title(rows, setting_name: str, method: str) -> str:
+    """What a figure shows: setting, method, replications and sample sizes."""
+    sizes = sorted({int(r["n"]) for r in rows})
+    reps = len({int(r["rep"]) for r in rows})
+    return f"{setting_name}, fit={method}: {reps} replications x {len(sizes)} sample sizes n = {sizes[0]}..{sizes[-1]}"
+
+
+def write_report(rows, setting_cfg, out_dir, runs=None, method: str = "em", n_boot: int = 2000):
     """Write slopes.json, report.md, figure.png and figure.pdf into out_dir; returns (summary, fig)."""
     out_dir = Path(out_dir)
     summary = summarize(rows, setting_cfg, n_boot=n_boot)
     (out_dir / "slopes.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "report.md").write_text(markdown(summary, wall_seconds))
-    fig = figure(rows, summary, setting_cfg.name)
+    (out_dir / "report.md").write_text(markdown(summary, runs))
+    fig = figure(rows, summary, title(rows, setting_cfg.name, method))
     fig.savefig(out_dir / "figure.png", dpi=110)
     fig.savefig(out_dir / "figure.pdf")
     return summary, fig

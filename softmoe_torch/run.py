@@ -9,32 +9,36 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .cli import one_line_errors
+from .cli import entry, one_line_errors
 from .configs import CONF_DIR, register_resolvers
 from .device import match_threads_to_job
 from .monitor import Monitor
-from .report import terminal_table, write_report
+from .report import record_run, terminal_table, write_report
 from .study import run_study
 
 
 def run_experiment(cfg: DictConfig, out_dir) -> dict:
     """Run the sweep of ``cfg`` into out_dir and write every output; returns the slope summary."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    monitor = Monitor(out_dir / "tensorboard", cfg.monitor.trace, cfg.monitor.trace_fits) if cfg.monitor.tensorboard else None
+    monitor = None
+    if cfg.monitor.tensorboard:
+        monitor = Monitor(out_dir / "tensorboard", cfg.monitor.trace, cfg.monitor.trace_fits, config=cfg)
     try:
-        if monitor:
-            monitor.log_config(cfg)
         results = run_study(cfg, out_dir, monitor)
-        rows = [r for r in results.rows if r["setting"] == cfg.setting.name and int(r["seed"]) == int(cfg.seed)]
-        summary, fig = write_report(rows, cfg.setting, out_dir, wall_seconds=time.perf_counter() - start)
-        if monitor:
+        rows = [r for r in results.rows if r["setting"] == cfg.setting.name and r["seed"] == int(cfg.seed)]
+        runs = record_run(out_dir, time.perf_counter() - start)
+        summary, fig = write_report(rows, cfg.setting, out_dir, runs=runs, method=cfg.fit.method)
+        if monitor and monitor.logged:  # a rerun with nothing to fit logs nothing again
             hparams = {"setting": cfg.setting.name, "method": cfg.fit.method, "mstep": cfg.fit.mstep,
                        "reps": int(cfg.sweep.reps), "seed": int(cfg.seed), "init": cfg.init.policy}
-            monitor.log_summary(rows, summary, fig, hparams)
+            monitor.log_summary(summary, fig, hparams, step=len(rows))
+    except KeyboardInterrupt:
+        if out_dir.exists():
+            record_run(out_dir, time.perf_counter() - start)
+        raise
     finally:
         if monitor:
             monitor.close()
@@ -52,4 +56,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -6,6 +6,7 @@ batch in flight and a rerun into the same directory skips every finished fit."""
 import csv
 import json
 import os
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -16,11 +17,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from .cli import Interrupted, UserError
 from .device import resolve_device, resolve_dtype
 from .convergence import ConvergenceWarning
 from .em import FitOptions, fit_best_of
 from .init import starting_points
 from .paper import PAPER_PARAMS, param_errors
+from .params import ParamSpace
+from .progress import WorkBar
 from .settings import Setting
 from .simulate import data_seed, simulate
 
@@ -28,31 +32,97 @@ COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),
            "mean_loglik", "n_iter", "converged", "status", "at_bound", "seconds"]
 
 
+def _number(value, key: str, kind=float, minimum=None):
+    """A config value as int or float; UserError naming ``key`` if it is not one (or below minimum)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"{key} must be {what}, got {value!r}; write {key}=<{what.split()[-1]}>")
+    if minimum is not None and value < minimum:
+        raise UserError(f"{key} must be at least {minimum}, got {value!r}")
+    return kind(value)
+
+
 def sample_sizes(sweep: DictConfig) -> list:
-    """The sweep's sample sizes: ``sizes`` if given, else ``num_sizes`` log-spaced integers."""
+    """The sweep's sample sizes: ``sizes`` if given, else ``num_sizes`` log-spaced integers;
+    at least two distinct sizes of at least 2 (a slope needs two)."""
     if sweep.get("sizes"):
-        sizes = sorted({int(n) for n in sweep.sizes})
+        sizes = sorted({_number(n, "sweep.sizes", int, 2) for n in sweep.sizes})
     else:
-        if not 1 <= sweep.n_min <= sweep.n_max or sweep.num_sizes < 1:
-            raise ValueError("sweep needs 1 <= n_min <= n_max and num_sizes >= 1")
-        grid = np.logspace(np.log10(sweep.n_min), np.log10(sweep.n_max), int(sweep.num_sizes))
-        sizes = sorted({int(round(n)) for n in grid})
-    if sizes[0] < 2:
-        raise ValueError(f"sample sizes must be at least 2, got {sizes[0]}")
+        lo, hi = _number(sweep.n_min, "sweep.n_min", int, 2), _number(sweep.n_max, "sweep.n_max", int, 2)
+        num = _number(sweep.num_sizes, "sweep.num_sizes", int, 1)
+        if lo > hi:
+            raise UserError(f"sweep.n_min={lo} is above sweep.n_max={hi}; swap them")
+        sizes = sorted({int(round(n)) for n in np.logspace(np.log10(lo), np.log10(hi), num)})
+    if len(sizes) < 2:
+        raise UserError(f"the sweep has one sample size ({sizes[0]}) and a slope needs two; "
+                        "set sweep.num_sizes=2 or more (with n_min < n_max) or sweep.sizes=[n1,n2,...]")
     return sizes
+
+
+STRING_KEYS = ("fit.method", "fit.mstep", "fit.rule", "fit.accelerate")
+
+
+def _check_fit_values(node, key: str):
+    """Every leaf of the fit config other than the named choices and switches must be a number,
+    a list of numbers or null."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_fit_values(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_fit_values(v, f"{key}[{i}]")
+    elif node is not None and not isinstance(node, bool) and key not in STRING_KEYS:
+        _number(node, key, int if key.endswith(("max_iter", "max_ls")) else float)
 
 
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:
     """FitOptions from the ``fit`` config group; float32 gets looser tolerances."""
     f = OmegaConf.to_container(cfg.fit, resolve=True)
+    _check_fit_values(f, "fit")
     if dtype == torch.float32:
         f["tol"], f["gtol"] = max(f.get("tol", 0), 1e-5), max(f.get("gtol", 0), 1e-5)
         inner = f.setdefault("inner", {})
         inner["ftol"], inner["gtol"] = max(inner.get("ftol", 0), 1e-7), max(inner.get("gtol", 0), 1e-5)
     try:
         return FitOptions(**f)
-    except TypeError as err:  # an unknown key or a value of the wrong type
-        raise ValueError(f"bad fit options: {err}") from None
+    except TypeError as err:  # an unknown key
+        raise UserError(f"bad fit options: {err}; see conf/fit/*.yaml for the keys") from None
+
+
+@dataclass
+class Plan:
+    """A sweep's validated configuration: everything a fit needs, checked before the first one."""
+
+    setting: Setting
+    device: torch.device
+    dtype: torch.dtype
+    opts: FitOptions
+    sizes: list
+    reps: list
+    model: torch.nn.Module
+
+
+def validate(cfg: DictConfig) -> Plan:
+    """Check the whole sweep configuration (setting, device, dtype, fit, init, sweep, seed); a
+    problem is a one-line UserError naming the key, raised before anything is fitted or written."""
+    setting = Setting(cfg.setting)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    opts = fit_options(cfg, dtype)
+    _number(cfg.seed, "seed", int)
+    reps = list(range(_number(cfg.sweep.reps, "sweep.reps", int, 1)))
+    sizes = sample_sizes(cfg.sweep)
+    if cfg.init.policy == "near_truth":
+        _number(cfg.init.scale, "init.scale", float, 0)
+    elif cfg.init.policy == "random":
+        _number(cfg.init.n_init, "init.n_init", int, 1)
+    else:
+        raise UserError(f"unknown init.policy {cfg.init.policy!r} for a sweep; use init=near_truth or init=random")
+    model = setting.model(dtype=dtype, device=device)
+    ParamSpace(model, opts.bounds)  # bad bounds fail here, not at the first fit
+    setting.truth(sizes[0])  # a setting without a truth fails here, in one line, not per batch
+    return Plan(setting, device, dtype, opts, sizes, reps, model)
 
 
 def sweep_starts(cfg, setting, model, n, reps, Y):
@@ -68,41 +138,69 @@ def sweep_starts(cfg, setting, model, n, reps, Y):
                            n_init=int(cfg.init.get("n_init", 1)))
 
 
+def _bool(text: str) -> bool:
+    if text not in ("True", "False"):
+        raise ValueError(f"expected True or False, got {text!r}")
+    return text == "True"
+
+
+TYPES = {"n": int, "rep": int, "seed": int, **{f"err_{p}": float for p in PAPER_PARAMS},
+         "mean_loglik": float, "n_iter": int, "converged": _bool, "seconds": float}
+
+
+def typed_row(row: dict, where: str) -> dict:
+    """A results.csv row of strings -> the same row with Python values (as ``_rows`` makes them)."""
+    out = dict(row)
+    for key, cast in TYPES.items():
+        try:
+            out[key] = cast(row[key])
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: bad {key} value {row[key]!r} (a damaged file?); "
+                            "delete that line (its fit is redone) or move the file away") from None
+    return out
+
+
 @dataclass
 class Results:
-    """The rows of results.csv, keyed by (n, rep, seed)."""
+    """The rows of results.csv, keyed by (setting, n, rep, seed); values typed as in COLUMNS."""
 
     path: Path
     rows: list
 
     @classmethod
     def load(cls, path):
+        """Read results.csv (if any), typing every row once; a damaged file is a UserError."""
         path = Path(path)
         rows = []
         if path.exists():
             with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
+                reader = csv.DictReader(fh)
+                if reader.fieldnames is not None and reader.fieldnames != COLUMNS:
+                    raise UserError(f"{path} has columns {','.join(reader.fieldnames)}, expected {','.join(COLUMNS)}; "
+                                    "move it away (it is not this version's results file)")
+                rows = [typed_row(r, f"{path} line {reader.line_num}") for r in reader]
         return cls(path, rows)
 
     def done(self, setting: str, seed: int) -> set:
         """(n, rep) of finished fits; a batch that raised ('error: ...') is not finished."""
-        return {(int(r["n"]), int(r["rep"])) for r in self.rows
-                if r["setting"] == setting and int(r["seed"]) == seed and not r["status"].startswith("error")}
+        return {(r["n"], r["rep"]) for r in self.rows
+                if r["setting"] == setting and r["seed"] == seed and not r["status"].startswith("error")}
 
     def add(self, new_rows):
         """Add rows (replacing earlier rows of the same fits) and rewrite the file atomically
-        (write a temporary file, then rename)."""
-        key = lambda r: (r["setting"], int(r["n"]), int(r["rep"]), int(r["seed"]))  # noqa: E731
+        (write a temporary file, then rename), so a crash keeps the old file or the new one."""
+        key = lambda r: (r["setting"], r["n"], r["rep"], r["seed"])  # noqa: E731
         fresh = {key(r) for r in new_rows}
-        self.rows = [r for r in self.rows if key(r) not in fresh] + list(new_rows)
+        rows = [r for r in self.rows if key(r) not in fresh] + list(new_rows)
         tmp = self.path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(self.rows)
+            writer.writerows(rows)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        self.rows = rows  # only once on disk, so an interrupt never counts rows the file lacks
 
 
 def _rows(setting, n, reps, seed, result, errors):
@@ -128,61 +226,85 @@ def _failed_rows(setting, n, reps, seed, reason):
     ]
 
 
-def _check_fingerprint(cfg: DictConfig, out_dir: Path):
-    """Refuse to resume into a directory whose results came from another configuration (setting,
-    fit, init or dtype); the first run writes fingerprint.json."""
-    keys = ("setting", "fit", "init", "dtype")
-    mine = json.loads(json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) if k != "dtype" else cfg[k] for k in keys}))
+FINGERPRINT_KEYS = ("setting", "fit", "init", "device", "dtype")
+
+
+def fingerprint(cfg: DictConfig, plan: Plan) -> dict:
+    """What makes results comparable: setting, fit, init and the resolved device type and dtype."""
+    mine = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("setting", "fit", "init")}
+    mine.update(device=plan.device.type, dtype=str(plan.dtype).removeprefix("torch."))
+    return json.loads(json.dumps(mine))
+
+
+def _check_fingerprint(cfg: DictConfig, plan: Plan, out_dir: Path):
+    """Refuse to resume into a directory whose results came from another configuration; the
+    first run writes fingerprint.json (atomically)."""
+    mine = fingerprint(cfg, plan)
     path = out_dir / "fingerprint.json"
     if path.exists():
-        theirs = json.loads(path.read_text())
-        changed = [k for k in keys if theirs.get(k) != mine[k]]
+        try:
+            theirs = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not valid JSON (an interrupted write?); delete it if results.csv "
+                            "came from this same command") from None
+        changed = [k for k in FINGERPRINT_KEYS if k in theirs and theirs[k] != mine[k]]
         if changed:
-            raise ValueError(f"{out_dir} holds results of another configuration (different {', '.join(changed)}); "
-                             "choose another directory with hydra.run.dir=...")
+            raise UserError(f"{out_dir} holds results of another configuration (different {', '.join(changed)}); "
+                            "choose another directory with hydra.run.dir=...")
     else:
-        path.write_text(json.dumps(mine, indent=2))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(mine, indent=2))
+        os.replace(tmp, path)
 
 
-def run_study(cfg: DictConfig, out_dir, monitor=None) -> Results:
-    """Run (or resume) the sweep of ``cfg`` into out_dir/results.csv; returns all rows."""
+def _fit_batch(cfg, plan: Plan, n: int, reps: list):
+    """Simulate and fit replications ``reps`` at size n -> (rows, FitResult or None)."""
+    setting, seed = plan.setting, int(cfg.seed)
+    try:
+        X, Y = simulate(setting, n, reps, seed, dtype=plan.dtype, device=plan.device)
+        starts = sweep_starts(cfg, setting, plan.model, n, reps, Y)
+        with warnings.catch_warnings():  # unconverged fits are counted in the report instead
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            result = fit_best_of(plan.model, X, Y, starts, plan.opts)
+        return _rows(setting, n, reps, seed, result, param_errors(result.params, setting.truth(n))), result
+    except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:
+        tqdm.write(f"fits at n={n} failed: {err.__class__.__name__}: {err}")
+        traceback.print_exc()
+        return _failed_rows(setting, n, reps, seed, f"{err.__class__.__name__}: {err}"), None
+
+
+def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
+    """Run (or resume) the sweep of ``cfg`` into out_dir/results.csv; returns all rows.
+    ``progress(n, reps, seconds)`` is called before each batch (seconds=None) and after it;
+    without one, a WorkBar is shown when cfg.progress. Ctrl-C raises ``Interrupted``."""
+    plan = validate(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    setting = Setting(cfg.setting)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    opts = fit_options(cfg, dtype)
-    sizes = sample_sizes(cfg.sweep)
-    reps_all = list(range(int(cfg.sweep.reps)))
-    if not reps_all:
-        raise ValueError("sweep.reps must be at least 1")
-    model = setting.model(dtype=dtype, device=device)
-    setting.truth(sizes[0])  # a setting without a truth fails here, in one line, not per batch
-    _check_fingerprint(cfg, out_dir)
+    _check_fingerprint(cfg, plan, out_dir)
     results = Results.load(out_dir / "results.csv")
-    done = results.done(setting.name, int(cfg.seed))
-    todo = [(n, [r for r in reps_all if (n, r) not in done]) for n in sizes]
+    name, seed = plan.setting.name, int(cfg.seed)
+    done = results.done(name, seed)
+    todo = [(n, [r for r in plan.reps if (n, r) not in done]) for n in plan.sizes]
     todo = [(n, reps) for n, reps in todo if reps]
     n_todo = sum(len(r) for _, r in todo)
-    print(f"{setting.name}: {n_todo} fits to run, {len(sizes) * len(reps_all) - n_todo} already done in {out_dir}")
-    bar = tqdm(total=n_todo, desc=f"{setting.name} fits", unit="fit", disable=not cfg.progress)
-    for n, reps in todo:
-        bar.set_postfix(n=n)
-        try:
-            X, Y = simulate(setting, n, reps, int(cfg.seed), dtype=dtype, device=device)
-            starts = sweep_starts(cfg, setting, model, n, reps, Y)
-            with warnings.catch_warnings():  # unconverged fits are counted in the report instead
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                result = fit_best_of(model, X, Y, starts, opts)
-            errors = param_errors(result.params, setting.truth(n))
-            rows = _rows(setting, n, reps, int(cfg.seed), result, errors)
+    print(f"{name}: {n_todo} fits to run, {len(plan.sizes) * len(plan.reps) - n_todo} already done in {out_dir}")
+    bar = None
+    if progress is None:
+        progress = bar = WorkBar([(n, len(reps)) for n, reps in todo], f"{name}", disable=not cfg.progress)
+    try:
+        for n, reps in todo:
+            progress(n, reps, None)
+            start = time.perf_counter()
+            rows, result = _fit_batch(cfg, plan, n, reps)
+            results.add(rows)
+            progress(n, reps, time.perf_counter() - start)
             if monitor is not None:
-                monitor.log_fits(n, reps, result)
-        except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:
-            tqdm.write(f"fits at n={n} failed: {err.__class__.__name__}: {err}")
-            traceback.print_exc()
-            rows = _failed_rows(setting, n, reps, int(cfg.seed), f"{err.__class__.__name__}: {err}")
-        results.add(rows)
-        bar.update(len(reps))
-    bar.close()
+                monitor.log_batch(n, reps, rows, result, time.perf_counter() - start)
+                monitor.log_progress(n, results.rows, cfg.setting, seed)
+    except KeyboardInterrupt:
+        kept = len(results.done(name, seed))
+        raise Interrupted(f"kept {kept} finished fits in {results.path}; run the same command again to resume") from None
+    finally:
+        if bar is not None:
+            bar.close()
     return results

@@ -26,7 +26,7 @@ def test_every_setting_builds_its_model_and_truth(compose_cfg, setting):
 
 
 def test_settings_encode_the_paper(compose_cfg):
-    """DESIGN.md section 2: eta*, nu* of each setting at n = 4096 (n^-1/8 = 1/sqrt(8))."""
+    """The paper's settings: eta*, nu* of each setting at n = 4096 (n^-1/8 = 1/sqrt(8))."""
     n, shrink = 4096, 4096 ** -0.125
     e1 = torch.eye(8, dtype=torch.float64)[0]
     expect = {

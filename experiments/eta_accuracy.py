@@ -1,0 +1,53 @@
+"""How right is the progress bar's ETA? Runs a sweep in-process with the bar, records the ETA
+it shows after every batch, and prints its error against the true remaining time at 25/50/75%
+of the work (n summed over fits).
+
+    python experiments/eta_accuracy.py fit=direct sweep.reps=10 [more overrides]"""
+import json
+import os
+import sys
+import tempfile
+import time
+
+from hydra import compose, initialize_config_dir
+
+from softmoe_torch.progress import WorkBar
+from softmoe_torch.study import run_study, validate
+
+CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
+
+
+class Recorder(WorkBar):
+    """A WorkBar that also records (elapsed, fraction of work done, shown ETA) after each batch."""
+
+    def __init__(self, plan, desc):
+        super().__init__(plan, desc)
+        self.start, self.total, self.log = time.perf_counter(), sum(n * k for n, k in plan), []
+
+    def __call__(self, n, reps, seconds=None):
+        super().__call__(n, reps, seconds)
+        if seconds is not None:
+            self.log.append((time.perf_counter() - self.start, self.done / self.total, self.eta()))
+
+
+def main(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["monitor.tensorboard=false", *overrides])
+    plan = validate(cfg)
+    bar = Recorder([(n, len(plan.reps)) for n in plan.sizes], cfg.setting.name)
+    with tempfile.TemporaryDirectory() as out:
+        run_study(cfg, out, progress=bar)
+    bar.close()
+    end = bar.log[-1][0]
+    report = {"overrides": overrides, "total_seconds": round(end, 1), "load_average": os.getloadavg(), "at": {}}
+    for q in (0.25, 0.5, 0.75):
+        t, frac, eta = next(rec for rec in bar.log if rec[1] >= q)
+        true = end - t
+        report["at"][f"{q:.0%}"] = {"work_done": round(frac, 3), "elapsed": round(t, 1), "eta_shown": round(eta, 1),
+                                    "true_remaining": round(true, 1), "error": f"{(eta - true) / true:+.0%}"}
+    report["batches"] = [(n, k, round(sec, 2)) for n, k, sec in bar.history]
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

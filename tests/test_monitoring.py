@@ -1,0 +1,77 @@
+"""Live monitoring: TensorBoard events per finished sample size while the sweep runs, one stream
+that a resume continues; the work-weighted progress bar; typed rows read back from results.csv."""
+import math
+import time
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from softmoe_torch import study
+from softmoe_torch.cli import Interrupted
+from softmoe_torch.progress import WorkBar, per_fit_seconds
+from softmoe_torch.run import run_experiment
+from softmoe_torch.study import Results
+
+SWEEP = ["fit=direct", "progress=false", "sweep.reps=2", "sweep.sizes=[300,400,500,600,700]"]
+
+
+def tags(log_dir):
+    acc = EventAccumulator(str(log_dir)).Reload()
+    return set(acc.Tags()["scalars"]), set(acc.Tags()["images"]), acc
+
+
+def test_tensorboard_is_written_as_the_run_goes_and_resumed_once(tmp_path, compose_cfg, monkeypatch, one_thread):
+    cfg, out = compose_cfg(SWEEP), tmp_path / "run"
+    real, calls = study._fit_batch, []
+
+    def stop_at_the_fifth(*args):
+        calls.append(args[2])
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(study, "_fit_batch", stop_at_the_fifth)
+    with pytest.raises(Interrupted, match="kept 8 finished fits"):
+        run_experiment(cfg, out)
+    scalars, images, acc = tags(out / "tensorboard")
+    assert {"error/beta", "error_median/nu", "error_q10/eta", "error_q90/exp_tau", "batch/seconds",
+            "batch/iterations_mean", "slope/beta", "slope_ci/nu_high"} <= scalars and not images
+    assert [e.step for e in acc.Scalars("error/beta")] == [300, 400, 500, 600]
+    assert [e.step for e in acc.Scalars("slope/eta")] == [500, 600]  # once three sizes are done
+
+    monkeypatch.setattr(study, "_fit_batch", real)
+    run_experiment(cfg, out)  # the resume fits n=700 only and continues the same curves
+    scalars, images, acc = tags(out / "tensorboard")
+    assert [e.step for e in acc.Scalars("error/beta")] == [300, 400, 500, 600, 700] and "figure" in images
+    files = sorted((out / "tensorboard").iterdir())
+    run_experiment(cfg, out)  # nothing left to fit: no new events
+    assert sorted((out / "tensorboard").iterdir()) == files
+    report = (out / "report.md").read_text()
+    assert "all 3 runs into this directory" in report
+
+
+def test_rows_read_back_are_typed_like_new_rows(tmp_path):
+    row = {"setting": "s", "n": 1000, "rep": 3, "seed": 0, "err_beta": 0.1, "err_exp_tau": 0.2, "err_eta": 0.3,
+           "err_nu": 1e-5, "mean_loglik": 1.25, "n_iter": 17, "converged": False, "status": "max_iter",
+           "at_bound": "gate.tau", "seconds": 0.5}
+    Results(tmp_path / "results.csv", []).add([row])
+    assert Results.load(tmp_path / "results.csv").rows == [row]
+
+
+def test_per_fit_cost_follows_a_power_law_in_n():
+    history = [(n, 10, 10 * 3e-5 * n**0.8) for n in (1000, 2000, 4000, 8000)]
+    assert per_fit_seconds(history, 100_000) == pytest.approx(3e-5 * 100_000**0.8)
+    assert per_fit_seconds(history[:1], 2000) == pytest.approx(2 * 3e-5 * 1000**0.8)  # one size: linear
+
+
+def test_bar_counts_work_moves_within_a_batch_and_shows_integer_n():
+    bar = WorkBar([(1000, 2), (100_000, 2)], "test", tick=0.02)
+    bar(1000, [0, 1], None)
+    bar(1000, [0, 1], 0.2)
+    assert bar.bar.total == 202_000 and bar.bar.n == 2000
+    bar(100_000, [0, 1], None)
+    time.sleep(0.3)
+    assert 2000 < bar.bar.n < 202_000  # moved by elapsed time over the predicted 20 s
+    assert "n=100000," in bar.bar.postfix
+    assert math.isclose(bar.eta(), 20.0, abs_tol=1.0)
+    bar.close()
