@@ -19,6 +19,12 @@ SETTINGS = {
 }
 
 
+def _method(runs: Path) -> str:
+    """The fitting method of the runs (the same for every setting), from their fingerprints."""
+    methods = {json.loads((runs / name / "fingerprint.json").read_text())["fit"]["method"] for name in SETTINGS}
+    return ", ".join(sorted(methods))
+
+
 def main(runs: Path, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     walls = dict(line.split() for line in (runs / "wall_seconds.txt").read_text().splitlines() if line.strip())
@@ -28,7 +34,7 @@ def main(runs: Path, out: Path):
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}, "
         f"Python {platform.python_version()}, torch {torch.__version__}.",
         "Protocol: 20 log-spaced sample sizes from 10^3 to 10^5, 40 replications each, near-truth start "
-        "(truth + N(0, 0.1^2)), maximum likelihood by the direct batched BFGS (`fit=direct`), default bounds.",
+        f"(truth + N(0, 0.1^2)), maximum likelihood by `fit={_method(runs)}`, default bounds.",
         "Slopes: least squares of log(mean error) on log n; 95% CI by bootstrap over replications.",
         "",
         "| figure | parameter | fitted slope | 95% CI | theory | paper | verdict |",

@@ -19,7 +19,7 @@ from .params import ParamSpace
 DEFAULT_BOUNDS = {"real": 10.0, "positive": [1e-8, 1e2]}
 METHODS = ("em", "direct", "newton")
 METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
-    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, accelerate="none", tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
+    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, accelerate="squarem", tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
     "em_torch": dict(method="em", mstep="torch_lbfgs", warm_mstep=False, accelerate="none", tol=1e-8, max_iter=1000, inner=dict(max_iter=200)),
     "direct": dict(method="direct", mstep="bfgs", tol=1e-12, max_iter=2000),
     "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
@@ -50,7 +50,7 @@ class FitOptions:
     max_iter: int = 1000
     bounds: dict | None = field(default_factory=lambda: dict(DEFAULT_BOUNDS))
     inner: SolverOptions = field(default_factory=SolverOptions)
-    accelerate: str = "none"
+    accelerate: str = "squarem"
     warm_mstep: bool = True
     fused: bool = True
 

@@ -39,7 +39,8 @@ def random_start(model, Y: torch.Tensor, seed: int) -> dict:
     for name, v in stack_params(model, R).items():
         z = torch.randn(v.shape, generator=gen, dtype=torch.float64)
         if _positive(model, name):
-            start[name] = Y.var(dim=1).cpu().to(torch.float64).reshape(R, *[1] * (v.dim() - 1)) * z.exp()
+            var = Y.var(dim=1).cpu().to(torch.float64).clamp_min(1e-6)  # constant y: still a valid start
+            start[name] = var.reshape(R, *[1] * (v.dim() - 1)) * z.exp()
         else:
             fan_in = v.shape[-1] if v.dim() > 1 else 1
             start[name] = z / fan_in**0.5

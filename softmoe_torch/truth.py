@@ -1,4 +1,4 @@
-"""The true parameters of a simulated setting as functions of the sample size n (DESIGN.md section 2):
+"""The true parameters of a simulated setting as functions of the sample size n:
 
     eta*(n) = truth.eta (1 + perturb.eta n^-power),   nu*(n) = truth.nu (1 + perturb.nu n^-power),
 

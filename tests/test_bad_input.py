@@ -78,11 +78,11 @@ def damage(run_dir, name, text):
 RUN_CASES = {  # id: (overrides, setup(run_dir, files) or None, message)
     "tol not a number": (["fit.tol=abc"], None, "fit.tol must be a number, got 'abc'"),
     "max_iter not integer": (["fit.max_iter=2.5"], None, "fit.max_iter must be an integer"),
-    "inner ftol text": (["fit.inner.ftol=tiny"], None, "fit.inner.ftol must be a number"),
-    "bound text": (["fit.bounds.tau=big"], None, "fit.bounds.tau must be a number"),
+    "inner ftol text": (["++fit.inner.ftol=tiny"], None, "fit.inner.ftol must be a number"),
+    "bound text": (["fit.bounds.real=big"], None, "fit.bounds.real must be a number"),
     "bound unknown": (["++fit.bounds.gamma=3"], None, "gamma"),
     "unknown fit key": (["++fit.speed=3"], None, "bad fit options"),
-    "unknown method": (["fit.method=newton"], None, "fit.method must be 'em' or 'direct'"),
+    "unknown method": (["fit.method=adam"], None, "fit.method must be one of em, direct, newton"),
     "one size": (["sweep.num_sizes=1"], None, "set sweep.num_sizes=2 or more"),
     "one explicit size": (["sweep.sizes=[1000]"], None, "a slope needs two"),
     "size below 2": (["sweep.sizes=[1,1000]"], None, "sweep.sizes must be at least 2"),
@@ -197,7 +197,7 @@ def test_bad_fit_input(case, workspace, monkeypatch, capsys):
     name, overrides, message = FIT_CASES[case]
     (root / "result.json").write_text("{}")  # an earlier result that must survive
     before = snapshot(root)
-    argv = [f"hydra.run.dir={root / 'fit_run'}", f"out={root / 'result.json'}",
+    argv = [f"hydra.run.dir={root / 'fit_run'}", f"out={root / 'result.json'}", "setting=distinguishable",
             *([] if name is None else [f"data={files.get(name, root / 'files' / name)}"]),
             *(o.format(a_dir=files["a_dir"], a_file=files["a_file"]) for o in overrides)]
     code, _, err = call(fit_cli, argv, capsys)
@@ -226,15 +226,16 @@ def test_ctrl_c_in_a_fit_writes_nothing(workspace, monkeypatch, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_cli, "fit_best_of", interrupt)
-    code, _, err = call(fit_cli, [f"data={files['good.npz']}", f"out={root / 'r.json'}", f"hydra.run.dir={root / 'h'}"], capsys)
+    monkeypatch.setattr(fit_cli.Estimator, "fit", interrupt)
+    code, _, err = call(fit_cli, [f"data={files['good.npz']}", "setting=distinguishable", f"out={root / 'r.json'}",
+                                  f"hydra.run.dir={root / 'h'}"], capsys)
     assert_one_line(code, err, "stopped before writing a result", 130)
     assert not (root / "r.json").exists()
 
 
 @pytest.mark.parametrize("module,args", [
     ("softmoe_torch.run", [*TINY, "hydra.run.dir={a_file}/run"]),
-    ("softmoe_torch.fit", ["data={good}", "out={a_file}/r.json"]),
+    ("softmoe_torch.fit", ["data={good}", "setting=distinguishable", "out={a_file}/r.json"]),
 ])
 def test_real_commands_check_output_paths_first(tmp_path, module, args):
     files = make_files(tmp_path)

@@ -266,7 +266,7 @@ def test_two_prompts_em_never_lowers_the_likelihood(tmp_path):
     assert len(model.prompts) == 2 and model.gate.beta.shape == (2, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        opts = FitOptions(method="em", max_iter=6)
+        opts = FitOptions(method="em", max_iter=9)
         res = fit_batch(model, X, Y, random_start(model, Y, 1), opts)
     for trace in res.trace:
         assert len(trace) > 3 and bool((torch.diff(torch.tensor(trace)) >= -1e-10).all())
@@ -293,7 +293,7 @@ FIT_ERRORS = {
     "torchscript missing": (["++setting.pretrained.torchscript={tmp}/none.ts"],
                             "cannot load the pre-trained expert TorchScript"),
     "student-t df": ([STUDENT_T[0], "++setting.prompt.density.df=2"], "StudentT needs df > 2"),
-    "no truth for K=2": (["++setting.n_prompts=2"], "use init=random"),
+    "no truth for K=2": (["++setting.n_prompts=2", "init=near_truth"], "use init=random"),
     "init_eta for an MLP": (MLP, "init_eta sets prompts.0.expert.eta, which this model does not have"),
 }
 

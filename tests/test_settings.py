@@ -26,8 +26,8 @@ LAYERS = {
     **dict.fromkeys(["params", "convergence", "objective", "optim", "em", "init", "inference", "results", "device",
                      "estimator"], 2),
     **dict.fromkeys(["configs", "errors", "checkpoints", "module_checks", "build", "truth", "paper",
-                     "settings", "simulate", "metrics", "study", "report", "monitor"], 3),
-    **dict.fromkeys(["cli", "data", "run", "fit", "__init__"], 4),
+                     "settings", "simulate", "metrics", "study", "report", "monitor", "progress", "cli"], 3),
+    **dict.fromkeys(["data", "run", "fit", "__init__"], 4),
 }
 
 

@@ -243,11 +243,11 @@ def test_killed_job_fails_clearly_and_a_rerun_finishes_it(slurm_cluster, tmp_pat
 
 @pytest.mark.slurm
 def test_job_past_its_time_limit_fails_clearly_and_a_rerun_resumes(slurm_cluster, tmp_path):
-    # 60 sizes x 2 reps at n=1e5..2e5: minutes of work on any machine, so the 1-minute limit
+    # 200 sizes x 2 reps at n=1e5..2e5 by EM: minutes of work on any machine, so the 1-minute limit
     # (enforced by slurmctld within ~30 s, then SIGKILL after KillWait) always cuts it mid-run
     sweep_dir = tmp_path / "multirun"
-    big = ["setting=distinguishable", "sweep=tiny", "fit=direct", "sweep.n_min=100000", "sweep.n_max=200000",
-           "sweep.num_sizes=60"]
+    big = ["setting=distinguishable", "sweep=tiny", "fit=em", "sweep.n_min=100000", "sweep.n_max=200000",
+           "sweep.num_sizes=200"]
     # signal_delay_s=0: Slurm sends submitit's USR2 that long before the limit (to within 60 s); with
     # the default 120 s it would come at once and submitit would end the job as "timed-out" itself
     limited = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=0"]
@@ -258,7 +258,7 @@ def test_job_past_its_time_limit_fails_clearly_and_a_rerun_resumes(slurm_cluster
     _assert_one_line_error(first.stderr, _job_ids(sweep_dir)[0], "TIMEOUT")
     results = _results(sweep_dir, "distinguishable")
     rows_before = len(_rows(results))
-    assert 2 <= rows_before < 120
+    assert 2 <= rows_before < 400
 
     # the rerun (same overrides, longer limit) resumes from the rows on disk; finishing it would take
     # minutes, and finishing after a SIGKILL is what the kill tests check, so stop it once it has
@@ -270,7 +270,7 @@ def test_job_past_its_time_limit_fails_clearly_and_a_rerun_resumes(slurm_cluster
         while time.monotonic() < deadline and len(_rows(results)) <= rows_before + 1 and proc.poll() is None:
             time.sleep(0.5)
         counts = re.findall(r"(\d+) fits to run, (\d+) already done", _job_logs(sweep_dir, newest=True))
-        assert counts == [(str(120 - rows_before), str(rows_before))], counts
+        assert counts == [(str(400 - rows_before), str(rows_before))], counts
         keys = [(int(r["n"]), int(r["rep"])) for r in _rows(results)]
         assert len(keys) == len(set(keys)) > rows_before
     finally:

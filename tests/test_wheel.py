@@ -21,6 +21,7 @@ def test_installed_wheel_runs_a_sweep_and_a_fit_from_another_folder(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT / "softmoe_torch", src / "softmoe_torch", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "conf", src / "conf")
+    shutil.copytree(ROOT / "hydra_plugins", src / "hydra_plugins", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src)
