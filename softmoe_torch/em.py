@@ -27,6 +27,7 @@ METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
 MSTEPS = ("lbfgs", "bfgs", "torch_lbfgs")
 ACCELERATIONS = ("none", "squarem")
 SMALL_BATCH = 200_000  # samples (R * n) below which a fit runs on one thread
+CHUNK = 100_000  # samples (R * n) fitted together at most (whole replications; at least one)
 
 
 @dataclass
@@ -100,6 +101,18 @@ class BatchFit:
     def __len__(self):
         return self.mean_loglik.shape[0]
 
+    @staticmethod
+    def concat(parts: list) -> "BatchFit":
+        """The fits of consecutive groups of replications as one; times and evaluations add up."""
+        first = parts[0]
+        cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        join = lambda name: [x for p in parts for x in getattr(p, name)]  # noqa: E731
+        return BatchFit(
+            params={k: torch.cat([p.params[k] for p in parts]) for k in first.params},
+            mean_loglik=cat("mean_loglik"), n_iter=cat("n_iter"), converged=cat("converged"), status=join("status"),
+            trace=join("trace"), at_bound=join("at_bound"), seconds=sum(p.seconds for p in parts),
+            n_evals=sum(p.n_evals for p in parts), solver=first.solver, fused=first.fused)
+
     def replace_where(self, mask: torch.Tensor, other: "BatchFit") -> "BatchFit":
         """A fit taking replication r from ``other`` where mask[r], else from self; times and
         evaluations add up."""
@@ -153,12 +166,19 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
     """Maximum-likelihood fit of ``model``'s trainable parameters to R data sets.
 
     X (R, n, d) or (n, d); Y (R, n) or (n,); init {name: (R, *shape)} starting values. The
-    model's own parameters are not modified. ``warn``: a ConvergenceWarning for fits that did
-    not converge."""
+    model's own parameters are not modified. Replications are fitted together in groups of at
+    most CHUNK samples (each replication its own problem either way). ``warn``: a
+    ConvergenceWarning for fits that did not converge."""
     X, Y = as_batch(X, Y)
     opts = options or FitOptions()
-    with _threads_for(Y.numel()):
-        result = _fit_batch(model, X, Y, init, opts)
+    R, n = Y.shape
+    size = max(1, CHUNK // n)  # replications fitted together: large batches only thrash the cache
+    parts = []
+    for lo in range(0, R, size):
+        rows = slice(lo, lo + size)
+        with _threads_for(Y[rows].numel()):
+            parts.append(_fit_batch(model, X[rows], Y[rows], {k: v[rows] for k, v in init.items()}, opts))
+    result = parts[0] if len(parts) == 1 else BatchFit.concat(parts)
     if warn:
         _warn(result, opts)
     return result
