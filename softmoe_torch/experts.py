@@ -21,7 +21,7 @@ class IndexExpert(nn.Module):
 
     def __init__(self, dim: int, eta=None):
         super().__init__()
-        self.eta = nn.Parameter(torch.zeros(dim) if eta is None else torch.as_tensor(eta, dtype=torch.float32).reshape(dim).clone())
+        self.eta = nn.Parameter(torch.zeros(dim) if eta is None else torch.as_tensor(eta, dtype=torch.get_default_dtype()).reshape(dim).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(x @ self.eta)

@@ -15,7 +15,7 @@ def _log_weights(prompt_logits: torch.Tensor) -> torch.Tensor:
 
 
 def _values(v, shape) -> torch.Tensor:
-    return torch.as_tensor(v, dtype=torch.float32).reshape(shape).clone()
+    return torch.as_tensor(v, dtype=torch.get_default_dtype()).reshape(shape).clone()
 
 
 class SoftmaxGate(nn.Module):

@@ -95,7 +95,7 @@ def test_interrupted_run_keeps_a_valid_file_and_resumes(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("setting=nope", "Could not find 'setting/nope'"),
     ("sweep.reps=0", "error: sweep.reps must be at least 1"),
-    ("fit.method=newton", "error: fit.method must be 'em' or 'direct'"),
+    ("fit.method=adam", "error: fit.method must be one of em, direct, newton"),
     ("device=cuda:7", "error:"),
 ])
 def test_bad_override_is_a_clear_error(tmp_path, override, message):
