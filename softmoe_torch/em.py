@@ -211,8 +211,12 @@ def _fit_batch(model, X, Y, init, opts) -> BatchFit:
     return result
 
 
-def _theta(space, u):
-    return space.natural_flat(u, 0)[0]
+def _thetas(space, contract, u_old, u_new):
+    """What the contract compares: natural parameters for rule 'params' (the only rule that reads
+    them), else u itself, untransformed."""
+    if contract.rule != "params":
+        return u_old, u_new
+    return space.natural_flat(u_old, 0)[0], space.natural_flat(u_new, 0)[0]
 
 
 def _inner_rules(inner: SolverOptions):
@@ -294,7 +298,7 @@ def _run_em(obj, space, u, opts):
         ll_new, grad_new = -ev.loss, -ev.grad
         finite = torch.isfinite(ll_new) & torch.isfinite(u_new).all(1) & torch.isfinite(grad_new).all(1)
         lowered = (ll_new < ll[idx] - rounding(ll[idx])) & finite
-        met = contract.met(ll[idx], ll_new, _theta(space, u[idx]), _theta(space, u_new), grad_new)
+        met = contract.met(ll[idx], ll_new, *_thetas(space, contract, u[idx], u_new), grad_new)
         which = f"EM iteration {done}" if not cycle else f"EM iterations {first}-{done}"
         for j, r in enumerate(idx.tolist()):
             n_iter[r] = done
@@ -318,8 +322,7 @@ def _run_direct(obj, space, u, opts, solver):
         ll0 = -obj.evaluate(u, torch.arange(R, device=u.device), 0).loss
 
     def done(f_old, f_new, u_old, u_new, g_new):
-        thetas = (_theta(space, u_old), _theta(space, u_new)) if contract.rule == "params" else (u_old, u_new)
-        return contract.met(-f_old, -f_new, *thetas, g_new)
+        return contract.met(-f_old, -f_new, *_thetas(space, contract, u_old, u_new), g_new)
 
     rows = []
     inner = dataclasses.replace(opts.inner, max_iter=contract.max_iter)  # an iteration is an optimizer step
