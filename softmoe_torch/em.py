@@ -19,7 +19,7 @@ from .params import ParamSpace
 DEFAULT_BOUNDS = {"real": 10.0, "positive": [1e-8, 1e2]}
 METHODS = ("em", "direct", "newton")
 METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
-    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, accelerate="squarem", tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
+    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, accelerate="squarem", squarem_after=40, tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
     "em_torch": dict(method="em", mstep="torch_lbfgs", warm_mstep=False, accelerate="none", tol=1e-8, max_iter=1000, inner=dict(max_iter=200)),
     "direct": dict(method="direct", mstep="bfgs", tol=1e-12, max_iter=2000),
     "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
@@ -38,7 +38,9 @@ class FitOptions:
     'bfgs' (batched BFGS) or 'torch_lbfgs' (``torch.optim.LBFGS``, one replication at a time).
     ``tol``, ``rule``, ``gtol``, ``max_iter``: the convergence contract. ``inner``: the M-step's
     own stopping rule; ``accelerate`` (EM only): 'squarem' runs EM in SQUAREM cycles of three
-    EM iterations (the contract is then checked once per cycle); ``warm_mstep``: the batched M-step solver keeps each replication's
+    EM iterations (the contract is then checked once per cycle) once ``squarem_after`` plain EM
+    iterations are done (fits that converge fast finish in plain EM, crawling ones are
+    accelerated); ``warm_mstep``: the batched M-step solver keeps each replication's
     curvature pairs from one M-step to the next (short, inexact M-steps then suffice; every step
     still raises Q, so the likelihood never drops). ``fused``: use the fused fast path where the
     model allows it."""
@@ -52,6 +54,7 @@ class FitOptions:
     bounds: dict | None = field(default_factory=lambda: dict(DEFAULT_BOUNDS))
     inner: SolverOptions = field(default_factory=SolverOptions)
     accelerate: str = "squarem"
+    squarem_after: int = 40
     warm_mstep: bool = True
     fused: bool = True
 
@@ -244,7 +247,9 @@ def _mstep(obj, u, idx, resp, opts, memory=None):
             return lambda v: (lambda e: (e.loss[0], e.grad[0]))(q(v[None], jj, 1))
 
         return torch.stack([torch_lbfgs_one(one(j), u[j], opts.inner) for j in range(u.shape[0])])
-    return minimize(q, u, memory or opts.mstep, opts.inner, *_inner_rules(opts.inner), rows=idx)[0]
+    if memory is None:  # a fresh solver for exactly these problems, rows aligned with u
+        return minimize(q, u, opts.mstep, opts.inner, *_inner_rules(opts.inner))[0]
+    return minimize(q, u, memory, opts.inner, *_inner_rules(opts.inner), rows=idx)[0]
 
 
 def _em_map(obj, u, idx, resp, opts, memory):
@@ -291,7 +296,7 @@ def _run_em(obj, space, u, opts):
         idx = torch.tensor([r for r in range(R) if status[r] == "running"], dtype=torch.long, device=u.device)
         if idx.numel() == 0:
             break
-        cycle = squarem and contract.max_iter - done >= 3
+        cycle = squarem and done >= opts.squarem_after and contract.max_iter - done >= 3
         step = _squarem_cycle if cycle else _em_map
         u_new, ev = step(obj, u[idx], idx, resp[idx], opts, memory)
         first, done = done + 1, done + (3 if cycle else 1)
