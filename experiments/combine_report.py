@@ -3,7 +3,8 @@
     python experiments/combine_report.py RUNS_DIR OUT_DIR
 
 RUNS_DIR holds one run directory per setting (as written by experiments/reproduce.sh) and
-wall_seconds.txt; OUT_DIR receives REPORT.md and one small PNG per setting."""
+wall_seconds.txt; OUT_DIR receives REPORT.md and one small PNG per setting. Everything of an existing
+REPORT.md from the line KEEP on (the science study's sections, written by hand) is kept."""
 import json
 import platform
 import shutil
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+KEEP = "<!-- science: the sections below are kept when this report is regenerated -->"
 
 SETTINGS = {
     "distinguishable": "Fig. 1 (distinguishable, Laplace f0, eta* = -e1)",
@@ -53,7 +56,10 @@ def main(runs: Path, out: Path):
         shutil.copy(run / "figure.png", out / f"{name}.png")
     lines += ["", *notes, ""]
     lines += [f"![{name}]({name}.png)" for name in SETTINGS]
-    (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+    report = out / "REPORT.md"
+    old = report.read_text() if report.exists() else ""
+    kept = old[old.index(KEEP):] if KEEP in old else ""
+    report.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     print(out / "REPORT.md")
 
 

@@ -89,6 +89,22 @@ class LinearExpert(IndexExpert):
     activation_derivatives = staticmethod(_linear_derivatives)
 
 
+class AffineSigmoidExpert(nn.Module):
+    """h = sigmoid(eta^T x + bias): not strongly identifiable (dh/deta = x dh/dbias). Fitted by
+    the generic autograd path."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.eta = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x @ self.eta + self.bias)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.eta.shape[0]}"
+
+
 class MLPExpert(nn.Module):
     """A small MLP with one hidden layer: h = w2^T tanh(W1 x + b1) + b2."""
 

@@ -21,6 +21,7 @@ from .cli import Interrupted, UserError
 from .device import resolve_device, resolve_dtype
 from .convergence import ConvergenceWarning
 from .em import FitOptions, fit_best_of
+from .fit_diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
 from .init import starting_points
 from .paper import PAPER_PARAMS, param_errors
 from .params import ParamSpace
@@ -29,7 +30,7 @@ from .settings import Setting
 from .simulate import data_seed, simulate
 
 COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),
-           "mean_loglik", "n_iter", "converged", "status", "at_bound", "seconds"]
+           "mean_loglik", "loglik_truth", "moved", "hellinger", "n_iter", "converged", "status", "at_bound", "seconds"]
 
 
 def _number(value, key: str, kind=float, minimum=None):
@@ -73,7 +74,7 @@ def _check_fit_values(node, key: str):
         for i, v in enumerate(node):
             _check_fit_values(v, f"{key}[{i}]")
     elif node is not None and not isinstance(node, bool) and key not in STRING_KEYS:
-        _number(node, key, int if key.endswith(("max_iter", "max_ls")) else float)
+        _number(node, key, int if key.endswith(("max_iter", "max_ls", "squarem_after")) else float)
 
 
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:
@@ -101,6 +102,7 @@ class Plan:
     sizes: list
     reps: list
     model: torch.nn.Module
+    hellinger_points: int
 
 
 def validate(cfg: DictConfig) -> Plan:
@@ -122,7 +124,8 @@ def validate(cfg: DictConfig) -> Plan:
     model = setting.model(dtype=dtype, device=device)
     ParamSpace(model, opts.bounds)  # bad bounds fail here, not at the first fit
     setting.truth(sizes[0])  # a setting without a truth fails here, in one line, not per batch
-    return Plan(setting, device, dtype, opts, sizes, reps, model)
+    points = _number(cfg.get("hellinger_points", 0), "hellinger_points", int, 0)
+    return Plan(setting, device, dtype, opts, sizes, reps, model, points)
 
 
 def sweep_starts(cfg, setting, model, n, reps, Y):
@@ -145,7 +148,7 @@ def _bool(text: str) -> bool:
 
 
 TYPES = {"n": int, "rep": int, "seed": int, **{f"err_{p}": float for p in PAPER_PARAMS},
-         "mean_loglik": float, "n_iter": int, "converged": _bool, "seconds": float}
+         "mean_loglik": float, "loglik_truth": float, "moved": float, "hellinger": float, "n_iter": int, "converged": _bool, "seconds": float}
 
 
 def typed_row(row: dict, where: str) -> dict:
@@ -203,13 +206,14 @@ class Results:
         self.rows = rows  # only once on disk, so an interrupt never counts rows the file lacks
 
 
-def _rows(setting, n, reps, seed, result, errors):
+def _rows(setting, n, reps, seed, result, errors, diagnostics):
     share = result.seconds / len(reps)
     return [
         {
             "setting": setting.name, "n": n, "rep": rep, "seed": seed,
             **{f"err_{p}": float(errors[p][j]) for p in PAPER_PARAMS},
-            "mean_loglik": float(result.mean_loglik[j]), "n_iter": int(result.n_iter[j]),
+            "mean_loglik": float(result.mean_loglik[j]), **{k: float(v[j]) for k, v in diagnostics.items()},
+            "n_iter": int(result.n_iter[j]),
             "converged": bool(result.converged[j]), "status": result.status[j],
             "at_bound": " ".join(result.at_bound[j]), "seconds": share,
         }
@@ -221,7 +225,7 @@ def _failed_rows(setting, n, reps, seed, reason):
     nan = float("nan")
     return [
         {"setting": setting.name, "n": n, "rep": rep, "seed": seed, **{f"err_{p}": nan for p in PAPER_PARAMS},
-         "mean_loglik": nan, "n_iter": 0, "converged": False, "status": f"error: {reason}", "at_bound": "", "seconds": 0.0}
+         "mean_loglik": nan, "loglik_truth": nan, "moved": nan, "hellinger": nan, "n_iter": 0, "converged": False, "status": f"error: {reason}", "at_bound": "", "seconds": 0.0}
         for rep in reps
     ]
 
@@ -266,7 +270,10 @@ def _fit_batch(cfg, plan: Plan, n: int, reps: list):
         with warnings.catch_warnings():  # unconverged fits are counted in the report instead
             warnings.simplefilter("ignore", ConvergenceWarning)
             result = fit_best_of(plan.model, X, Y, starts, plan.opts)
-        return _rows(setting, n, reps, seed, result, param_errors(result.params, setting.truth(n))), result
+        diagnostics = {"loglik_truth": loglik_at_truth(setting, n, X, Y), "moved": moved_from_start(starts, result.params),
+                       "hellinger": hellinger_to_truth(setting, n, plan.model, result.params, plan.hellinger_points)}
+        errors = param_errors(result.params, setting.truth(n))
+        return _rows(setting, n, reps, seed, result, errors, diagnostics), result
     except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:
         tqdm.write(f"fits at n={n} failed: {err.__class__.__name__}: {err}")
         traceback.print_exc()

@@ -52,7 +52,7 @@ def test_tensorboard_is_written_as_the_run_goes_and_resumed_once(tmp_path, compo
 
 def test_rows_read_back_are_typed_like_new_rows(tmp_path):
     row = {"setting": "s", "n": 1000, "rep": 3, "seed": 0, "err_beta": 0.1, "err_exp_tau": 0.2, "err_eta": 0.3,
-           "err_nu": 1e-5, "mean_loglik": 1.25, "n_iter": 17, "converged": False, "status": "max_iter",
+           "err_nu": 1e-5, "mean_loglik": 1.25, "loglik_truth": 1.2, "moved": 0.3, "hellinger": 0.01, "n_iter": 17, "converged": False, "status": "max_iter",
            "at_bound": "gate.tau", "seconds": 0.5}
     Results(tmp_path / "results.csv", []).add([row])
     assert Results.load(tmp_path / "results.csv").rows == [row]
