@@ -161,8 +161,16 @@ def run_summary(run: dict) -> dict:
 
 def pick(runs, experiment, **where):
     """Runs of ``experiment`` whose overrides hold every key=value of ``where`` (keys with '.' as '__')."""
-    want = {k.replace("__", "."): str(v) for k, v in where.items()}
-    return [r for r in runs if r["experiment"] == experiment and all(r["overrides"].get(k) == v for k, v in want.items())]
+    want = {k.replace("__", "."): v for k, v in where.items()}
+    return [r for r in runs if r["experiment"] == experiment and all(_same(r["overrides"].get(k), v) for k, v in want.items())]
+
+
+def _same(given, wanted) -> bool:
+    """An override's value equals ``wanted``, as numbers where both are ('1e-4' == 0.0001)."""
+    try:
+        return float(given) == float(wanted)
+    except (TypeError, ValueError):
+        return given == str(wanted)
 
 
 def paired(em_rows: list, mle_rows: list) -> dict:
@@ -223,7 +231,7 @@ def figure_q1_sensitivity(runs, plt):
     for i, case in enumerate(cases):
         for j, q in enumerate(PAPER_PARAMS):
             ax = axes[i, j]
-            for exp, marker, label in (("q1_scale_em", "s", "EM, eps 1e-6"), ("q1_scale_mle", "o", "MLE")):
+            for exp, marker, label in (("q1_scale_em", "s", "EM, eps 1e-6"), ("q1_scale_mle", "o", "newton")):
                 pts = []
                 for sc in scales:
                     found = pick(runs, exp, setting=case, init__scale=sc)
