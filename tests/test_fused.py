@@ -62,6 +62,22 @@ def test_fused_matches_autograd(density, expert, gate):
     torch.testing.assert_close(q_f.hess, Hq, rtol=0, atol=1e-10)
 
 
+def test_evaluation_in_blocks_of_samples_equals_one_pass():
+    """At large n the fused evaluation runs block by block; the result must not depend on it."""
+    model = model_of(DENSITIES["gaussian"], EXPERTS["tanh"], "softmax")
+    X, Y = data(model)
+    space = ParamSpace(model, {"real": 10.0, "positive": [1e-6, 10.0]})
+    u = space.to_unconstrained(stack_params(model, R)) + 0.1
+    idx = torch.tensor([1, 0])  # a reordered subset of the replications
+    one, blocks = FusedObjective(model, X, Y, space), FusedObjective(model, X, Y, space, block=7)
+    assert len(blocks.blocks) > 2 and blocks.blocks[-1][1] == X.shape[1]
+    for resp in (None, one.evaluate(u, torch.arange(R), 0).resp[idx]):
+        a, b = one.evaluate(u[idx], idx, 2, resp=resp), blocks.evaluate(u[idx], idx, 2, resp=resp)
+        for x, y in zip(a, b):
+            if x is not None:
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+
+
 class ScaledTanh(TanhExpert):
     """A plug-in that changes the activation but gives no derivatives: must use autograd."""
 
