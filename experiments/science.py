@@ -109,6 +109,11 @@ QUANTITIES = (*PAPER_PARAMS, "hellinger")
 LABELS = {"beta": "beta", "exp_tau": "exp(tau)", "eta": "eta", "nu": "nu", "hellinger": "Hellinger"}
 
 
+def column(q: str) -> str:
+    """results.csv's column of quantity q: err_<param> for the paper's four, else q itself."""
+    return q if q == "hellinger" else f"err_{q}"
+
+
 def load_runs() -> list:
     """Every finished job: dict(experiment, question, job, overrides {key: value}, rows [dict])."""
     runs = []
@@ -150,7 +155,7 @@ def run_summary(run: dict) -> dict:
     statuses = [r["status"] for r in rows]
     gap_truth = np.array([float(r["mean_loglik"]) - float(r["loglik_truth"]) for r in rows])
     return {
-        "slopes": {q: s for q in QUANTITIES if (s := slope(rows, f"err_{q}" if q != "hellinger" else q))},
+        "slopes": {q: s for q in QUANTITIES if (s := slope(rows, column(q)))},
         "fits": len(rows), "converged": sum(r["converged"] == "True" for r in rows),
         "max_iter": statuses.count("max_iter"), "at_bound": sum(bool(r["at_bound"]) for r in rows),
         "below_truth": int((gap_truth < -1e-9).sum()),
@@ -266,7 +271,7 @@ def figure_q2_noise(runs, plt):
         ax = axes[0, i]
         found = sorted(pick(runs, "q2_noise", setting=case), key=lambda r: float(r["overrides"]["setting.pretrained.nu"]))
         for k, q in enumerate(QUANTITIES):
-            pts = [(float(r["overrides"]["setting.pretrained.nu"]), slope(r["rows"], f"err_{q}" if q != "hellinger" else q))
+            pts = [(float(r["overrides"]["setting.pretrained.nu"]), slope(r["rows"], column(q)))
                    for r in found]
             pts = [(nu, p) for nu, p in pts if p is not None]
             if not pts:
@@ -292,8 +297,8 @@ def figure_q2_large_n(runs, plt):
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * max(len(found), 1), 4.2), squeeze=False)
     for ax, run in zip(axes[0], found):
         for q in QUANTITIES:
-            ns, mean = _mean_curve(run["rows"], f"err_{q}" if q != "hellinger" else q)
-            last = slope(run["rows"], f"err_{q}" if q != "hellinger" else q, n_from=ns.max() / 10)
+            ns, mean = _mean_curve(run["rows"], column(q))
+            last = slope(run["rows"], column(q), n_from=ns.max() / 10)
             ax.loglog(ns, mean, "o-", ms=3, label=f"{LABELS[q]}: last decade {last['slope']:+.2f}")
         ax.set_title(f"{run['overrides']['setting']}, nu0 = {run['overrides']['setting.pretrained.nu']}", fontsize=9)
         ax.set_xlabel("n")
@@ -344,7 +349,7 @@ def table(runs: list, n_from_decade: bool = False) -> list:
         s = run_summary(run)
         if n_from_decade:
             n_from = s["sizes"][1] / 10
-            s["slopes"] = {q: x for q in QUANTITIES if (x := slope(run["rows"], f"err_{q}" if q != "hellinger" else q, n_from))}
+            s["slopes"] = {q: x for q in QUANTITIES if (x := slope(run["rows"], column(q), n_from))}
         cells = [label(run), *(fmt(s["slopes"].get(q)) for q in QUANTITIES),
                  f"{s['converged']}/{s['fits']}", str(s["max_iter"]), str(s["at_bound"]), str(s["below_truth"]), f"{s['median_iter']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")

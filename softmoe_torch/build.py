@@ -18,6 +18,16 @@ def instantiate_node(node, what: str):
         raise ValueError(f"cannot build the {what} from {OmegaConf.to_container(node)}: {one_line(err)}") from None
 
 
+def load_values(module, values, key: str):
+    """Load ``values`` (a config node {parameter name: value}, every parameter) into ``module``
+    as float64; ValueError (one line) naming the config ``key`` when they do not fit."""
+    given = OmegaConf.to_container(values, resolve=True) if OmegaConf.is_config(values) else dict(values)
+    try:
+        module.load_state_dict({k: torch.as_tensor(v, dtype=torch.float64) for k, v in given.items()})
+    except RuntimeError as err:
+        raise ValueError(f"{key} do not fit {module_name(module)}: {one_line(err)}") from None
+
+
 def build_pretrained(cfg: DictConfig) -> Component:
     """The frozen pre-trained component of ``cfg`` (a setting node) with its known parameters, from
     (first that is given) ``pretrained.torchscript`` (a TorchScript file), ``.checkpoint`` (a state
@@ -31,10 +41,7 @@ def build_pretrained(cfg: DictConfig) -> Component:
         if p.get("checkpoint"):
             load_checkpoint(expert, p.checkpoint, "pre-trained expert")
         elif p.get("params"):
-            try:
-                expert.load_state_dict({k: torch.as_tensor(v, dtype=torch.float64) for k, v in p.params.items()})
-            except RuntimeError as err:
-                raise ValueError(f"setting.pretrained.params do not fit {module_name(expert)}: {one_line(err)}") from None
+            load_values(expert, p.params, "setting.pretrained.params")
         elif any(True for _ in expert.parameters()):
             names = ", ".join(n for n, _ in expert.named_parameters())
             raise ValueError(

@@ -1,19 +1,20 @@
 """Per-fit diagnostics of a simulated sweep, beside the parameter errors: is the MLE found
 (log-likelihood at the estimate minus at the truth), how far the fit moved from its start, and
 how far the fitted conditional density is from the true one (Hellinger, ``distance.py``)."""
+import copy
 import math
 
 import torch
 
 from .distance import hellinger_batch
-from .settings import Setting
+from .mixture import ContaminatedMoE
 
 X_SEED = 20250101  # the fixed x sample of the Hellinger distance: the same for every fit and n
 
 
-def loglik_at_truth(setting: Setting, n: int, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+def loglik_at_truth(truth: ContaminatedMoE, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """Mean log-likelihood of the true model on each data set; X (R, n, d), Y (R, n) -> (R,)."""
-    truth = setting.true_model(n).to(device=X.device, dtype=X.dtype)
+    truth = copy.deepcopy(truth).to(device=X.device, dtype=X.dtype)
     with torch.no_grad():
         return torch.stack([truth.log_prob(x, y).mean() for x, y in zip(X, Y)]).cpu().double()
 
@@ -28,12 +29,12 @@ def moved_from_start(starts: list, params: dict) -> torch.Tensor:
     return torch.cat(deltas, dim=1).amax(dim=1)
 
 
-def hellinger_to_truth(setting: Setting, n: int, model, params: dict, points: int) -> torch.Tensor:
-    """Hellinger distance of each fit's conditional density to the truth's, over ``points`` fixed
-    draws x ~ N(0, I) (R,); NaN for all when points == 0."""
+def hellinger_to_truth(truth: ContaminatedMoE, dim: int, model, params: dict, points: int) -> torch.Tensor:
+    """Hellinger distance of each fit's conditional density to the truth's (float64, CPU), over
+    ``points`` fixed draws x ~ N(0, I_dim) (R,); NaN for all when points == 0."""
     R = next(iter(params.values())).shape[0]
     if points == 0:
         return torch.full((R,), math.nan, dtype=torch.float64)
-    x = torch.randn(points, setting.dim, generator=torch.Generator().manual_seed(X_SEED), dtype=torch.float64)
+    x = torch.randn(points, dim, generator=torch.Generator().manual_seed(X_SEED), dtype=torch.float64)
     fitted = {k: v.detach().cpu().double() for k, v in params.items()}
-    return hellinger_batch(setting.true_model(n), model, fitted, x)
+    return hellinger_batch(truth, model, fitted, x)

@@ -129,11 +129,7 @@ class FusedObjective:
         """The evaluation over block k of the samples (means over that block)."""
         beta, tau, eta, nu = self._split(theta)
         a, b = self.blocks[k]
-        whole = len(self.blocks) == 1
-        X = _rows(self.X if whole else self.X[:, a:b], idx)
-        Xt = _rows(self.Xt_blocks[k], idx)
-        Y = _rows(self.Y if whole else self.Y[:, a:b], idx)
-        L0 = _rows(self.L0 if whole else self.L0[:, a:b], idx)
+        X, Xt, Y, L0 = (_rows(t, idx) for t in (self.X[:, a:b], self.Xt_blocks[k], self.Y[:, a:b], self.L0[:, a:b]))
         n = Y.shape[1]
         if self.has_beta:
             lin = torch.bmm(torch.stack([beta, eta], 1), Xt)  # (m, 2, n): one pass over X

@@ -270,8 +270,9 @@ def _fit_batch(cfg, plan: Plan, n: int, reps: list):
         with warnings.catch_warnings():  # unconverged fits are counted in the report instead
             warnings.simplefilter("ignore", ConvergenceWarning)
             result = fit_best_of(plan.model, X, Y, starts, plan.opts)
-        diagnostics = {"loglik_truth": loglik_at_truth(setting, n, X, Y), "moved": moved_from_start(starts, result.params),
-                       "hellinger": hellinger_to_truth(setting, n, plan.model, result.params, plan.hellinger_points)}
+        truth = setting.true_model(n)
+        diagnostics = {"loglik_truth": loglik_at_truth(truth, X, Y), "moved": moved_from_start(starts, result.params),
+                       "hellinger": hellinger_to_truth(truth, setting.dim, plan.model, result.params, plan.hellinger_points)}
         errors = param_errors(result.params, setting.truth(n))
         return _rows(setting, n, reps, seed, result, errors, diagnostics), result
     except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:

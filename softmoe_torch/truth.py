@@ -8,11 +8,10 @@ expert's truth is (first that is given) ``truth.expert_params`` ({name: value}, 
 its state dict in ``truth.expert_checkpoint``, else its own initialization under
 ``torch.manual_seed(truth.expert_seed)`` (default 0); perturb.eta then scales all its parameters."""
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .build import build_gate, build_prompt_expert
+from .build import build_gate, build_prompt_expert, load_values
 from .checkpoints import load_checkpoint
-from .errors import one_line
 
 
 def true_expert(cfg: DictConfig) -> dict:
@@ -24,12 +23,7 @@ def true_expert(cfg: DictConfig) -> dict:
     if [n for n, _ in expert.named_parameters()] == ["eta"] and t.get("eta") is not None:
         return {"eta": torch.tensor(list(t.eta), dtype=torch.float64)}
     if t.get("expert_params"):
-        given = OmegaConf.to_container(t.expert_params, resolve=True)
-        values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in given.items()}
-        try:
-            expert.load_state_dict(values)
-        except RuntimeError as err:
-            raise ValueError(f"setting.truth.expert_params do not fit the prompt expert: {one_line(err)}") from None
+        load_values(expert, t.expert_params, "setting.truth.expert_params")
     elif t.get("expert_checkpoint"):
         load_checkpoint(expert, t.expert_checkpoint, "true prompt expert")
     return {n: p.detach().to(torch.float64) for n, p in expert.named_parameters()}

@@ -61,7 +61,7 @@ def test_loglik_at_truth_and_moved(compose_cfg):
     gen = torch.Generator().manual_seed(3)
     X = torch.randn(2, 50, 8, generator=gen, dtype=torch.float64)
     Y = torch.stack([s.true_model(50).sample(x, generator=gen) for x in X])
-    ll = loglik_at_truth(s, 50, X, Y)
+    ll = loglik_at_truth(s.true_model(50), X, Y)
     assert ll[1].item() == pytest.approx(s.true_model(50).log_prob(X[1], Y[1]).mean().item(), rel=1e-12)
     start = {"a": torch.zeros(2, 3), "b": torch.zeros(2)}
     params = {"a": torch.tensor([[0.1, -0.5, 0.2], [0.0, 0.0, 0.0]]), "b": torch.tensor([0.3, -0.2])}
