@@ -102,12 +102,19 @@ def _job_ids(sweep_dir):
     return sorted(tasks | {n for n in names - tasks if not any(t.startswith(n + "_") for t in tasks)})
 
 
-def _states(job_ids):
-    """job id -> accounting state (sacct), e.g. {'12_0': 'COMPLETED'}."""
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(j.split("_")[0] for j in job_ids)],
-                         capture_output=True, text=True, timeout=30).stdout
-    states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
-    return {j: states.get(j, "?").split()[0] for j in job_ids}
+def _states(job_ids, wait: float = 30.0):
+    """job id -> accounting state (sacct), e.g. {'12_0': 'COMPLETED'}; '?' for a job accounting
+    does not know. slurmdbd records a finished job a moment after it ends, so this asks again
+    (up to ``wait`` s) while a job is unknown or still pending or running."""
+    deadline = time.monotonic() + wait
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(j.split("_")[0] for j in job_ids)],
+                             capture_output=True, text=True, timeout=30).stdout
+        states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+        found = {j: states.get(j, "?").split()[0] for j in job_ids}
+        if not set(found.values()) & {"?", "PENDING", "RUNNING"} or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 def _report(label, sweep_dir):
