@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .acceleration import Anderson, squarem_cycle
 from .convergence import Contract, rounding, warn_unconverged
 from .objective import GenericObjective, make_objective
 from .optim import STRATEGIES, SolverOptions, minimize, torch_lbfgs_one
@@ -19,13 +20,14 @@ from .params import ParamSpace
 DEFAULT_BOUNDS = {"real": 10.0, "positive": [1e-8, 1e2]}
 METHODS = ("em", "direct", "newton")
 METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
-    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, accelerate="squarem", squarem_after=40, tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
+    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, accelerate="anderson", anderson_depth=5, tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
+    "em_newton": dict(method="em", mstep="newton", warm_mstep=True, accelerate="anderson", anderson_depth=5, tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
     "em_torch": dict(method="em", mstep="torch_lbfgs", warm_mstep=False, accelerate="none", tol=1e-8, max_iter=1000, inner=dict(max_iter=200)),
     "direct": dict(method="direct", mstep="bfgs", tol=1e-12, max_iter=2000),
     "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
 }
-MSTEPS = ("lbfgs", "bfgs", "torch_lbfgs")
-ACCELERATIONS = ("none", "squarem")
+MSTEPS = ("lbfgs", "bfgs", "newton", "torch_lbfgs")
+ACCELERATIONS = ("none", "squarem", "anderson")
 SMALL_BATCH = 200_000  # samples (R * n) below which a fit runs on one thread
 CHUNK = 100_000  # samples (R * n) fitted together at most (whole replications; at least one)
 
@@ -35,15 +37,16 @@ class FitOptions:
     """How to fit. ``method``: 'em', 'direct' (batched BFGS on the marginal log-likelihood) or
     'newton' (batched Newton with the exact Hessian; BFGS where the model has no fused path).
     ``mstep`` (EM only): 'lbfgs' (the batched L-BFGS, each replication its own history),
-    'bfgs' (batched BFGS) or 'torch_lbfgs' (``torch.optim.LBFGS``, one replication at a time).
-    ``tol``, ``rule``, ``gtol``, ``max_iter``: the convergence contract. ``inner``: the M-step's
-    own stopping rule; ``accelerate`` (EM only): 'squarem' runs EM in SQUAREM cycles of three
-    EM iterations (the contract is then checked once per cycle) once ``squarem_after`` plain EM
-    iterations are done (fits that converge fast finish in plain EM, crawling ones are
-    accelerated); ``warm_mstep``: the batched M-step solver keeps each replication's
-    curvature pairs from one M-step to the next (short, inexact M-steps then suffice; every step
-    still raises Q, so the likelihood never drops). ``fused``: use the fused fast path where the
-    model allows it."""
+    'bfgs' (batched BFGS), 'newton' (batched Newton with the exact Hessian of Q where the model
+    has a fused path, else BFGS) or 'torch_lbfgs' (``torch.optim.LBFGS``, one replication at a
+    time). ``tol``, ``rule``, ``gtol``, ``max_iter``: the convergence contract. ``inner``: the
+    M-step's own stopping rule; ``accelerate`` (EM only, see ``acceleration.py``): 'anderson'
+    (Anderson acceleration over the last ``anderson_depth`` EM maps, never worse than the plain
+    EM step), 'squarem' (SQUAREM cycles of three EM iterations, the contract then checked once
+    per cycle, once ``squarem_after`` plain EM iterations are done) or 'none'; ``warm_mstep``:
+    the batched M-step solver keeps each replication's curvature pairs from one M-step to the
+    next (short, inexact M-steps then suffice; every step still raises Q, so the likelihood never
+    drops). ``fused``: use the fused fast path where the model allows it."""
 
     method: str = "em"
     mstep: str = "lbfgs"
@@ -53,8 +56,9 @@ class FitOptions:
     max_iter: int = 1000
     bounds: dict | None = field(default_factory=lambda: dict(DEFAULT_BOUNDS))
     inner: SolverOptions = field(default_factory=SolverOptions)
-    accelerate: str = "squarem"
+    accelerate: str = "anderson"
     squarem_after: int = 40
+    anderson_depth: int = 5
     warm_mstep: bool = True
     fused: bool = True
 
@@ -65,13 +69,15 @@ class FitOptions:
             raise ValueError(f"fit.mstep must be one of {', '.join(MSTEPS)}, got {self.mstep!r}")
         if self.accelerate not in ACCELERATIONS:
             raise ValueError(f"fit.accelerate must be one of {', '.join(ACCELERATIONS)}, got {self.accelerate!r}")
+        if self.anderson_depth < 1:
+            raise ValueError(f"fit.anderson_depth must be at least 1, got {self.anderson_depth!r}")
         if isinstance(self.inner, dict):
             self.inner = SolverOptions(**self.inner)
         self.contract = Contract(self.tol, self.rule, self.gtol, self.max_iter)
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> "FitOptions":
-        """The documented defaults of ``method`` ('em', 'em_torch', 'direct' or 'newton'; the same as
+        """The documented defaults of ``method`` ('em', 'em_newton', 'em_torch', 'direct' or 'newton'; the same as
         conf/fit/<method>.yaml) with ``overrides``."""
         if method not in METHOD_DEFAULTS:
             raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHOD_DEFAULTS)}")
@@ -87,7 +93,7 @@ class BatchFit:
     replication, the mean log-likelihood at the start and after each iteration; at_bound: per
     replication, the parameters that ended on a box bound (the estimate is then the constrained
     MLE); seconds: wall time of the call(s); n_evals: objective evaluations (calls over the batch);
-    solver: what ran ('em/lbfgs', 'em/lbfgs+squarem', 'newton', ...); fused: whether the fused path was used."""
+    solver: what ran ('em/lbfgs+anderson', 'em/newton+squarem', 'newton', ...); fused: whether the fused path was used."""
 
     params: dict
     mean_loglik: torch.Tensor
@@ -199,7 +205,9 @@ def _fit_batch(model, X, Y, init, opts) -> BatchFit:
     start = time.perf_counter()
     u = space.to_unconstrained({k: v.to(X) for k, v in init.items()})
     if opts.method == "em":
-        run, solver = _run_em, f"em/{opts.mstep}" + ("+squarem" if opts.accelerate == "squarem" else "")
+        if opts.mstep == "newton" and not obj.exact_hessian:  # no Hessian of Q: BFGS instead
+            opts = dataclasses.replace(opts, mstep="bfgs")
+        run, solver = _run_em, f"em/{opts.mstep}" + ("" if opts.accelerate == "none" else f"+{opts.accelerate}")
     else:
         solver = "newton" if opts.method == "newton" and obj.exact_hessian else "bfgs"
         run = lambda o, s, v, f: _run_direct(o, s, v, f, solver)  # noqa: E731
@@ -252,33 +260,18 @@ def _mstep(obj, u, idx, resp, opts, memory=None):
     return minimize(q, u, memory, opts.inner, *_inner_rules(opts.inner), rows=idx)[0]
 
 
-def _em_map(obj, u, idx, resp, opts, memory):
-    """One EM iteration from u (m, p) with responsibilities resp at u: (u_new, evaluation at u_new)."""
-    u_new = _mstep(obj, u, idx, resp, opts, memory)
-    return u_new, obj.evaluate(u_new, idx, 1)
+def _em_iteration(obj, u0, idx, resp0, opts, memory, anderson, cycle):
+    """One EM iteration (three in a SQUAREM cycle) of problems idx from u0 (m, p), with their
+    responsibilities at u0: (u_new, evaluation with gradient at u_new)."""
+    def em_map(v, resp):
+        v_new = _mstep(obj, v, idx, resp, opts, memory)
+        return v_new, obj.evaluate(v_new, idx, 1)
 
-
-def _pick(mask, a, b):
-    """Rows of tensor b where mask, else of a."""
-    return torch.where(mask.reshape(-1, *[1] * (a.dim() - 1)), b, a)
-
-
-def _squarem_cycle(obj, u0, idx, resp0, opts, memory):
-    """One SQUAREM cycle (Varadhan & Roland 2008, scheme S3) of three EM iterations: two EM maps
-    u1, u2 from u0, the extrapolation u0 - 2 a r + a^2 v (r = u1 - u0, v = u2 - 2 u1 + u0,
-    a = -|r| / |v| <= -1), and one EM map u3 from it. u3 is kept only where it is finite and at
-    least as likely as u2, so the cycle never does worse than two plain EM iterations."""
-    u1, ev1 = _em_map(obj, u0, idx, resp0, opts, memory)
-    u2, ev2 = _em_map(obj, u1, idx, ev1.resp, opts, memory)
-    r, v = u1 - u0, u2 - 2 * u1 + u0
-    a = -(r.norm(dim=1) / v.norm(dim=1).clamp_min(1e-300)).clamp(min=1.0)[:, None]
-    ux = u0 - 2 * a * r + a * a * v
-    evx = obj.evaluate(ux, idx, 0)
-    ok = torch.isfinite(evx.loss) & torch.isfinite(ux).all(1)
-    ux, respx = _pick(ok, u2, ux), _pick(ok, ev2.resp, evx.resp)
-    u3, ev3 = _em_map(obj, ux, idx, respx, opts, memory)
-    better = ok & torch.isfinite(ev3.loss) & torch.isfinite(ev3.grad).all(1) & (ev3.loss <= ev2.loss)
-    return _pick(better, u2, u3), type(ev2)(*(None if x is None else _pick(better, x, y) for x, y in zip(ev2, ev3)))
+    if cycle:
+        return squarem_cycle(em_map, lambda v: obj.evaluate(v, idx, 0), u0, resp0)
+    if anderson is not None:
+        return anderson.step(em_map, lambda v: obj.evaluate(v, idx, 1), u0, resp0, idx)
+    return em_map(u0, resp0)
 
 
 def _run_em(obj, space, u, opts):
@@ -291,14 +284,14 @@ def _run_em(obj, space, u, opts):
     n_iter = torch.zeros(R, dtype=torch.long)
     memory = STRATEGIES[opts.mstep](R, u.shape[1], u, opts.inner.history) if opts.warm_mstep and opts.mstep != "torch_lbfgs" else None
     squarem = opts.accelerate == "squarem"
+    anderson = Anderson(R, u.shape[1], u, opts.anderson_depth) if opts.accelerate == "anderson" else None
     done = 0
     while done < contract.max_iter:
         idx = torch.tensor([r for r in range(R) if status[r] == "running"], dtype=torch.long, device=u.device)
         if idx.numel() == 0:
             break
         cycle = squarem and done >= opts.squarem_after and contract.max_iter - done >= 3
-        step = _squarem_cycle if cycle else _em_map
-        u_new, ev = step(obj, u[idx], idx, resp[idx], opts, memory)
+        u_new, ev = _em_iteration(obj, u[idx], idx, resp[idx], opts, memory, anderson, cycle)
         first, done = done + 1, done + (3 if cycle else 1)
         ll_new, grad_new = -ev.loss, -ev.grad
         finite = torch.isfinite(ll_new) & torch.isfinite(u_new).all(1) & torch.isfinite(grad_new).all(1)

@@ -74,7 +74,7 @@ def _check_fit_values(node, key: str):
         for i, v in enumerate(node):
             _check_fit_values(v, f"{key}[{i}]")
     elif node is not None and not isinstance(node, bool) and key not in STRING_KEYS:
-        _number(node, key, int if key.endswith(("max_iter", "max_ls", "squarem_after")) else float)
+        _number(node, key, int if key.endswith(("max_iter", "max_ls", "squarem_after", "anderson_depth")) else float)
 
 
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:

@@ -13,7 +13,7 @@ from softmoe_torch.settings import Setting
 from softmoe_torch.simulate import simulate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ALL = ["em", "em_torch", "direct", "newton"]
+ALL = ["em", "em_newton", "em_torch", "direct", "newton"]
 
 
 def problem(compose_cfg, name, n, R, seed=0, scale=0.1):
@@ -23,8 +23,8 @@ def problem(compose_cfg, name, n, R, seed=0, scale=0.1):
     return setting, model, X, Y, near_truth(model, setting.truth(n), R, scale, seed + 1)
 
 
-@pytest.mark.parametrize("mstep,accelerate", [("lbfgs", "squarem"), ("lbfgs", "none"), ("bfgs", "none"),
-                                              ("torch_lbfgs", "none")])
+@pytest.mark.parametrize("mstep,accelerate", [("lbfgs", "anderson"), ("newton", "anderson"), ("lbfgs", "squarem"),
+                                              ("lbfgs", "none"), ("bfgs", "none"), ("torch_lbfgs", "none")])
 @pytest.mark.parametrize("fused", [True, False])
 def test_em_never_lowers_the_likelihood(compose_cfg, mstep, accelerate, fused):
     _, model, X, Y, init = problem(compose_cfg, "nondistinguishable_eta", 300, 2, scale=0.3)
@@ -52,7 +52,7 @@ def test_frozen_component_and_callers_model_are_bit_identical_after_fit(compose_
 def test_recovers_the_truth_in_the_distinguishable_setting(compose_cfg):
     setting, model, X, Y, init = problem(compose_cfg, "distinguishable", 20000, 1)
     res = fit_batch(model, X, Y, init, FitOptions())
-    assert res.status == ["converged"] and res.fused and res.solver == "em/lbfgs+squarem"
+    assert res.status == ["converged"] and res.fused and res.solver == "em/lbfgs+anderson"
     est, truth = paper_view(res.params), paper_view({k: v[None] for k, v in setting.truth(20000).items()})
     assert float((est["eta"] - truth["eta"]).norm()) < 0.02
     assert float((est["beta"] - truth["beta"]).norm()) < 0.15
@@ -64,20 +64,30 @@ PAPER_STYLE_EM = {"warm_mstep": False, "mstep": "bfgs", "accelerate": "none", "r
                   "inner": {"max_iter": 200}}  # a fresh M-step solver each iteration, solved to convergence
 
 
-@pytest.mark.parametrize("method,name,extra", [("em", "distinguishable", {}), ("direct", "nondistinguishable_eta", {}),
+ANDERSON_PATH = 2  # iterations: see test_batched_fits_match_single_fits
+
+
+@pytest.mark.parametrize("method,name,extra", [("em", "distinguishable", {}), ("em_newton", "nondistinguishable_eta", {}),
+                                               ("em", "nondistinguishable_eta", {"accelerate": "squarem", "squarem_after": 0}),
+                                               ("em", "distinguishable", {"accelerate": "none"}),
+                                               ("direct", "nondistinguishable_eta", {}),
                                                ("newton", "nondistinguishable_eta", {}), ("em_torch", "distinguishable", {}),
                                                ("em", "distinguishable", PAPER_STYLE_EM)])
 def test_batched_fits_match_single_fits(compose_cfg, method, name, extra):
-    """Also with a fresh M-step solver per iteration (warm_mstep=False) once some replications stop."""
+    """Also with a fresh M-step solver per iteration (warm_mstep=False) once some replications stop.
+    Equal up to float rounding (batched matmuls may sum in another order). Anderson's least-squares
+    step can amplify that rounding into a slightly different path to the same optimum: there the
+    iteration counts may differ by ANDERSON_PATH and the log-likelihoods by the tolerance."""
     _, model, X, Y, init = problem(compose_cfg, name, 400, 3)
     opts = FitOptions.for_method(method, **extra)
     batch = fit_batch(model, X, Y, init, opts)
+    anderson = opts.accelerate == "anderson"
     for r in range(3):
         single = fit_batch(model, X[r], Y[r], {k: v[r : r + 1] for k, v in init.items()}, opts)
         assert single.status[0] == batch.status[r]
-        assert int(single.n_iter[0]) == int(batch.n_iter[r])
-        # equal up to float rounding: batched matmuls may sum in another order
-        assert float(single.mean_loglik[0]) == pytest.approx(float(batch.mean_loglik[r]), rel=1e-9, abs=0)
+        assert abs(int(single.n_iter[0]) - int(batch.n_iter[r])) <= (ANDERSON_PATH if anderson else 0)
+        assert float(single.mean_loglik[0]) == pytest.approx(float(batch.mean_loglik[r]), rel=0,
+                                                             abs=opts.tol if anderson else 1e-9 * abs(float(batch.mean_loglik[r])))
 
 
 def test_a_failing_or_early_replication_does_not_change_the_others(compose_cfg):
@@ -94,7 +104,7 @@ def test_a_failing_or_early_replication_does_not_change_the_others(compose_cfg):
     assert mixed.status[0].startswith("failed")
     assert all(torch.isfinite(v[0]).all() for v in mixed.params.values())
     assert mixed.status[1] == "converged" and mixed.status[2] == "converged"
-    assert int(mixed.n_iter[2]) <= 3  # one SQUAREM cycle
+    assert int(mixed.n_iter[2]) <= 2
     assert float(mixed.mean_loglik[1]) == pytest.approx(float(reference.mean_loglik[1]), rel=1e-9)
     assert float(mixed.mean_loglik[2]) == pytest.approx(float(reference.mean_loglik[2]), rel=1e-9)
 
@@ -104,6 +114,7 @@ def test_every_method_reaches_the_same_optimum(compose_cfg):
     fits = {m: fit_batch(model, X, Y, init, FitOptions.for_method(m, tol=1e-12 if m.startswith("em") else 1e-13))
             for m in ALL}
     fits["em_plain"] = fit_batch(model, X, Y, init, FitOptions.for_method("em", accelerate="none", tol=1e-12))
+    fits["em_squarem"] = fit_batch(model, X, Y, init, FitOptions.for_method("em", accelerate="squarem", tol=1e-12))
     best = fits["newton"]
     assert best.solver == "newton" and int(best.n_iter.max()) < 20
     for m, res in fits.items():
@@ -220,6 +231,10 @@ def test_bad_options_are_rejected():
         FitOptions(method="adam")
     with pytest.raises(ValueError, match="fit.mstep"):
         FitOptions(mstep="adam")
+    with pytest.raises(ValueError, match="fit.accelerate"):
+        FitOptions(accelerate="aitken")
+    with pytest.raises(ValueError, match="fit.anderson_depth"):
+        FitOptions(anderson_depth=0)
     with pytest.raises(ValueError, match="fit.rule"):
         FitOptions(rule="gradient")
     with pytest.raises(ValueError, match="fit.tol"):

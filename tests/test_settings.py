@@ -22,7 +22,7 @@ CONSTANT_GATE = ["setting.gate._target_=softmoe_torch.gates.ConstantGate", "~set
 LAYERS = {
     **dict.fromkeys(["densities", "experts", "gates"], 0),
     "mixture": 1,
-    **dict.fromkeys(["params", "convergence", "objective", "optim", "em", "init", "inference", "results", "device",
+    **dict.fromkeys(["params", "convergence", "objective", "optim", "acceleration", "em", "init", "inference", "results", "device",
                      "estimator"], 2),
     **dict.fromkeys(["configs", "errors", "checkpoints", "module_checks", "build", "truth", "paper",
                      "settings", "simulate", "metrics", "distance", "fit_diagnostics", "study", "report", "monitor", "progress", "cli"], 3),
