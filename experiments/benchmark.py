@@ -44,9 +44,11 @@ two lie there), and a log-log figure of seconds against n (--figure).
 
 Protocol (--protocol). The promised command, end to end, as a subprocess per (setting, fit):
 ``python -m softmoe_torch.run setting=S fit=F sweep=P progress=false monitor.tensorboard=false
-hydra.run.dir=<tmp>``: wall seconds (start-up included), the child's peak RSS (from wait4 in a
-small launcher process, so that this script's own memory is not counted), and the fits' statuses
-from its results.csv (how many ended at max_iter).
+hydra.run.dir=<tmp>``: wall seconds (start-up included), peak memory (from a small launcher
+process, so that this script's own memory is not counted: 'peak_mib', the resident memory summed
+over the command and its worker processes, sampled every 0.5 s, and at least 'largest_process_mib',
+the largest single process's peak from wait4), and the fits' statuses from its results.csv (how
+many ended at max_iter).
 
 Every table and scale measurement runs in a fresh worker process (this script with --worker),
 warmed up by a one-iteration fit on 256 points; seconds are the wall time of the fit call alone;
@@ -89,14 +91,41 @@ NAMES = {"beta": "gate.beta", "tau": "gate.tau", "eta": "prompts.0.expert.eta", 
 # and started afresh, its child's ru_maxrss does not include this script's memory.
 LAUNCHER = """import json, os, subprocess, sys, time
 out, log, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+
+def tree_rss_kib(root):
+    # resident KiB summed over root and its descendants (Linux /proc), sampled
+    parent, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                parent[int(entry)], rss[int(entry)] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = {root}, True
+    while grew:
+        new = {p for p, pp in parent.items() if pp in tree} - tree
+        tree, grew = tree | new, bool(new)
+    return sum(rss.get(p, 0) for p in tree)
+
+
 with open(log, "w") as fh:
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(child.pid, 0)
+    peak = 0
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
+        if os.path.isdir("/proc"):
+            peak = max(peak, tree_rss_kib(child.pid))
+        time.sleep(0.5)
     wall = time.perf_counter() - t0
 child.returncode = os.waitstatus_to_exitcode(status)
 with open(out, "w") as fh:
-    json.dump({"wall_seconds": wall, "returncode": child.returncode, "maxrss": usage.ru_maxrss}, fh)
+    json.dump({"wall_seconds": wall, "returncode": child.returncode, "maxrss": usage.ru_maxrss, "tree_kib": peak}, fh)
 """
 
 
@@ -539,7 +568,8 @@ def _protocol_run(setting: str, fit: str, sweep: str) -> dict:
     statuses = _status_counts(r["status"] for r in results)
     command = " ".join(["python", *cmd[1:-1], "hydra.run.dir=<tmp>"])
     return {"setting": setting, "fit": fit, "sweep": sweep, "command": command,
-            "wall_seconds": usage["wall_seconds"], "peak_mib": _maxrss_mib(usage["maxrss"]), "fits": len(results),
+            "wall_seconds": usage["wall_seconds"], "peak_mib": max(_maxrss_mib(usage["maxrss"]), usage["tree_kib"] / 2**10),
+            "largest_process_mib": _maxrss_mib(usage["maxrss"]), "fits": len(results),
             "statuses": statuses, "max_iter": statuses.get("max_iter", 0),
             "fit_seconds": sum(float(r["seconds"]) for r in results)}
 

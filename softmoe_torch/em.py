@@ -6,6 +6,7 @@ The objective (``objective.py``) supplies the log-likelihood, its derivatives an
 responsibilities; the driver knows nothing of experiments or files."""
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ import torch
 
 from .acceleration import Anderson, squarem_cycle
 from .convergence import Contract, rounding, warn_unconverged
-from .objective import GenericObjective, make_objective
+from .objective import GenericObjective, fused_supported, make_objective
 from .optim import STRATEGIES, SolverOptions, minimize, torch_lbfgs_one
 from .params import ParamSpace
 
@@ -176,18 +177,33 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
 
     X (R, n, d) or (n, d); Y (R, n) or (n,); init {name: (R, *shape)} starting values. The
     model's own parameters are not modified. Replications are fitted together in groups of at
-    most CHUNK samples (each replication its own problem either way). ``warn``: a
-    ConvergenceWarning for fits that did not converge."""
+    most CHUNK samples (each replication its own problem either way); on the fused path, small
+    groups run side by side, one per torch thread, each on one thread (their results do not
+    depend on it).
+    ``warn``: a ConvergenceWarning for fits that did not converge."""
     X, Y = as_batch(X, Y)
     opts = options or FitOptions()
     R, n = Y.shape
     size = max(1, CHUNK // n)  # replications fitted together: large batches only thrash the cache
-    parts = []
-    for lo in range(0, R, size):
-        rows = slice(lo, lo + size)
-        with _threads_for(Y[rows].numel()):
-            parts.append(_fit_batch(model, X[rows], Y[rows], {k: v[rows] for k, v in init.items()}, opts))
+    groups = [slice(lo, lo + size) for lo in range(0, R, size)]
+
+    def fit_group(rows):
+        return _fit_batch(model, X[rows], Y[rows], {k: v[rows] for k, v in init.items()}, opts)
+
+    start = time.perf_counter()
+    # side by side only on the fused path: the generic one's functional_call swaps the shared model's parameters
+    fused = opts.fused and fused_supported(model)
+    side_by_side = min(torch.get_num_threads(), len(groups)) if fused and size * n < SMALL_BATCH else 1
+    if side_by_side > 1:
+        with _threads_for(0), ThreadPoolExecutor(side_by_side) as pool:
+            parts = list(pool.map(fit_group, groups))
+    else:
+        parts = []
+        for rows in groups:
+            with _threads_for(Y[rows].numel()):
+                parts.append(fit_group(rows))
     result = parts[0] if len(parts) == 1 else BatchFit.concat(parts)
+    result = dataclasses.replace(result, seconds=time.perf_counter() - start)
     if warn:
         _warn(result, opts)
     return result

@@ -25,14 +25,16 @@ def clock(seconds) -> str:
 
 
 class WorkBar:
-    """Progress hook for ``run_study``: ``bar(n, reps, None)`` before a batch of fits at size n,
-    ``bar(n, reps, seconds)`` after it. ``plan``: the batches [(n, number of fits)] in order."""
+    """Progress hook for ``run_study``: ``bar(n, reps, None)`` as a batch of fits at size n starts,
+    ``bar(n, reps, seconds)`` when it ends. ``plan``: the batches [(n, number of fits)];
+    ``workers``: how many batches run at once (each on its own core)."""
 
-    def __init__(self, plan, desc: str, disable: bool = False, tick: float = 0.5):
+    def __init__(self, plan, desc: str, disable: bool = False, tick: float = 0.5, workers: int = 1):
         self.plan = list(plan)
+        self.workers = workers
         self.history = []
         self.done = 0
-        self.current = None  # (n, fits, start time) of the batch in flight
+        self.running = {}  # n -> (fits, start time) of the batches in flight
         self.lock = threading.Lock()
         self.bar = tqdm(total=sum(n * k for n, k in self.plan), desc=desc, disable=disable,
                         unit_scale=True, bar_format=FORMAT, postfix="eta ?")
@@ -44,33 +46,34 @@ class WorkBar:
     def __call__(self, n: int, reps, seconds=None):
         with self.lock:
             if seconds is None:
-                self.current = (n, len(reps), time.perf_counter())
+                self.running[n] = (len(reps), time.perf_counter())
             else:
                 self.history.append((n, len(reps), seconds))
-                self.plan.pop(0)
+                self.plan.remove((n, len(reps)))
                 self.done += n * len(reps)
-                self.current = None
+                self.running.pop(n, None)
             self._show()
 
     def eta(self) -> float | None:
-        """Seconds left: the rest of the batch in flight and every planned batch, predicted."""
+        """Seconds left: the rest of the batches in flight and every planned batch, predicted,
+        shared among the workers."""
         if not self.history:
             return None
-        left = 0.0
-        for i, (n, k) in enumerate(self.plan):
+        now, left = time.perf_counter(), 0.0
+        for n, k in self.plan:
             predicted = per_fit_seconds(self.history, n) * k
-            if i == 0 and self.current:
-                predicted = max(predicted - (time.perf_counter() - self.current[2]), 0.0)
+            if n in self.running:
+                predicted = max(predicted - (now - self.running[n][1]), 0.0)
             left += predicted
-        return left
+        return left / self.workers
 
     def _show(self):
         shown = self.done
-        if self.current and self.history:  # interpolate within the batch, never past 95% of it
-            n, k, start = self.current
-            share = (time.perf_counter() - start) / (per_fit_seconds(self.history, n) * k)
-            shown += min(share, 0.95) * n * k
-        n_now = f"n={self.current[0]}, " if self.current else ""
+        if self.history:  # interpolate within the batches in flight, never past 95% of one
+            for n, (k, start) in self.running.items():
+                share = (time.perf_counter() - start) / (per_fit_seconds(self.history, n) * k)
+                shown += min(share, 0.95) * n * k
+        n_now = "".join(f"n={n}, " for n in self.running)
         self.bar.n = shown
         self.bar.set_postfix_str(f"{n_now}eta {clock(self.eta())}", refresh=False)
         self.bar.refresh()

@@ -1,14 +1,16 @@
 """A sweep over sample sizes x replications -> results.csv, one row per fit; resumable.
 
-Each sample size's missing replications are simulated and fitted together (one batched call);
+Each sample size's missing replications are simulated and fitted together (one batched call),
+in this process or, for large sweeps on the CPU, in one worker process per core (``workers``);
 after every batch the results file is rewritten atomically, so an interruption loses only the
-batch in flight and a rerun into the same directory skips every finished fit."""
+batches in flight and a rerun into the same directory skips every finished fit."""
 import csv
 import json
 import os
-import time
 import traceback
 import warnings
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .cli import Interrupted, UserError
+from .configs import register_resolvers
 from .device import resolve_device, resolve_dtype
 from .convergence import ConvergenceWarning
 from .em import FitOptions, fit_best_of
@@ -28,6 +31,7 @@ from .params import ParamSpace
 from .progress import WorkBar
 from .settings import Setting
 from .simulate import data_seed, simulate
+from .workers import run_batches
 
 COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),
            "mean_loglik", "loglik_truth", "moved", "hellinger", "n_iter", "converged", "status", "at_bound", "seconds"]
@@ -103,6 +107,7 @@ class Plan:
     reps: list
     model: torch.nn.Module
     hellinger_points: int
+    workers: int | None  # None: auto (see worker_count)
 
 
 def validate(cfg: DictConfig) -> Plan:
@@ -125,7 +130,24 @@ def validate(cfg: DictConfig) -> Plan:
     ParamSpace(model, opts.bounds)  # bad bounds fail here, not at the first fit
     setting.truth(sizes[0])  # a setting without a truth fails here, in one line, not per batch
     points = _number(cfg.get("hellinger_points", 0), "hellinger_points", int, 0)
-    return Plan(setting, device, dtype, opts, sizes, reps, model, points)
+    workers = cfg.get("workers", "auto")
+    workers = None if workers == "auto" else _number(workers, "workers", int, 1)
+    return Plan(setting, device, dtype, opts, sizes, reps, model, points, workers)
+
+
+AUTO_MIN_SAMPLES = 2_000_000  # workers=auto starts worker processes (a few seconds each) only for
+# sweeps of at least this many samples (n summed over the fits to run): some seconds of fitting
+
+
+def worker_count(plan: Plan, todo) -> int:
+    """workers as given; for auto, on the CPU and for a sweep of at least AUTO_MIN_SAMPLES, as
+    many as torch has threads (the CPUs this job may use: all cores, SLURM_CPUS_PER_TASK, or a
+    joblib launcher's share), at most one per batch; else 1 (in this process)."""
+    if plan.workers is not None:
+        return plan.workers
+    if plan.device.type != "cpu" or sum(n * len(reps) for n, reps in todo) < AUTO_MIN_SAMPLES:
+        return 1
+    return max(1, min(torch.get_num_threads(), len(todo)))
 
 
 def sweep_starts(cfg, setting, model, n, reps, Y):
@@ -281,6 +303,18 @@ def _fit_batch(cfg, plan: Plan, n: int, reps: list):
         return _failed_rows(setting, n, reps, seed, f"{err.__class__.__name__}: {err}"), None
 
 
+_WORKER = {}  # in a worker process: the sweep's config and plan, set once by _worker_init
+
+
+def _worker_init(cfg: DictConfig):
+    register_resolvers()
+    _WORKER.update(cfg=cfg, plan=validate(cfg))
+
+
+def _worker_batch(n: int, reps: list):
+    return _fit_batch(_WORKER["cfg"], _WORKER["plan"], n, reps)
+
+
 def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
     """Run (or resume) the sweep of ``cfg`` into out_dir/results.csv; returns all rows.
     ``progress(n, reps, seconds)`` is called before each batch (seconds=None) and after it;
@@ -295,23 +329,30 @@ def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
     todo = [(n, [r for r in plan.reps if (n, r) not in done]) for n in plan.sizes]
     todo = [(n, reps) for n, reps in todo if reps]
     n_todo = sum(len(r) for _, r in todo)
-    print(f"{name}: {n_todo} fits to run, {len(plan.sizes) * len(plan.reps) - n_todo} already done in {out_dir}")
+    workers = worker_count(plan, todo)
+    where = f" in {workers} worker processes" if workers > 1 else ""
+    print(f"{name}: {n_todo} fits to run{where}, {len(plan.sizes) * len(plan.reps) - n_todo} already done in {out_dir}")
     bar = None
     if progress is None:
-        progress = bar = WorkBar([(n, len(reps)) for n, reps in todo], f"{name}", disable=not cfg.progress)
+        progress = bar = WorkBar([(n, len(reps)) for n, reps in todo], f"{name}", disable=not cfg.progress, workers=workers)
+    local = lambda n, reps: _fit_batch(cfg, plan, n, reps)  # noqa: E731
+    batches = run_batches(_worker_batch if workers > 1 else local, todo, workers, lambda n, reps: progress(n, reps, None),
+                          init=_worker_init, init_args=(cfg,))
     try:
-        for n, reps in todo:
-            progress(n, reps, None)
-            start = time.perf_counter()
-            rows, result = _fit_batch(cfg, plan, n, reps)
-            results.add(rows)
-            progress(n, reps, time.perf_counter() - start)
-            if monitor is not None:
-                monitor.log_batch(n, reps, rows, result, time.perf_counter() - start)
-                monitor.log_progress(n, results.rows, cfg.setting, seed)
+        with closing(batches):
+            for n, reps, (rows, result), seconds in batches:
+                results.add(rows)
+                progress(n, reps, seconds)
+                if monitor is not None:
+                    monitor.log_batch(n, reps, rows, result, seconds)
+                    monitor.log_progress(n, results.rows, cfg.setting, seed)
     except KeyboardInterrupt:
         kept = len(results.done(name, seed))
         raise Interrupted(f"kept {kept} finished fits in {results.path}; run the same command again to resume") from None
+    except BrokenProcessPool:
+        kept = len(results.done(name, seed))
+        raise UserError(f"a worker process died (out of memory?); kept {kept} finished fits in {results.path}; "
+                        "run the same command again with workers=1 to resume in one process") from None
     finally:
         if bar is not None:
             bar.close()

@@ -89,6 +89,8 @@ RUN_CASES = {  # id: (overrides, setup(run_dir, files) or None, message)
     "n_min above n_max": (["sweep.n_min=5000", "sweep.n_max=1000"], None, "swap them"),
     "reps zero": (["sweep.reps=0"], None, "sweep.reps must be at least 1"),
     "reps text": (["sweep.reps=many"], None, "sweep.reps must be an integer"),
+    "workers zero": (["workers=0"], None, "workers must be at least 1"),
+    "workers text": (["workers=all"], None, "workers must be an integer"),
     "seed text": (["seed=abc"], None, "seed must be an integer"),
     "unknown device": (["device=tpu"], None, "unknown device 'tpu'"),
     "unknown dtype": (["dtype=float16"], None, "unknown dtype 'float16'; use float64 or float32"),

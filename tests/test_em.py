@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+import softmoe_torch.em as em_module
 from softmoe_torch.convergence import Contract, ConvergenceWarning
 from softmoe_torch.em import METHOD_DEFAULTS, FitOptions, fit_batch
 from softmoe_torch.init import near_truth
@@ -88,6 +89,24 @@ def test_batched_fits_match_single_fits(compose_cfg, method, name, extra):
         assert abs(int(single.n_iter[0]) - int(batch.n_iter[r])) <= (ANDERSON_PATH if anderson else 0)
         assert float(single.mean_loglik[0]) == pytest.approx(float(batch.mean_loglik[r]), rel=0,
                                                              abs=opts.tol if anderson else 1e-9 * abs(float(batch.mean_loglik[r])))
+
+
+@pytest.mark.parametrize("method", ["em", "newton"])
+def test_groups_fitted_side_by_side_equal_groups_fitted_one_after_another(compose_cfg, monkeypatch, method):
+    """Groups of replications run on threads side by side (fused path), each on one torch thread:
+    the same numbers as one group after another."""
+    _, model, X, Y, init = problem(compose_cfg, "distinguishable", 400, 6)
+    monkeypatch.setattr(em_module, "CHUNK", 800)  # groups of two replications
+    opts = FitOptions.for_method(method)
+    alone = fit_batch(model, X, Y, init, opts)
+    torch.set_num_threads(2)
+    try:
+        side_by_side = fit_batch(model, X, Y, init, opts)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(alone.n_iter, side_by_side.n_iter) and alone.status == side_by_side.status
+    for k in alone.params:
+        assert torch.equal(alone.params[k], side_by_side.params[k]), k
 
 
 def test_a_failing_or_early_replication_does_not_change_the_others(compose_cfg):

@@ -75,3 +75,18 @@ def test_bar_counts_work_moves_within_a_batch_and_shows_integer_n():
     assert "n=100000," in bar.bar.postfix
     assert math.isclose(bar.eta(), 20.0, abs_tol=1.0)
     bar.close()
+
+
+def test_bar_with_two_workers_shows_both_batches_and_shares_the_eta():
+    bar = WorkBar([(1000, 2), (2000, 2), (100_000, 2), (100_000 - 1, 2)], "test", tick=0.02, workers=2)
+    bar(1000, [0, 1], None)
+    bar(2000, [0, 1], None)
+    bar(2000, [0, 1], 0.4)  # out of order: the later batch ends first
+    bar(1000, [0, 1], 0.2)
+    assert bar.bar.n == 6000 and not bar.running
+    bar(100_000, [0, 1], None)
+    bar(100_000 - 1, [0, 1], None)
+    assert "n=100000, n=99999," in bar.bar.postfix
+    alone = sum(per_fit_seconds(bar.history, n) * 2 for n in (100_000, 100_000 - 1))
+    assert math.isclose(bar.eta(), alone / 2, rel_tol=0.05)
+    bar.close()

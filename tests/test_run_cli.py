@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -44,6 +45,62 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "0 fits to run, 4 already done" in again.stdout
     assert read_rows(out / "results.csv") == rows
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+def test_worker_processes_give_the_same_fits_and_a_killed_sweep_leaves_none_behind(tmp_path):
+    """workers=2 fits each sample size in a worker process: the rows equal those of one process
+    (but for the seconds). SIGKILL of the sweep takes its workers with it (Linux)."""
+    args = ["sweep.reps=2", "sweep.sizes=[300,400,500,600]", "fit=em", "progress=false", "monitor.tensorboard=false"]
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        proc = run_cli("softmoe_torch.run", *args, f"workers={workers}", f"hydra.run.dir={out}")
+        assert proc.returncode == 0, proc.stderr
+        runs[workers] = sorted((r for r in read_rows(out / "results.csv")), key=lambda r: (int(r["n"]), int(r["rep"])))
+        for r in runs[workers]:
+            r.pop("seconds")
+    assert "in 2 worker processes" in proc.stdout
+    assert runs[1] == runs[2]
+
+    big = ["sweep.reps=40", "sweep.n_min=20000", "sweep.n_max=100000", "fit=em", "workers=2", "progress=false",
+           "monitor.tensorboard=false", f"hydra.run.dir={tmp_path / 'killed'}"]
+    main = subprocess.Popen([sys.executable, "-m", "softmoe_torch.run", *big], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 60, []
+    while len(workers) < 2 and time.time() < deadline:  # the spawned workers (and multiprocessing's helper)
+        time.sleep(0.5)
+        workers = children(main.pid)
+    assert len(workers) >= 2, workers
+    main.send_signal(signal.SIGKILL)
+    main.wait()
+    deadline = time.time() + 15
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in workers if alive(pid)}
+    assert not left
+
+
+def children(pid: int) -> list:
+    """Pids whose parent is pid (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie awaiting its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_traces_are_logged_when_asked(tmp_path):

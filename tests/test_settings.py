@@ -25,7 +25,7 @@ LAYERS = {
     **dict.fromkeys(["params", "convergence", "objective", "optim", "acceleration", "em", "init", "inference", "results", "device",
                      "estimator"], 2),
     **dict.fromkeys(["configs", "errors", "checkpoints", "module_checks", "build", "truth", "paper",
-                     "settings", "simulate", "metrics", "distance", "fit_diagnostics", "study", "report", "monitor", "progress", "cli"], 3),
+                     "settings", "simulate", "workers", "metrics", "distance", "fit_diagnostics", "study", "report", "monitor", "progress", "cli"], 3),
     **dict.fromkeys(["data", "run", "fit", "__init__"], 4),
 }
 
