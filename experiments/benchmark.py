@@ -1,7 +1,7 @@
 """Benchmark softmoe_torch's fitting methods against numpy/scipy peers (experiments/baseline_scipy.py).
 
     python experiments/benchmark.py [--sizes 1000 10000 100000] [--reps 40] [--settings ...]
-        [--methods em em_torch direct newton] [--peers baseline scipy_bfgs numpy_newton]
+        [--methods em em_newton em_torch direct newton] [--peers baseline scipy_bfgs numpy_newton]
         [--baseline-reps 3] [--em-torch-budget 300] [--threads T] [--quick] [--out experiments/benchmark.json]
     python experiments/benchmark.py --scale [--max-n 10000000] [--scale-sizes ...] [--figure experiments/scaling.png]
     python experiments/benchmark.py --protocol [--protocol-sweep paper|tiny] [--settings ...] [--protocol-fits em newton]
@@ -14,7 +14,8 @@ Table (default). For each setting and sample size n every method and peer fits t
 simulate(setting, n, range(R), seed), from the same near-truth starts (study.sweep_starts):
 
 - torch methods (FitOptions.for_method, the same as conf/fit/<name>.yaml): em (EM, batched L-BFGS
-  M-step), em_torch (EM with torch.optim.LBFGS per replication, the slow reference), direct
+  M-step, Anderson-accelerated), em_newton (the same EM with Newton M-steps), em_torch (EM with
+  torch.optim.LBFGS per replication, the slow reference), direct
   (batched BFGS on the marginal log-likelihood) and newton (batched Newton, exact Hessian);
 - peers, numpy/scipy: baseline (fit_em_scipy, the paper's EM with a scipy BFGS M-step),
   scipy_bfgs (fit_direct_bfgs, scipy BFGS on the marginal log-likelihood) and numpy_newton
@@ -81,7 +82,7 @@ import baseline_scipy as bs
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_SETTINGS = ["distinguishable", "nondistinguishable_eta", "nondistinguishable_nu"]
-TORCH_METHODS = ["em", "em_torch", "direct", "newton"]
+TORCH_METHODS = ["em", "em_newton", "em_torch", "direct", "newton"]
 PEERS = {"baseline": bs.fit_em_scipy, "scipy_bfgs": bs.fit_direct_bfgs, "numpy_newton": bs.fit_newton}
 BASELINE, STRONG_PEERS = "baseline", ("scipy_bfgs", "numpy_newton")
 WARMUP_N = 256

@@ -60,7 +60,8 @@ class Monitor:
 
     def log_progress(self, n: int, rows, setting_cfg, seed: int):
         """After the batch at size n, if it completed n: the errors at n (mean, median, 10% and
-        90% over replications, step n) and, with three or more sizes complete, the current slopes."""
+        90% over replications, step n) and, with three or more sizes up to n complete, the slopes
+        over them (step n)."""
         rows = [r for r in rows if r["setting"] == setting_cfg.name and r["seed"] == seed]
         finished = self._complete_sizes(rows)
         if n not in finished:
@@ -71,8 +72,9 @@ class Monitor:
             for tag, value in (("mean", np.nanmean(errs)), ("median", np.nanmedian(errs)),
                                ("q10", np.nanquantile(errs, 0.1)), ("q90", np.nanquantile(errs, 0.9))):
                 self.writer.add_scalar(f"error/{p}" if tag == "mean" else f"error_{tag}/{p}", float(value), n)
-        if len(finished) >= 3:
-            done = [r for r in rows if r["n"] in finished and r["n"] <= n]
+        below = [m for m in finished if m <= n]  # batches may finish out of order when several run at once
+        if len(below) >= 3:
+            done = [r for r in rows if r["n"] in below]
             for p, s in summarize(done, setting_cfg, n_boot=200)["params"].items():
                 self.writer.add_scalar(f"slope/{p}", s["slope"], n)
                 self.writer.add_scalar(f"slope_ci/{p}_low", s["ci_low"], n)

@@ -38,9 +38,9 @@ def run_batches(task, batches, workers: int, started, init=None, init_args=()):
     """Run task(n, reps) for each (n, reps) of ``batches``; a generator of (n, reps, output,
     seconds) in the order the batches finish. ``started(n, reps)`` is called as each starts.
 
-    With workers > 1, at most that many batches run at once, each in a worker process (spawned;
-    ``init(*init_args)`` runs once in each, which has torch.get_num_threads() // workers threads),
-    the largest first. ``task`` and ``init`` must be importable module-level functions. Closing
+    With workers > 1, at most that many batches run at once, in the given order, each in a worker
+    process (spawned; ``init(*init_args)`` runs once in each, which has torch.get_num_threads() //
+    workers threads). ``task`` and ``init`` must be importable module-level functions. Closing
     the generator (or an exception in it) stops every worker at once."""
     if workers <= 1:
         for n, reps in batches:
@@ -49,7 +49,7 @@ def run_batches(task, batches, workers: int, started, init=None, init_args=()):
             output = task(n, reps)
             yield n, reps, output, time.perf_counter() - start
         return
-    queue = sorted(batches, key=lambda b: -b[0] * len(b[1]))
+    queue = list(batches)
     threads = max(1, torch.get_num_threads() // workers)
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                   initializer=_start_worker, initargs=(os.getpid(), threads, init, init_args))

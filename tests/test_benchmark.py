@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_METHODS = ("em", "em_torch", "direct", "newton")
+TORCH_METHODS = ("em", "em_newton", "em_torch", "direct", "newton")
 PEERS = ("baseline", "scipy_bfgs", "numpy_newton")
 
 

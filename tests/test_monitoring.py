@@ -8,6 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from softmoe_torch import study
 from softmoe_torch.cli import Interrupted
+from softmoe_torch.monitor import Monitor
 from softmoe_torch.progress import WorkBar, per_fit_seconds
 from softmoe_torch.run import run_experiment
 from softmoe_torch.study import Results
@@ -48,6 +49,21 @@ def test_tensorboard_is_written_as_the_run_goes_and_resumed_once(tmp_path, compo
     assert sorted((out / "tensorboard").iterdir()) == files
     report = (out / "report.md").read_text()
     assert "all 3 runs into this directory" in report
+
+
+def test_slopes_are_logged_over_the_sizes_up_to_n_when_sizes_finish_out_of_order(tmp_path, compose_cfg, one_thread):
+    """Worker processes may finish sample sizes out of order: the slope at step n uses the sizes up
+    to n that are complete, once there are three."""
+    cfg = compose_cfg([*SWEEP, "monitor.tensorboard=false"])
+    rows = study.run_study(cfg, tmp_path / "run").rows
+    monitor, done = Monitor(tmp_path / "tb"), []
+    for n in (300, 500, 400, 700, 600):
+        done += [r for r in rows if r["n"] == n]
+        monitor.log_progress(n, done, cfg.setting, int(cfg.seed))
+    monitor.close()
+    _, _, acc = tags(tmp_path / "tb")
+    assert [e.step for e in acc.Scalars("error/beta")] == [300, 500, 400, 700, 600]
+    assert [e.step for e in acc.Scalars("slope/eta")] == [700, 600]
 
 
 def test_rows_read_back_are_typed_like_new_rows(tmp_path):
