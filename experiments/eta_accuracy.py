@@ -12,7 +12,7 @@ import time
 from hydra import compose, initialize_config_dir
 
 from softmoe_torch.progress import WorkBar
-from softmoe_torch.study import run_study, validate
+from softmoe_torch.study import run_study, split_for_workers, validate, worker_count
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
 
@@ -20,8 +20,8 @@ CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
 class Recorder(WorkBar):
     """A WorkBar that also records (elapsed, fraction of work done, shown ETA) after each batch."""
 
-    def __init__(self, plan, desc):
-        super().__init__(plan, desc)
+    def __init__(self, plan, desc, workers):
+        super().__init__(plan, desc, workers=workers)
         self.start, self.total, self.log = time.perf_counter(), sum(n * k for n, k in plan), []
 
     def __call__(self, n, reps, seconds=None):
@@ -34,12 +34,16 @@ def main(overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="config", overrides=["monitor.tensorboard=false", *overrides])
     plan = validate(cfg)
-    bar = Recorder([(n, len(plan.reps)) for n in plan.sizes], cfg.setting.name)
+    todo = [(n, plan.reps) for n in plan.sizes]
+    workers = worker_count(plan, todo)
+    todo = split_for_workers(todo, workers) if workers > 1 else todo  # as run_study plans it
+    bar = Recorder([(n, len(reps)) for n, reps in todo], cfg.setting.name, workers)
     with tempfile.TemporaryDirectory() as out:
         run_study(cfg, out, progress=bar)
     bar.close()
     end = bar.log[-1][0]
-    report = {"overrides": overrides, "total_seconds": round(end, 1), "load_average": os.getloadavg(), "at": {}}
+    report = {"overrides": overrides, "workers": bar.workers, "total_seconds": round(end, 1),
+              "load_average": os.getloadavg(), "at": {}}
     for q in (0.25, 0.5, 0.75):
         t, frac, eta = next(rec for rec in bar.log if rec[1] >= q)
         true = end - t

@@ -172,6 +172,14 @@ def _threads_for(elements: int):
         torch.set_num_threads(before)
 
 
+def replication_groups(R: int, n: int) -> list:
+    """The groups (slices of the R replications) that ``fit_batch`` fits as one problem batch:
+    CHUNK samples at most (large batches only thrash the cache), at least one replication. Each
+    group's fits depend on that group alone."""
+    size = max(1, CHUNK // n)
+    return [slice(lo, min(lo + size, R)) for lo in range(0, R, size)]
+
+
 def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: bool = True) -> BatchFit:
     """Maximum-likelihood fit of ``model``'s trainable parameters to R data sets.
 
@@ -184,8 +192,8 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
     X, Y = as_batch(X, Y)
     opts = options or FitOptions()
     R, n = Y.shape
-    size = max(1, CHUNK // n)  # replications fitted together: large batches only thrash the cache
-    groups = [slice(lo, lo + size) for lo in range(0, R, size)]
+    groups = replication_groups(R, n)
+    size = groups[0].stop - groups[0].start
 
     def fit_group(rows):
         return _fit_batch(model, X[rows], Y[rows], {k: v[rows] for k, v in init.items()}, opts)

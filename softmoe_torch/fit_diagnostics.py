@@ -13,10 +13,11 @@ X_SEED = 20250101  # the fixed x sample of the Hellinger distance: the same for 
 
 
 def loglik_at_truth(truth: ContaminatedMoE, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Mean log-likelihood of the true model on each data set; X (R, n, d), Y (R, n) -> (R,)."""
+    """Mean log-likelihood of the true model on each data set; X (R, n, d), Y (R, n) -> (R,).
+    The means are taken in numpy (pairwise, one thread), so they do not depend on torch's threads."""
     truth = copy.deepcopy(truth).to(device=X.device, dtype=X.dtype)
     with torch.no_grad():
-        return torch.stack([truth.log_prob(x, y).mean() for x, y in zip(X, Y)]).cpu().double()
+        return torch.tensor([truth.log_prob(x, y).cpu().double().numpy().mean() for x, y in zip(X, Y)], dtype=torch.float64)
 
 
 def moved_from_start(starts: list, params: dict) -> torch.Tensor:

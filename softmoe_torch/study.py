@@ -23,7 +23,7 @@ from .cli import Interrupted, UserError
 from .configs import register_resolvers
 from .device import resolve_device, resolve_dtype
 from .convergence import ConvergenceWarning
-from .em import FitOptions, fit_best_of
+from .em import FitOptions, fit_best_of, replication_groups
 from .fit_diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
 from .init import starting_points
 from .paper import PAPER_PARAMS, param_errors
@@ -303,6 +303,18 @@ def _fit_batch(cfg, plan: Plan, n: int, reps: list):
         return _failed_rows(setting, n, reps, seed, f"{err.__class__.__name__}: {err}"), None
 
 
+def split_for_workers(todo, workers: int) -> list:
+    """Each (n, reps) of todo cut into up to ``workers`` consecutive parts along the groups that
+    fit_batch fits as one (so every fit is computed exactly as in one batch), for the workers to
+    share a sample size instead of waiting for the largest ones one by one."""
+    parts = []
+    for n, reps in todo:
+        groups = replication_groups(len(reps), n)
+        cuts = np.linspace(0, len(groups), min(workers, len(groups)) + 1).round().astype(int)
+        parts += [(n, reps[groups[a].start:groups[b - 1].stop]) for a, b in zip(cuts[:-1], cuts[1:])]
+    return parts
+
+
 _WORKER = {}  # in a worker process: the sweep's config and plan, set once by _worker_init
 
 
@@ -330,6 +342,8 @@ def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
     todo = [(n, reps) for n, reps in todo if reps]
     n_todo = sum(len(r) for _, r in todo)
     workers = worker_count(plan, todo)
+    if workers > 1:
+        todo = split_for_workers(todo, workers)
     where = f" in {workers} worker processes" if workers > 1 else ""
     print(f"{name}: {n_todo} fits to run{where}, {len(plan.sizes) * len(plan.reps) - n_todo} already done in {out_dir}")
     bar = None

@@ -49,9 +49,9 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
 def test_worker_processes_give_the_same_fits_and_a_killed_sweep_leaves_none_behind(tmp_path):
-    """workers=2 fits each sample size in a worker process: the rows equal those of one process
-    (but for the seconds). SIGKILL of the sweep takes its workers with it (Linux)."""
-    args = ["sweep.reps=2", "sweep.sizes=[300,400,500,600]", "fit=em", "progress=false"]
+    """workers=2 fits the sample sizes in worker processes, a large one cut in two: the rows equal
+    those of one process (but for the seconds). SIGKILL of the sweep takes its workers with it (Linux)."""
+    args = ["sweep.reps=2", "sweep.sizes=[300,400,500,60000]", "fit=em", "progress=false"]  # 60000: cut in two
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
