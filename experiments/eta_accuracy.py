@@ -12,7 +12,7 @@ import time
 from hydra import compose, initialize_config_dir
 
 from softmoe_torch.progress import WorkBar
-from softmoe_torch.study import run_study, split_for_workers, validate, worker_count
+from softmoe_torch.study import batch_plan, run_study, validate
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
 
@@ -34,9 +34,7 @@ def main(overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="config", overrides=["monitor.tensorboard=false", *overrides])
     plan = validate(cfg)
-    todo = [(n, plan.reps) for n in plan.sizes]
-    workers = worker_count(plan, todo)
-    todo = split_for_workers(todo, workers) if workers > 1 else todo  # as run_study plans it
+    workers, todo = batch_plan(plan, [(n, plan.reps) for n in plan.sizes])  # as run_study plans it
     bar = Recorder([(n, len(reps)) for n, reps in todo], cfg.setting.name, workers)
     with tempfile.TemporaryDirectory() as out:
         run_study(cfg, out, progress=bar)

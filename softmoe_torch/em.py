@@ -203,7 +203,7 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
     fused = opts.fused and fused_supported(model)
     side_by_side = min(torch.get_num_threads(), len(groups)) if fused and size * n < SMALL_BATCH else 1
     if side_by_side > 1:
-        with _threads_for(0), ThreadPoolExecutor(side_by_side) as pool:
+        with _threads_for(0), ThreadPoolExecutor(side_by_side) as pool:  # (0 samples: one intra-op thread each)
             parts = list(pool.map(fit_group, groups))
     else:
         parts = []

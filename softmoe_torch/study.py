@@ -315,6 +315,13 @@ def split_for_workers(todo, workers: int) -> list:
     return parts
 
 
+def batch_plan(plan: Plan, todo) -> tuple:
+    """(workers, batches): the worker processes the sweep of ``todo`` [(n, reps)] uses and its
+    batches [(n, reps)] in the order they run."""
+    workers = worker_count(plan, todo)
+    return workers, split_for_workers(todo, workers) if workers > 1 else todo
+
+
 _WORKER = {}  # in a worker process: the sweep's config and plan, set once by _worker_init
 
 
@@ -341,9 +348,7 @@ def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
     todo = [(n, [r for r in plan.reps if (n, r) not in done]) for n in plan.sizes]
     todo = [(n, reps) for n, reps in todo if reps]
     n_todo = sum(len(r) for _, r in todo)
-    workers = worker_count(plan, todo)
-    if workers > 1:
-        todo = split_for_workers(todo, workers)
+    workers, todo = batch_plan(plan, todo)
     where = f" in {workers} worker processes" if workers > 1 else ""
     print(f"{name}: {n_todo} fits to run{where}, {len(plan.sizes) * len(plan.reps) - n_todo} already done in {out_dir}")
     bar = None

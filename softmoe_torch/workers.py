@@ -1,7 +1,8 @@
 """Batches of fits run in worker processes, so that a sweep uses every core it may.
 
-A batch (one sample size's replications) is fitted the same way in a worker as in the parent:
-one batch is one call, whatever the number of workers, so the results do not depend on it."""
+A batch is fitted by the same call in a worker as in the parent (``study.batch_plan`` cuts
+sample sizes only along the groups that a fit computes alone), so the results do not depend
+on the number of workers."""
 import concurrent.futures as cf
 import multiprocessing
 import os
