@@ -46,7 +46,7 @@ def main(overrides):
         t, frac, eta = next(rec for rec in bar.log if rec[1] >= q)
         true = end - t
         report["at"][f"{q:.0%}"] = {"work_done": round(frac, 3), "elapsed": round(t, 1), "eta_shown": round(eta, 1),
-                                    "true_remaining": round(true, 1), "error": f"{(eta - true) / true:+.0%}"}
+                                    "true_remaining": round(true, 1), "error": f"{(eta - true) / true:+.0%}" if true > 0 else None}  # None: reached at the very end
     report["batches"] = [(n, k, round(sec, 2)) for n, k, sec in bar.history]
     print(json.dumps(report, indent=1))
 
