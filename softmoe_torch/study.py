@@ -303,14 +303,20 @@ def _fit_batch(cfg, plan: Plan, n: int, reps: list):
         return _failed_rows(setting, n, reps, seed, f"{err.__class__.__name__}: {err}"), None
 
 
+BATCH_SAMPLES = 20_000_000  # samples (R * n) simulated and held at once at most (a batch's data:
+# 1.4 GB at d = 8 in float64), so that 40 replications at n = 1e7 do not need 26 GB
+
+
 def split_for_workers(todo, workers: int) -> list:
-    """Each (n, reps) of todo cut into up to ``workers`` consecutive parts along the groups that
-    fit_batch fits as one (so every fit is computed exactly as in one batch), for the workers to
-    share a sample size instead of waiting for the largest ones one by one."""
+    """Each (n, reps) of todo cut into consecutive parts along the groups that fit_batch fits as
+    one (so every fit is computed exactly as in one batch): into ``workers`` parts, for the
+    workers to share a sample size instead of waiting for the largest ones one by one, and into
+    more where a part would hold over BATCH_SAMPLES samples."""
     parts = []
     for n, reps in todo:
         groups = replication_groups(len(reps), n)
-        cuts = np.linspace(0, len(groups), min(workers, len(groups)) + 1).round().astype(int)
+        count = max(workers, -(-n * len(reps) // BATCH_SAMPLES))
+        cuts = np.linspace(0, len(groups), min(count, len(groups)) + 1).round().astype(int)
         parts += [(n, reps[groups[a].start:groups[b - 1].stop]) for a, b in zip(cuts[:-1], cuts[1:])]
     return parts
 
@@ -319,7 +325,7 @@ def batch_plan(plan: Plan, todo) -> tuple:
     """(workers, batches): the worker processes the sweep of ``todo`` [(n, reps)] uses and its
     batches [(n, reps)] in the order they run."""
     workers = worker_count(plan, todo)
-    return workers, split_for_workers(todo, workers) if workers > 1 else todo
+    return workers, split_for_workers(todo, workers)
 
 
 _WORKER = {}  # in a worker process: the sweep's config and plan, set once by _worker_init

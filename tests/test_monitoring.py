@@ -75,6 +75,15 @@ def test_sizes_are_cut_for_the_workers_along_fit_batch_groups():
     assert study.split_for_workers([(20_000, reps)], 3) == [(20_000, reps[:15]), (20_000, reps[15:25]), (20_000, reps[25:])]
 
 
+
+def test_a_batch_holds_at_most_batch_samples_even_in_one_process():
+    reps = list(range(40))
+    n = study.BATCH_SAMPLES // 4  # one replication a group; 40 replications are 10 batches' worth
+    parts = study.split_for_workers([(n, reps), (1000, reps)], 1)
+    assert [len(r) for _, r in parts[:-1]] == [4] * 10 and [r for _, part in parts[:-1] for r in part] == reps
+    assert parts[-1] == (1000, reps)
+    assert [len(r) for _, r in study.split_for_workers([(n, reps)], 2)] == [4] * 10
+
 def test_rows_read_back_are_typed_like_new_rows(tmp_path):
     row = {"setting": "s", "n": 1000, "rep": 3, "seed": 0, "err_beta": 0.1, "err_exp_tau": 0.2, "err_eta": 0.3,
            "err_nu": 1e-5, "mean_loglik": 1.25, "loglik_truth": 1.2, "moved": 0.3, "hellinger": 0.01, "n_iter": 17, "converged": False, "status": "max_iter",
