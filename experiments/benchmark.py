@@ -134,7 +134,7 @@ def _compose(setting: str, fit: str = "em"):
     """The Hydra config for ``setting=<setting> fit=<fit>``."""
     from hydra import compose, initialize_config_dir
 
-    from softmoe_torch.configs import CONF_DIR, register_resolvers
+    from softmoe_torch.settings.configs import CONF_DIR, register_resolvers
 
     register_resolvers()  # used by conf/setting
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -219,7 +219,7 @@ def _peer_worker(job: dict) -> dict:
 def _torch_fit(model, X, Y, start, options, data_model=None) -> dict:
     """Fit the first m = len(X) replications; time, record and (with data_model, baseline_scipy's
     eta0/nu0/f0) re-evaluate the log-likelihood at the estimates with the numpy code."""
-    from softmoe_torch.em import fit_batch
+    from softmoe_torch.estimation.driver import fit_batch
 
     m = X.shape[0]
     _reset_peak()
@@ -239,7 +239,7 @@ def _torch_fit(model, X, Y, start, options, data_model=None) -> dict:
 
 def _warm_up(model, X, Y, start, method):
     """A one-iteration fit on WARMUP_N points (first-call costs out of the timings)."""
-    from softmoe_torch.em import FitOptions
+    from softmoe_torch.estimation.driver import FitOptions
 
     _torch_fit(model, X[:1, :WARMUP_N], Y[:1, :WARMUP_N], start,
                FitOptions.for_method(method, max_iter=1, inner={"max_iter": 10}))
@@ -250,8 +250,8 @@ def _torch_worker(job: dict) -> dict:
     it) one batched fit of all R replications."""
     import torch
 
-    from softmoe_torch.em import FitOptions
-    from softmoe_torch.settings import Setting
+    from softmoe_torch.estimation.driver import FitOptions
+    from softmoe_torch.settings.setting import Setting
 
     cfg, method = _compose(job["setting"]), job["method"]
     model = Setting(cfg.setting).model(dtype=torch.float64)
@@ -274,10 +274,10 @@ def _scale_worker(job: dict) -> dict:
     """One fit of one method on replication 0 of size n, simulated here (not timed)."""
     import torch
 
-    from softmoe_torch.em import FitOptions
-    from softmoe_torch.settings import Setting
-    from softmoe_torch.simulate import simulate
-    from softmoe_torch.study import sweep_starts
+    from softmoe_torch.estimation.driver import FitOptions
+    from softmoe_torch.settings.setting import Setting
+    from softmoe_torch.study.simulate import simulate
+    from softmoe_torch.study.sweep import sweep_starts
 
     cfg = _compose(job["setting"])
     setting = Setting(cfg.setting)
@@ -294,7 +294,7 @@ def _work(job_path: str):
     job = json.loads(Path(job_path).read_text())
     worker = {"peer": _peer_worker, "torch": _torch_worker, "scale": _scale_worker}[job["kind"]]
     if job["kind"] != "peer":  # a peer worker never imports torch
-        from softmoe_torch.convergence import ConvergenceWarning
+        from softmoe_torch.estimation.convergence import ConvergenceWarning
 
         warnings.simplefilter("ignore", ConvergenceWarning)  # unconverged fits are counted in the rows instead
     Path(job["result"]).write_text(json.dumps(worker(job)))
@@ -330,9 +330,9 @@ def _write_data(cfg, n: int, R: int, tmp: Path):
     """Simulate R data sets of size n and their near-truth starts into tmp (X.npy, Y.npy, start.npz)."""
     import torch
 
-    from softmoe_torch.settings import Setting
-    from softmoe_torch.simulate import simulate
-    from softmoe_torch.study import sweep_starts
+    from softmoe_torch.settings.setting import Setting
+    from softmoe_torch.study.simulate import simulate
+    from softmoe_torch.study.sweep import sweep_starts
 
     setting = Setting(cfg.setting)
     X, Y = simulate(setting, n, range(R), seed=int(cfg.seed))

@@ -11,8 +11,8 @@ import time
 
 from hydra import compose, initialize_config_dir
 
-from softmoe_torch.progress import WorkBar
-from softmoe_torch.study import batch_plan, run_study, validate
+from softmoe_torch.study.progress import WorkBar
+from softmoe_torch.study.sweep import batch_plan, run_study, validate
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
 

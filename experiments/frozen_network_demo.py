@@ -22,8 +22,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 
 from softmoe_torch import Estimator  # noqa: E402
-from softmoe_torch.settings import Setting  # noqa: E402
-from softmoe_torch.simulate import simulate  # noqa: E402
+from softmoe_torch.settings.setting import Setting  # noqa: E402
+from softmoe_torch.study.simulate import simulate  # noqa: E402
 
 NOISE_A = 0.01  # variance of task A's noise: the pre-trained component's nu0
 TRUTH = {"beta": [2.0], "tau": -0.5, "eta": [-1.5], "nu": 0.02, "perturb": {"eta": 0.0, "nu": 0.0, "power": 0.125}}
@@ -59,13 +59,13 @@ def train_task_a(path: Path, n: int = 2000, steps: int = 800, seed: int = 0) -> 
 
 def task_b_setting(checkpoint: Path) -> Setting:
     """The contaminated model of task B: the frozen TaskNet from ``checkpoint`` and a tanh prompt."""
-    gaussian = {"_target_": "softmoe_torch.densities.Gaussian"}
+    gaussian = {"_target_": "softmoe_torch.model.densities.Gaussian"}
     return Setting(OmegaConf.create({
         "name": "frozen_network_demo",
         "dim": 1,
         "pretrained": {"expert": {"_target_": f"{TaskNet.__module__}.TaskNet"}, "checkpoint": str(checkpoint),
                        "density": gaussian, "nu": NOISE_A},
-        "prompt": {"expert": {"_target_": "softmoe_torch.experts.TanhExpert", "dim": 1}, "density": gaussian},
+        "prompt": {"expert": {"_target_": "softmoe_torch.model.experts.TanhExpert", "dim": 1}, "density": gaussian},
         "truth": TRUTH,
     }))
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from softmoe_torch.metrics import bootstrap_slope
-from softmoe_torch.paper import PAPER_PARAMS
+from softmoe_torch.study.metrics import bootstrap_slope
+from softmoe_torch.settings.paper import PAPER_PARAMS
 
 HERE = Path(__file__).resolve().parent / "science"
 RUNS = HERE / "runs"
@@ -66,7 +66,7 @@ EXPERIMENTS = {
                           *SMALL]),
     "q3_tanh": ("q3", ["setting=distinguishable,nondistinguishable_eta", "fit=newton", *SMALL]),
     "q3_constant_gate": ("q3", ["setting=distinguishable,nondistinguishable_eta", "fit=newton",
-                                "setting.gate._target_=softmoe_torch.gates.ConstantGate", "~setting.gate.dim", *SMALL]),
+                                "setting.gate._target_=softmoe_torch.model.gates.ConstantGate", "~setting.gate.dim", *SMALL]),
 }
 
 

@@ -1,12 +1,12 @@
 """softmoe_torch: maximum-likelihood estimation of softmax-contaminated mixtures of experts."""
-from .convergence import ConvergenceWarning
-from .densities import Density, Gaussian, Laplace, StudentT
-from .em import FitOptions
-from .estimator import Estimator
-from .experts import GELUExpert, IndexExpert, LinearExpert, MLPExpert, ReLUExpert, SigmoidExpert, TanhExpert
-from .gates import ConstantGate, SoftmaxGate
-from .mixture import Component, ContaminatedMoE
-from .results import FitResults
+from .estimation.convergence import ConvergenceWarning
+from .model.densities import Density, Gaussian, Laplace, StudentT
+from .estimation.driver import FitOptions
+from .estimation.estimator import Estimator
+from .model.experts import GELUExpert, IndexExpert, LinearExpert, MLPExpert, ReLUExpert, SigmoidExpert, TanhExpert
+from .model.gates import ConstantGate, SoftmaxGate
+from .model.mixture import Component, ContaminatedMoE
+from .estimation.results import FitResults
 
 __all__ = [
     "Estimator", "FitResults", "FitOptions", "ConvergenceWarning",

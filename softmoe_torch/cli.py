@@ -7,13 +7,7 @@ from pathlib import Path
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-
-class UserError(ValueError):
-    """Bad input from the user (a file, a config value); reported in one line."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """A Ctrl-C whose message says what was kept and how to resume."""
+from .errors import UserError
 
 
 def one_line_errors(func):

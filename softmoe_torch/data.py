@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import UserError
+from .errors import UserError
 
 INIT_ARRAYS = {  # array in the file -> trainable parameter of a K = 1 model
     "init_beta": "gate.beta",

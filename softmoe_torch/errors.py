@@ -1,4 +1,14 @@
-"""One-line messages for the errors a user's config or plug-in causes."""
+"""The package's user-facing errors and their one-line messages; imports nothing of the package,
+so every layer may raise them."""
+
+
+class UserError(ValueError):
+    """Bad input from the user (a file, a config value); reported in one line."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C whose message says what was kept and how to resume."""
+
 
 
 def one_line(err: Exception) -> str:

@@ -16,13 +16,14 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from .cli import UserError, entry, one_line_errors
-from .configs import CONF_DIR, register_resolvers
+from .cli import entry, one_line_errors
+from .errors import UserError
+from .settings.configs import CONF_DIR, register_resolvers
 from .data import INIT_ARRAYS, load_data
-from .device import resolve_device, resolve_dtype
-from .estimator import Estimator
-from .settings import Setting
-from .study import fit_options
+from .estimation.device import resolve_device, resolve_dtype
+from .estimation.estimator import Estimator
+from .settings.setting import Setting
+from .study.sweep import fit_options
 
 
 def named(values: dict) -> dict:

@@ -12,11 +12,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .cli import entry, one_line_errors
-from .configs import CONF_DIR, register_resolvers
-from .device import match_threads_to_job
-from .monitor import Monitor
-from .report import record_run, terminal_table, write_report
-from .study import run_study
+from .settings.configs import CONF_DIR, register_resolvers
+from .estimation.device import match_threads_to_job
+from .study.monitor import Monitor
+from .study.report import record_run, terminal_table, write_report
+from .study.sweep import run_study
 
 
 def run_experiment(cfg: DictConfig, out_dir) -> dict:

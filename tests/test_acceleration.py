@@ -1,8 +1,8 @@
 """The EM accelerators on fixed-point maps whose answers are known."""
 import torch
 
-from softmoe_torch.acceleration import Anderson, squarem_cycle
-from softmoe_torch.objective import Evaluation
+from softmoe_torch.estimation.acceleration import Anderson, squarem_cycle
+from softmoe_torch.estimation.objective import Evaluation
 
 
 def linear_map(R=3, p=6, rate=0.995, seed=0):

@@ -16,7 +16,7 @@ from conftest import CONF, run_cli
 from softmoe_torch import cli
 from softmoe_torch import fit as fit_cli
 from softmoe_torch import run as run_cli_module
-from softmoe_torch import study
+from softmoe_torch.study import sweep
 
 TINY = ["sweep=tiny", "fit=direct", "progress=false"]
 
@@ -214,7 +214,7 @@ def test_ctrl_c_in_a_run_keeps_finished_fits(workspace, monkeypatch, capsys):
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(study, "_fit_batch", interrupt)
+    monkeypatch.setattr(sweep, "_fit_batch", interrupt)
     argv = [*TINY, "monitor.tensorboard=false", "sweep.sizes=[500,1000,2000]", f"hydra.run.dir={root / 'run'}"]
     code, _, err = call(run_cli_module, argv, capsys)
     assert_one_line(code, err, f"kept 4 finished fits in {root / 'run' / 'results.csv'}; run the same command again", 130)
@@ -248,3 +248,58 @@ def test_real_commands_check_output_paths_first(tmp_path, module, args):
 
 def test_the_table_is_large_enough():
     assert len(RUN_CASES) + len(FIT_CASES) + 2 >= 30
+
+
+# The same rule for the Python API: a mistake is one ValueError or IndexError whose message names
+# the problem and the fix, raised before any fitting, not an error from deep inside torch.
+def _model_and_data():
+    import torch
+
+    from softmoe_torch import Component, ContaminatedMoE, Gaussian, Laplace, SoftmaxGate, TanhExpert
+
+    e1 = torch.eye(8)[0]
+    model = ContaminatedMoE(Component(TanhExpert(8, eta=e1), Laplace(), nu=0.001, frozen=True),
+                            Component(TanhExpert(8, eta=-e1), Gaussian(), nu=0.001), SoftmaxGate(8, tau=1.0))
+    X = torch.randn(300, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return model, X, model.double().sample(X, generator=torch.Generator().manual_seed(1))
+
+
+API_CASES = {  # name -> (call(Estimator, model, X, y, fitted results), error class, message)
+    "X with too few columns": (lambda E, m, X, y, res: E(m, "newton").fit(X[:, :7], y), ValueError,
+                               "X has 7 columns but the model takes 8; pass X with the model's columns, or build the model for d = 7"),
+    "X with too many columns": (lambda E, m, X, y, res: E(m, "newton").fit(np.hstack([X, X]), y), ValueError,
+                                "X has 16 columns but the model takes 8"),
+    "predict on other columns": (lambda E, m, X, y, res: res.predict(X[:3, :5]), ValueError, "X has 5 columns but the model takes 8"),
+    "gate_probs on other columns": (lambda E, m, X, y, res: res.gate_probs(np.zeros((2, 9))), ValueError, "X has 9 columns"),
+    "responsibilities on other columns": (lambda E, m, X, y, res: res.responsibilities(X[:3, :2], y[:3]), ValueError, "X has 2 columns"),
+    "summary of a replication that does not exist": (lambda E, m, X, y, res: res.summary(5), IndexError,
+                                                     "replication 5 does not exist: these results hold 1 fit(s), r = 0..0"),
+    "se of a replication that does not exist": (lambda E, m, X, y, res: res.se(1), IndexError, "replication 1 does not exist"),
+    "a replication given as a float": (lambda E, m, X, y, res: res.estimates(0.0), IndexError, "replication 0.0 does not exist"),
+    "replication() out of range": (lambda E, m, X, y, res: res.replication(-2), IndexError, "replication -2 does not exist"),
+    "a non-numeric tolerance": (lambda E, m, X, y, res: E(m, "newton", tol="abc"), ValueError, "fit.tol must be a number, got 'abc'"),
+    "a fractional max_iter": (lambda E, m, X, y, res: E(m, "em", max_iter=10.5), ValueError, "fit.max_iter must be an integer"),
+    "an unknown option": (lambda E, m, X, y, res: E(m, "newton", tolerance=1e-8), ValueError,
+                          "unknown fit option(s) tolerance; the options are mstep, tol,"),
+    "a fractional n_init": (lambda E, m, X, y, res: E(m, "newton", n_init=2.5), ValueError, "n_init must be an integer of at least 1, got 2.5"),
+    "text for X": (lambda E, m, X, y, res: E(m, "newton").fit(np.array([["a"] * 8] * 3), np.zeros(3)), ValueError,
+                   "X must be numeric"),
+    "y of another length": (lambda E, m, X, y, res: E(m, "newton").fit(X, y[:10]), ValueError,
+                            "expected X (R, n, d) and y (R, n), got (1, 300, 8) and (1, 10)"),
+}
+
+
+@pytest.fixture(scope="module")
+def api():
+    from softmoe_torch import Estimator
+
+    model, X, y = _model_and_data()
+    return Estimator, model, X, y, Estimator(model, "newton", n_init=1).fit(X, y)
+
+
+@pytest.mark.parametrize("case", API_CASES)
+def test_bad_python_api_input(case, api):
+    call, error, message = API_CASES[case]
+    with pytest.raises(error) as info:
+        call(*api)
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -6,8 +6,8 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from softmoe_torch.settings import Setting
-from softmoe_torch.study import fit_options, sample_sizes
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.study.sweep import fit_options, sample_sizes
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_")) for group in ("setting", "fit", "init", "sweep", "monitor")}
@@ -92,7 +92,7 @@ def test_slurm_launcher_config_composes(compose_cfg):
 
 
 def test_random_starts_do_not_depend_on_the_batch(compose_cfg):
-    from softmoe_torch.study import sweep_starts
+    from softmoe_torch.study.sweep import sweep_starts
 
     cfg = compose_cfg(["init=random", "init.n_init=2"])
     setting = Setting(cfg.setting)

@@ -4,7 +4,7 @@ import pytest
 import scipy.stats
 import torch
 
-from softmoe_torch.densities import Gaussian, Laplace, StudentT
+from softmoe_torch.model.densities import Gaussian, Laplace, StudentT
 
 Y = torch.linspace(-3, 3, 41, dtype=torch.float64)
 MEAN = torch.tensor(0.3, dtype=torch.float64)

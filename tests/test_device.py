@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from softmoe_torch.device import resolve_device, resolve_dtype
-from softmoe_torch.em import FitOptions, fit_batch
-from softmoe_torch.init import near_truth
-from softmoe_torch.settings import Setting
-from softmoe_torch.simulate import simulate
+from softmoe_torch.estimation.device import resolve_device, resolve_dtype
+from softmoe_torch.estimation.driver import FitOptions, fit_batch
+from softmoe_torch.estimation.init import near_truth
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.study.simulate import simulate
 
 
 def test_auto_and_cpu():

@@ -5,13 +5,13 @@ import warnings
 import pytest
 import torch
 
-import softmoe_torch.em as em_module
-from softmoe_torch.convergence import Contract, ConvergenceWarning
-from softmoe_torch.em import METHOD_DEFAULTS, FitOptions, fit_batch
-from softmoe_torch.init import near_truth
-from softmoe_torch.paper import paper_view
-from softmoe_torch.settings import Setting
-from softmoe_torch.simulate import simulate
+import softmoe_torch.estimation.driver as em_module
+from softmoe_torch.estimation.convergence import Contract, ConvergenceWarning
+from softmoe_torch.estimation.driver import METHOD_DEFAULTS, FitOptions, fit_batch
+from softmoe_torch.estimation.init import near_truth
+from softmoe_torch.settings.paper import paper_view
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.study.simulate import simulate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ALL = ["em", "em_newton", "em_torch", "direct", "newton"]
@@ -174,7 +174,7 @@ def test_failed_status_rolls_back_to_finite_values(compose_cfg):
 def test_stalled_status_when_no_step_raises_the_likelihood(compose_cfg, monkeypatch):
     """A gradient that points the wrong way (simulated): the line search finds no decrease while a
     large gain is predicted, so the fit says 'stalled', not 'converged'."""
-    import softmoe_torch.em as em
+    import softmoe_torch.estimation.driver as em
 
     class Flipped:
         def __init__(self, objective):
@@ -194,7 +194,7 @@ def test_stalled_status_when_no_step_raises_the_likelihood(compose_cfg, monkeypa
 
 def test_em_refuses_a_step_that_lowers_the_likelihood(compose_cfg, monkeypatch):
     """An M-step that makes things worse (simulated) is undone and reported as stalled."""
-    import softmoe_torch.em as em
+    import softmoe_torch.estimation.driver as em
 
     _, model, X, Y, init = problem(compose_cfg, "distinguishable", 500, 1)
     monkeypatch.setattr(em, "_mstep", lambda obj, u, idx, resp, opts, memory=None: u + 0.05)

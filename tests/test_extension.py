@@ -17,13 +17,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from softmoe_torch import Component, ContaminatedMoE, Gaussian, MLPExpert, SoftmaxGate, TanhExpert
-from softmoe_torch.convergence import ConvergenceWarning
-from softmoe_torch.em import FitOptions, fit_batch
-from softmoe_torch.init import random_start
-from softmoe_torch.paper import param_errors
-from softmoe_torch.settings import Setting
-from softmoe_torch.params import ParamSpace
-from softmoe_torch.simulate import simulate
+from softmoe_torch.estimation.convergence import ConvergenceWarning
+from softmoe_torch.estimation.driver import FitOptions, fit_batch
+from softmoe_torch.estimation.init import random_start
+from softmoe_torch.settings.paper import param_errors
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.estimation.params import ParamSpace
+from softmoe_torch.study.simulate import simulate
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),  # TorchScript: deprecated, still loads
@@ -32,7 +32,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ["setting.prompt.expert._target_=user_mlp.MLPExpert", "++setting.prompt.expert.hidden=2"]
-STUDENT_T = ["setting.prompt.density._target_=softmoe_torch.densities.StudentT", "++setting.prompt.density.df=5"]
+STUDENT_T = ["setting.prompt.density._target_=softmoe_torch.model.densities.StudentT", "++setting.prompt.density.df=5"]
 
 BAD_EXPERTS = '''
 import torch
@@ -220,7 +220,7 @@ def task_a_net(tmp_path):
 
 
 @pytest.mark.parametrize("source", [
-    ["setting.pretrained.expert._target_=softmoe_torch.experts.MLPExpert", "++setting.pretrained.expert.hidden=5",
+    ["setting.pretrained.expert._target_=softmoe_torch.model.experts.MLPExpert", "++setting.pretrained.expert.hidden=5",
      "++setting.pretrained.checkpoint={tmp}/net.pt"],
     ["++setting.pretrained.torchscript={tmp}/net.ts"],
 ], ids=["checkpoint", "torchscript"])
@@ -280,7 +280,7 @@ def test_two_prompts_em_never_lowers_the_likelihood(tmp_path):
 
 FIT_ERRORS = {
     "class not found": (["setting.prompt.expert._target_=no_such_module.Expert"], "No module named 'no_such_module'"),
-    "attribute not found": (["setting.prompt.expert._target_=softmoe_torch.experts.NoSuchExpert"],
+    "attribute not found": (["setting.prompt.expert._target_=softmoe_torch.model.experts.NoSuchExpert"],
                             "Are you sure that 'NoSuchExpert' is importable"),
     "wrong shape": (["setting.prompt.expert._target_=bad_experts.Column"],
                     "prompt expert 0 Column must map x of shape (16, 8) to means of shape (16,), got (16, 1)"),

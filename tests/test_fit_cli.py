@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from softmoe_torch.settings import Setting
-from softmoe_torch.simulate import simulate
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.study.simulate import simulate
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from torch import nn
 
 from softmoe_torch import (Component, ConstantGate, ContaminatedMoE, GELUExpert, Gaussian, Laplace, LinearExpert,
                            MLPExpert, SigmoidExpert, SoftmaxGate, StudentT, TanhExpert)
-from softmoe_torch.objective import FusedObjective, GenericObjective, fused_supported, make_objective
-from softmoe_torch.params import ParamSpace, batched_log_joint, stack_params
+from softmoe_torch.estimation.objective import FusedObjective, GenericObjective, fused_supported, make_objective
+from softmoe_torch.estimation.params import ParamSpace, batched_log_joint, stack_params
 
 D, R, N = 4, 2, 300
 DENSITIES = {"gaussian": Gaussian, "laplace": Laplace, "student_t": lambda: StudentT(5.0)}

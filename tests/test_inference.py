@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from softmoe_torch import Component, ContaminatedMoE, Estimator, FitResults, Gaussian, SoftmaxGate, TanhExpert
-from softmoe_torch.inference import load_params, observed_information
-from softmoe_torch.settings import Setting
-from softmoe_torch.simulate import simulate
+from softmoe_torch.estimation.inference import load_params, observed_information
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.study.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from softmoe_torch.study import Results
+from softmoe_torch.study.sweep import Results
 
 REPS, SIZES = 2, 40
 ARGS = ["fit=direct", "progress=false", "monitor.tensorboard=false", f"sweep.reps={REPS}",

@@ -3,7 +3,7 @@ import torch
 
 from softmoe_torch import (Component, ConstantGate, ContaminatedMoE, GELUExpert, Gaussian, Laplace, LinearExpert,
                            MLPExpert, ReLUExpert, SigmoidExpert, SoftmaxGate, TanhExpert)
-from softmoe_torch.params import ParamSpace, batched_log_joint, stack_params
+from softmoe_torch.estimation.params import ParamSpace, batched_log_joint, stack_params
 
 torch.set_default_dtype(torch.float64)
 

@@ -6,12 +6,12 @@ import time
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from softmoe_torch import study
-from softmoe_torch.cli import Interrupted
-from softmoe_torch.monitor import Monitor
-from softmoe_torch.progress import WorkBar, per_fit_seconds
+from softmoe_torch.study import sweep
+from softmoe_torch.errors import Interrupted
+from softmoe_torch.study.monitor import Monitor
+from softmoe_torch.study.progress import WorkBar, per_fit_seconds
 from softmoe_torch.run import run_experiment
-from softmoe_torch.study import Results
+from softmoe_torch.study.sweep import Results
 
 SWEEP = ["fit=direct", "progress=false", "sweep.reps=2", "sweep.sizes=[300,400,500,600,700]"]
 
@@ -23,7 +23,7 @@ def tags(log_dir):
 
 def test_tensorboard_is_written_as_the_run_goes_and_resumed_once(tmp_path, compose_cfg, monkeypatch, one_thread):
     cfg, out = compose_cfg(SWEEP), tmp_path / "run"
-    real, calls = study._fit_batch, []
+    real, calls = sweep._fit_batch, []
 
     def stop_at_the_fifth(*args):
         calls.append(args[2])
@@ -31,7 +31,7 @@ def test_tensorboard_is_written_as_the_run_goes_and_resumed_once(tmp_path, compo
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(study, "_fit_batch", stop_at_the_fifth)
+    monkeypatch.setattr(sweep, "_fit_batch", stop_at_the_fifth)
     with pytest.raises(Interrupted, match="kept 8 finished fits"):
         run_experiment(cfg, out)
     scalars, images, acc = tags(out / "tensorboard")
@@ -40,7 +40,7 @@ def test_tensorboard_is_written_as_the_run_goes_and_resumed_once(tmp_path, compo
     assert [e.step for e in acc.Scalars("error/beta")] == [300, 400, 500, 600]
     assert [e.step for e in acc.Scalars("slope/eta")] == [500, 600]  # once three sizes are done
 
-    monkeypatch.setattr(study, "_fit_batch", real)
+    monkeypatch.setattr(sweep, "_fit_batch", real)
     run_experiment(cfg, out)  # the resume fits n=700 only and continues the same curves
     scalars, images, acc = tags(out / "tensorboard")
     assert [e.step for e in acc.Scalars("error/beta")] == [300, 400, 500, 600, 700] and "figure" in images
@@ -55,7 +55,7 @@ def test_slopes_are_logged_over_the_sizes_up_to_n_when_sizes_finish_out_of_order
     """Worker processes may finish sample sizes out of order: the slope at step n uses the sizes up
     to n that are complete, once there are three."""
     cfg = compose_cfg([*SWEEP, "monitor.tensorboard=false"])
-    rows = study.run_study(cfg, tmp_path / "run").rows
+    rows = sweep.run_study(cfg, tmp_path / "run").rows
     monitor, done = Monitor(tmp_path / "tb"), []
     for n in (300, 500, 400, 700, 600):
         done += [r for r in rows if r["n"] == n]
@@ -68,21 +68,21 @@ def test_slopes_are_logged_over_the_sizes_up_to_n_when_sizes_finish_out_of_order
 
 def test_sizes_are_cut_for_the_workers_along_fit_batch_groups():
     reps = list(range(40))
-    parts = study.split_for_workers([(1000, reps), (20_000, reps), (100_000, reps[3:])], 2)
+    parts = sweep.split_for_workers([(1000, reps), (20_000, reps), (100_000, reps[3:])], 2)
     assert parts[0] == (1000, reps)  # one group (40 x 1000 samples): not cut
     assert parts[1:3] == [(20_000, reps[:20]), (20_000, reps[20:])]  # groups of 5 replications
     assert parts[3:] == [(100_000, reps[3:21]), (100_000, reps[21:])]  # one replication a group
-    assert study.split_for_workers([(20_000, reps)], 3) == [(20_000, reps[:15]), (20_000, reps[15:25]), (20_000, reps[25:])]
+    assert sweep.split_for_workers([(20_000, reps)], 3) == [(20_000, reps[:15]), (20_000, reps[15:25]), (20_000, reps[25:])]
 
 
 
 def test_a_batch_holds_at_most_batch_samples_even_in_one_process():
     reps = list(range(40))
-    n = study.BATCH_SAMPLES // 4  # one replication a group; 40 replications are 10 batches' worth
-    parts = study.split_for_workers([(n, reps), (1000, reps)], 1)
+    n = sweep.BATCH_SAMPLES // 4  # one replication a group; 40 replications are 10 batches' worth
+    parts = sweep.split_for_workers([(n, reps), (1000, reps)], 1)
     assert [len(r) for _, r in parts[:-1]] == [4] * 10 and [r for _, part in parts[:-1] for r in part] == reps
     assert parts[-1] == (1000, reps)
-    assert [len(r) for _, r in study.split_for_workers([(n, reps)], 2)] == [4] * 10
+    assert [len(r) for _, r in sweep.split_for_workers([(n, reps)], 2)] == [4] * 10
 
 def test_rows_read_back_are_typed_like_new_rows(tmp_path):
     row = {"setting": "s", "n": 1000, "rep": 3, "seed": 0, "err_beta": 0.1, "err_exp_tau": 0.2, "err_eta": 0.3,

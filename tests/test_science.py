@@ -11,10 +11,10 @@ import torch
 from scipy import integrate
 
 from conftest import ROOT
-from softmoe_torch.distance import hellinger
-from softmoe_torch.fit_diagnostics import loglik_at_truth, moved_from_start
-from softmoe_torch.settings import Setting
-from softmoe_torch.study import validate
+from softmoe_torch.study.distance import hellinger
+from softmoe_torch.study.diagnostics import loglik_at_truth, moved_from_start
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.study.sweep import validate
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import science  # noqa: E402

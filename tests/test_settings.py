@@ -11,33 +11,41 @@ import pytest
 import yaml
 from omegaconf.errors import MissingMandatoryValue
 
-import softmoe_torch.settings as settings_module
+import softmoe_torch.settings.setting as settings_module
 from conftest import ROOT, run_cli
-from softmoe_torch.settings import Setting
+from softmoe_torch.settings.setting import Setting
 
 SETTINGS = sorted(p for p in (ROOT / "conf" / "setting").glob("*.yaml") if not p.stem.startswith("_"))
-CONSTANT_GATE = ["setting.gate._target_=softmoe_torch.gates.ConstantGate", "~setting.gate.dim"]
+CONSTANT_GATE = ["setting.gate._target_=softmoe_torch.model.gates.ConstantGate", "~setting.gate.dim"]
 
-# building blocks -> mixture -> estimator -> study -> faces: a module imports only its own layer or below
+# The package's units (its folders and top-level modules) by layer, from the bottom: a unit imports
+# only units of a lower layer (the faces may also use each other), and no module is on an import cycle.
 LAYERS = {
-    **dict.fromkeys(["densities", "experts", "gates"], 0),
-    "mixture": 1,
-    **dict.fromkeys(["params", "convergence", "objective", "optim", "acceleration", "em", "init", "inference", "results", "device",
-                     "estimator"], 2),
-    **dict.fromkeys(["configs", "errors", "checkpoints", "module_checks", "build", "truth", "paper",
-                     "settings", "simulate", "workers", "metrics", "distance", "fit_diagnostics", "study", "report", "monitor", "progress", "cli"], 3),
-    **dict.fromkeys(["data", "run", "fit", "__init__"], 4),
+    **dict.fromkeys(["errors", "model"], 0),
+    **dict.fromkeys(["estimation", "settings"], 1),
+    "study": 2,
+    **dict.fromkeys(["cli", "data", "run", "fit", "__init__"], 3),  # the faces
 }
+FACES = 3
 
 
 @pytest.mark.parametrize("path", SETTINGS, ids=lambda p: p.stem)
 def test_packaged_settings_extend_the_base(path):
-    assert yaml.safe_load(path.read_text())["defaults"] == ["_base", "_self_"]
+    assert yaml.safe_load(path.read_text())["defaults"] == ["/base/setting@_here_", "_self_"]
 
 
 def test_the_base_alone_is_not_a_setting(compose_cfg):
     with pytest.raises(MissingMandatoryValue):
-        Setting(compose_cfg(["setting=_base"]).setting)
+        Setting(compose_cfg(["+base=setting"]).base)
+
+
+@pytest.mark.parametrize("group", ["setting", "fit"])
+def test_the_listing_of_choices_offers_no_base(tmp_path, group):
+    proc = run_cli("softmoe_torch.run", f"{group}=nonexistent", f"hydra.run.dir={tmp_path}")
+    listing = proc.stderr[proc.stderr.index(f"Available options in '{group}'"):proc.stderr.index("Config search path")]
+    choices = listing.split()[4:]
+    assert "distinguishable" in choices or "newton" in choices
+    assert not [c for c in choices if "base" in c], listing
 
 
 def test_the_gate_is_chosen_by_target(compose_cfg):
@@ -79,34 +87,56 @@ def test_resolvers_are_registered_by_a_call_not_on_import():
     code = ("import importlib, pkgutil; from omegaconf import OmegaConf; import softmoe_torch as p\n"
             "for m in pkgutil.iter_modules(p.__path__): importlib.import_module('softmoe_torch.' + m.name)\n"
             "assert not OmegaConf.has_resolver('basis')\n"
-            "from softmoe_torch.configs import register_resolvers; register_resolvers()\n"
+            "from softmoe_torch.settings.configs import register_resolvers; register_resolvers()\n"
             "assert OmegaConf.has_resolver('basis') and OmegaConf.has_resolver('ones_over_sqrt')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
 def package_imports() -> dict:
-    """{module: set of package modules it imports (anywhere in its body)}."""
+    """{module: set of package modules it imports (anywhere in its body)}, modules by dotted name
+    under softmoe_torch (``study.sweep``; a package's ``__init__`` as ``study``, the top one as
+    ``__init__``)."""
+    pkg = ROOT / "softmoe_torch"
+    modules = {}
+    for path in pkg.rglob("*.py"):
+        parts = list(path.relative_to(pkg).with_suffix("").parts)
+        is_init = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if is_init else parts) or "__init__"
+        modules[name] = (path, parts[:-1] if not is_init or name == "__init__" else parts)
     graph = {}
-    for path in (ROOT / "softmoe_torch").glob("*.py"):
+    for name, (path, package) in modules.items():
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
-                deps.add(node.module.split(".")[0])
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - node.level + 1]
+                targets = [base + node.module.split(".")] if node.module else [base + [a.name] for a in node.names]
+                deps |= {".".join(t) for t in targets}
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("softmoe_torch."):
-                deps.add(node.module.split(".")[1])
+                deps.add(node.module.removeprefix("softmoe_torch."))
             elif isinstance(node, ast.Import):
-                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("softmoe_torch.")}
-        graph[path.stem] = deps
+                deps |= {a.name.removeprefix("softmoe_torch.") for a in node.names if a.name.startswith("softmoe_torch.")}
+        graph[name] = {d for d in deps if d in modules} | {d.rsplit(".", 1)[0] for d in deps if d not in modules}
     return graph
 
 
-def test_modules_import_only_their_layer_or_below_and_without_cycles():
+def unit(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_units_import_only_lower_layers_and_no_module_is_on_a_cycle():
     graph = package_imports()
-    unplaced = sorted(set(graph) - set(LAYERS))
-    assert not unplaced, f"place the new modules {unplaced} in a layer of LAYERS"
-    upward = [(m, d) for m, deps in graph.items() for d in deps if LAYERS[d] > LAYERS[m]]
-    assert not upward, f"imports from a higher layer: {upward}"
+    unplaced = sorted({unit(m) for m in graph} - set(LAYERS))
+    assert not unplaced, f"place the new units {unplaced} in a layer of LAYERS"
+    unknown = sorted({d for deps in graph.values() for d in deps} - set(graph))
+    assert not unknown, f"imports of no module of the package: {unknown}"
+
+    def allowed(m, d):
+        a, b = unit(m), unit(d)
+        return a == b or LAYERS[b] < LAYERS[a] or LAYERS[a] == LAYERS[b] == FACES
+
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps if not allowed(m, d))
+    assert not upward, f"imports of a unit not below: {upward}"
 
     def reach(start, seen):
         for d in graph[start] - seen:

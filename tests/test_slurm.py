@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from softmoe_torch.device import match_threads_to_job
+from softmoe_torch.estimation.device import match_threads_to_job
 
 CLUSTER = ROOT / "experiments" / "slurm" / "local_cluster.sh"
 SETTINGS = ["distinguishable", "nondistinguishable_eta"]

@@ -1,7 +1,7 @@
 """Restoring frozen networks from files: state-dict checkpoints and TorchScript modules."""
 import torch
 
-from .errors import module_name, one_line
+from ..errors import module_name, one_line
 
 
 def load_checkpoint(module, path, what: str):

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .distance import hellinger_batch
-from .mixture import ContaminatedMoE
+from ..model.mixture import ContaminatedMoE
 
 X_SEED = 20250101  # the fixed x sample of the Hellinger distance: the same for every fit and n
 

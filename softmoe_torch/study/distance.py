@@ -14,8 +14,8 @@ import copy
 import numpy as np
 import torch
 
-from .inference import load_params
-from .mixture import ContaminatedMoE
+from ..estimation.inference import load_params
+from ..model.mixture import ContaminatedMoE
 
 NODES = 30
 

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .metrics import bootstrap_slope  # noqa: E402
-from .paper import reported_params  # noqa: E402
+from ..settings.paper import reported_params  # noqa: E402
 
 LABELS = {
     "beta": r"$\|\hat\beta-\beta^*\|$",

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from .settings import Setting
+from ..settings.setting import Setting
 
 
 def data_seed(seed: int, setting: str, n: int, rep: int) -> int:

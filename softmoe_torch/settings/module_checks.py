@@ -1,8 +1,8 @@
 """Probe a built mixture before fitting: the usual plug-in mistakes become one-line ``ValueError``s."""
 import torch
 
-from .errors import module_name, one_line
-from .mixture import ContaminatedMoE
+from ..errors import module_name, one_line
+from ..model.mixture import ContaminatedMoE
 
 
 def check_experts(model: ContaminatedMoE, dim: int, n: int = 16) -> None:

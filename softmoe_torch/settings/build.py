@@ -5,8 +5,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoints import load_checkpoint, load_torchscript
-from .errors import module_name, one_line
-from .mixture import Component, ContaminatedMoE
+from ..errors import module_name, one_line
+from ..model.mixture import Component, ContaminatedMoE
 from .module_checks import check_experts
 
 

@@ -17,9 +17,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .densities import Density
-from .experts import IndexExpert
-from .gates import ConstantGate, SoftmaxGate
+from ..model.densities import Density
+from ..model.experts import IndexExpert
+from ..model.gates import ConstantGate, SoftmaxGate
 from .params import ParamSpace, batched_log_joint
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .device import resolve_device, resolve_dtype
-from .em import FitOptions, as_batch, fit_best_of
+from .driver import FitOptions, as_batch, check_columns, fit_best_of
 from .init import starting_points
 from .results import FitResults
 
@@ -31,6 +31,8 @@ class Estimator:
     def __init__(self, model, method: str = "em", *, init: str = "random", n_init: int = 5, seed: int = 0,
                  truth: dict | None = None, init_scale: float = 0.1, device: str = "cpu", dtype: str = "float64",
                  options: FitOptions | None = None, **fit_options):
+        if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
+            raise ValueError(f"n_init must be an integer of at least 1, got {n_init!r}")
         self.options = options or FitOptions.for_method(method, **fit_options)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -45,6 +47,7 @@ class Estimator:
         X, Y = as_batch(self._tensor(X, "X"), self._tensor(y, "y"))
         if X.shape[1] < 2:
             raise ValueError(f"need at least 2 observations per data set, got n = {X.shape[1]}")
+        check_columns(self.spec, X)
         starts = starting_points(self.spec, Y, self.init, lambda i, j: self.seed + 1000 * i + j, truth=self.truth,
                                  scale=self.init_scale, n_init=1 if start else self.n_init)
         if start:
@@ -53,7 +56,11 @@ class Estimator:
         return FitResults(self.spec, fit, X, Y)
 
     def _tensor(self, a, what: str) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+        array = a if isinstance(a, torch.Tensor) else np.asarray(a)
+        try:
+            t = torch.as_tensor(array)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be numeric, got an array of {array.dtype}; convert it to floats first") from None
         if not t.is_floating_point() and t.dtype != torch.long and t.dtype != torch.int:
             raise ValueError(f"{what} must be numeric, got {t.dtype}")
         t = t.to(dtype=self.dtype, device=self.device)

@@ -13,7 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from .report import error_table, summarize
-from .paper import PAPER_PARAMS
+from ..settings.paper import PAPER_PARAMS
 
 
 class Monitor:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import one_line
 from .acceleration import Anderson, squarem_cycle
 from .convergence import Contract, rounding, warn_unconverged
 from .objective import GenericObjective, fused_supported, make_objective
@@ -70,6 +71,10 @@ class FitOptions:
             raise ValueError(f"fit.mstep must be one of {', '.join(MSTEPS)}, got {self.mstep!r}")
         if self.accelerate not in ACCELERATIONS:
             raise ValueError(f"fit.accelerate must be one of {', '.join(ACCELERATIONS)}, got {self.accelerate!r}")
+        for name in ("tol", "gtol", "max_iter", "squarem_after", "anderson_depth"):
+            value, integer = getattr(self, name), name not in ("tol", "gtol")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or integer and not float(value).is_integer():
+                raise ValueError(f"fit.{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
         if self.anderson_depth < 1:
             raise ValueError(f"fit.anderson_depth must be at least 1, got {self.anderson_depth!r}")
         if isinstance(self.inner, dict):
@@ -82,6 +87,10 @@ class FitOptions:
         conf/fit/<method>.yaml) with ``overrides``."""
         if method not in METHOD_DEFAULTS:
             raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHOD_DEFAULTS)}")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown fit option(s) {', '.join(unknown)}; the options are "
+                             f"{', '.join(f.name for f in dataclasses.fields(cls) if f.name != 'method')}")
         fields = {k: (dict(v) if isinstance(v, dict) else v) for k, v in METHOD_DEFAULTS[method].items()}
         inner = {**fields.pop("inner", {}), **(overrides.pop("inner", None) or {})}
         return cls(**{**fields, **overrides}, inner=SolverOptions(**inner))
@@ -144,6 +153,20 @@ def as_batch(X, Y):
     if X.dim() != 3 or Y.shape != X.shape[:2]:
         raise ValueError(f"expected X (R, n, d) and y (R, n), got {tuple(X.shape)} and {tuple(Y.shape)}")
     return X, Y
+
+
+def check_columns(model, X: torch.Tensor):
+    """Raise a one-line ValueError unless ``model`` takes X's rows (..., d): a wrong number of
+    columns is named here, not left to a matrix product deep inside a fit."""
+    x = X.reshape(-1, X.shape[-1])[:1]
+    try:
+        with torch.no_grad():
+            model.log_prob(x, torch.zeros(1, dtype=X.dtype, device=X.device))
+    except RuntimeError as err:
+        declared = {p.shape[-1] for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("beta", "eta")}
+        wanted = f"the model takes {declared.pop()}" if len(declared) == 1 else f"the model cannot take them ({one_line(err)})"
+        raise ValueError(f"X has {X.shape[-1]} columns but {wanted}; pass X with the model's columns, "
+                         f"or build the model for d = {X.shape[-1]}") from None
 
 
 class _Counted:

@@ -10,7 +10,7 @@ from functools import cached_property
 
 import torch
 
-from .em import BatchFit
+from .driver import BatchFit, check_columns
 from .inference import aic, bic, load_params, observed_information, wald_covariance
 
 
@@ -44,26 +44,27 @@ class FitResults:
 
     def estimates(self, r: int = 0) -> dict:
         """{name: tensor of the parameter's shape} of replication r."""
+        r = self._replication_index(r)
         return {k: v[r] for k, v in self.params.items()}
 
     def model(self, r: int = 0):
         """A copy of the model with replication r's estimates loaded."""
-        return load_params(copy.deepcopy(self.spec), self.params, r)
+        return load_params(copy.deepcopy(self.spec), self.params, self._replication_index(r))
 
     def predict(self, X, r: int = 0) -> torch.Tensor:
         """E[y | x] under replication r's fit; X (n, d) -> (n,)."""
         with torch.no_grad():
-            return self._fitted(r).predictive_mean(self._as_x(X))
+            return self._fitted(r).predictive_mean(self._as_x(X, columns=True))
 
     def gate_probs(self, X, r: int = 0) -> torch.Tensor:
         """Gate weights, column 0 the pre-trained component; X (n, d) -> (n, K+1)."""
         with torch.no_grad():
-            return self._fitted(r).gate_probs(self._as_x(X))
+            return self._fitted(r).gate_probs(self._as_x(X, columns=True))
 
     def responsibilities(self, X, y, r: int = 0) -> torch.Tensor:
         """Posterior component probabilities given (x, y); X (n, d), y (n,) -> (n, K+1)."""
         with torch.no_grad():
-            return self._fitted(r).responsibilities(self._as_x(X), self._as_x(y))
+            return self._fitted(r).responsibilities(self._as_x(X, columns=True), self._as_x(y))
 
     def covariance(self, r: int = 0) -> torch.Tensor:
         """Inverse observed information at replication r's estimate, (p, p) over the flattened
@@ -85,6 +86,7 @@ class FitResults:
 
     def replication(self, r: int) -> "FitResults":
         """The results of replication r alone."""
+        r = self._replication_index(r)
         keep = slice(r, r + 1)
         one = BatchFit(
             params={k: v[keep] for k, v in self.params.items()}, mean_loglik=self.mean_loglik[keep],
@@ -113,6 +115,7 @@ class FitResults:
     def summary(self, r: int = 0) -> str:
         """A readable table of replication r: estimate, SE and 95% interval per parameter entry,
         then status, log-likelihood, AIC and BIC."""
+        r = self._replication_index(r)
         est, se, ci = self.estimates(r), self.se(r), self.conf_int(0.05, r)
         head = f"{'parameter':<26}{'estimate':>13}{'se':>12}{'[0.025':>13}{'0.975]':>13}"
         lines = [f"Softmax-contaminated MoE fit ({self.solver}), n = {self.n}, replication {r} of {len(self)}",
@@ -147,8 +150,20 @@ class FitResults:
             self._models[r] = self.model(r)
         return self._models[r]
 
-    def _as_x(self, a):
-        return torch.as_tensor(a, dtype=self.X.dtype, device=self.X.device)
+    def _as_x(self, a, columns: bool = False):
+        """An array as a tensor of the fit's dtype and device; with ``columns``, checked to be inputs
+        (n, d) of the model."""
+        t = torch.as_tensor(a, dtype=self.X.dtype, device=self.X.device)
+        if columns:
+            check_columns(self.spec, t)
+        return t
+
+    def _replication_index(self, r) -> int:
+        """r as an index of the R fits (negative counts from the end); a one-line IndexError otherwise."""
+        if isinstance(r, bool) or not isinstance(r, int) or not -len(self) <= r < len(self):
+            raise IndexError(f"replication {r!r} does not exist: these results hold {len(self)} fit(s), "
+                             f"r = 0..{len(self) - 1}")
+        return r % len(self)
 
     def _unflatten(self, flat) -> dict:
         out, start = {}, 0

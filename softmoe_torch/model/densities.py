@@ -22,7 +22,7 @@ class Density(nn.Module):
 
     def derivatives(self, y: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor):
         """Element-wise (L, dL/dm, dL/dv, d2L/dm2, d2L/dmdv, d2L/dv2) of L = log f(y | m, v), each of
-        y's shape. Optional: a family that gives them gets the fused fast path (``fused.py``);
+        y's shape. Optional: a family that gives them gets the fused fast path (``estimation/objective.py``);
         ``None`` (the default) means the generic autograd path is used."""
         return None
 

@@ -1,6 +1,6 @@
 """Batches of fits run in worker processes, so that a sweep uses every core it may.
 
-A batch is fitted by the same call in a worker as in the parent (``study.batch_plan`` cuts
+A batch is fitted by the same call in a worker as in the parent (``sweep.batch_plan`` cuts
 sample sizes only along the groups that a fit computes alone), so the results do not depend
 on the number of workers."""
 import concurrent.futures as cf

@@ -11,11 +11,11 @@ from omegaconf import OmegaConf
 
 def conf_dir() -> Path:
     """The directory holding config.yaml: installed next to the package, else the repository's."""
-    here = Path(__file__).resolve().parent
-    for d in (here / "conf", here.parent / "conf"):  # a wheel; a source tree or editable install
+    package = Path(__file__).resolve().parents[1]
+    for d in (package / "conf", package.parent / "conf"):  # a wheel; a source tree or editable install
         if (d / "config.yaml").is_file():
             return d
-    raise FileNotFoundError(f"no conf/config.yaml in {here} or {here.parent}; reinstall softmoe_torch")
+    raise FileNotFoundError(f"no conf/config.yaml in {package} or {package.parent}; reinstall softmoe_torch")
 
 
 CONF_DIR = str(conf_dir())

@@ -19,17 +19,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from .cli import Interrupted, UserError
-from .configs import register_resolvers
-from .device import resolve_device, resolve_dtype
-from .convergence import ConvergenceWarning
-from .em import FitOptions, fit_best_of, replication_groups
-from .fit_diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
-from .init import starting_points
-from .paper import PAPER_PARAMS, param_errors
-from .params import ParamSpace
+from ..errors import Interrupted, UserError
+from ..settings.configs import register_resolvers
+from ..estimation.device import resolve_device, resolve_dtype
+from ..estimation.convergence import ConvergenceWarning
+from ..estimation.driver import FitOptions, fit_best_of, replication_groups
+from .diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
+from ..estimation.init import starting_points
+from ..settings.paper import PAPER_PARAMS, param_errors
+from ..estimation.params import ParamSpace
 from .progress import WorkBar
-from .settings import Setting
+from ..settings.setting import Setting
 from .simulate import data_seed, simulate
 from .workers import run_batches
 

@@ -13,7 +13,7 @@ class IndexExpert(nn.Module):
     """h(x, eta) = act(eta^T x) with eta in R^dim; ``act`` is a torch function.
 
     ``activation_derivatives(z) -> (act, act', act'')``, element-wise, lets the fused fast path
-    (``objective.FusedObjective``) evaluate this expert; a subclass that changes ``activation``
+    (``softmoe_torch.estimation.objective.FusedObjective``) evaluate this expert; a subclass that changes ``activation``
     without giving its derivatives too is fitted through the generic autograd path."""
 
     activation = staticmethod(torch.tanh)

@@ -5,7 +5,7 @@ from omegaconf import DictConfig
 
 from .build import build_model, build_pretrained
 from .configs import register_resolvers
-from .mixture import Component, ContaminatedMoE
+from ..model.mixture import Component, ContaminatedMoE
 from .truth import true_params
 
 
