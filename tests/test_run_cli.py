@@ -1,6 +1,7 @@
 """End to end through the real command on tiny sweeps."""
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -128,25 +129,27 @@ def test_multirun_over_settings(tmp_path):
 
 
 def test_interrupted_run_keeps_a_valid_file_and_resumes(tmp_path):
+    """Ctrl-C while the fits at n = 700 run (the 6th of 12 sizes, sent by the process to itself
+    through a plug-in expert, so no timer races the sweep): the 10 fits of the sizes before are
+    kept in a valid file, and the same command resumes with the 14 others."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "softmoe_torch.run", "fit=direct", "progress=false", "sweep.reps=2",
-            "sweep.sizes=[200,300,400,500,600,700,800,900,1000,1100,1200,1300]", f"hydra.run.dir={out}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "results.csv").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    args = ["fit=direct", "progress=false", "sweep.reps=2", "sweep.sizes=[200,300,400,500,600,700,800,900,1000,1100,1200,1300]",
+            "setting.prompt.expert._target_=interrupting_expert.InterruptingTanhExpert", f"hydra.run.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.run([sys.executable, "-m", "softmoe_torch.run", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**env, "INTERRUPT_AT_N": "700"})
     partial = read_rows(out / "results.csv")
-    assert 0 < len(partial) < 24 and len(partial) % 2 == 0
-    assert proc.returncode == 130 and "Traceback" not in err
-    assert err.strip().splitlines() == [f"interrupted: kept {len(partial)} finished fits in {out / 'results.csv'}; "
-                                        "run the same command again to resume"]
-    done = run_cli("softmoe_torch.run", *args[3:])
+    assert len(partial) == 10 and {(int(r["n"]), int(r["rep"])) for r in partial} == {(n, r) for n in range(200, 700, 100) for r in (0, 1)}
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"interrupted: kept 10 finished fits in {out / 'results.csv'}; "
+                                                "run the same command again to resume"]
+    done = subprocess.run([sys.executable, "-m", "softmoe_torch.run", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    assert f"{24 - len(partial)} fits to run, {len(partial)} already done" in done.stdout
+    assert "14 fits to run, 10 already done" in done.stdout
     rows = read_rows(out / "results.csv")
     assert len({(r["n"], r["rep"]) for r in rows}) == len(rows) == 24
+    assert [r for r in rows if int(r["n"]) < 700] == partial  # the kept fits are not redone
 
 
 @pytest.mark.parametrize("override,message", [

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -27,14 +28,20 @@ def test_installed_wheel_runs_a_sweep_and_a_fit_from_another_folder(tmp_path):
     sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src)
     (wheel,) = (tmp_path / "dist").glob("softmoe_torch-*.whl")
     venv = tmp_path / "venv"
-    sh(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv)  # torch etc. from the system
+    sh(sys.executable, "-m", "venv", "--without-pip", venv)
     python = venv / "bin" / "python"
+    # torch and the rest from this interpreter's site-packages (a virtual environment's, where the tests run in
+    # one; --system-site-packages would give the base interpreter's), added after the venv's own by a .pth
+    # file, whose lines do not run that folder's .pth files (so no editable install of the project shadows the wheel)
+    venv_site = sh(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip()
+    ours = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (Path(venv_site) / "test_parent_env.pth").write_text("\n".join(ours) + "\n")
     sh(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
 
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
-    where = sh(python, "-c", "import softmoe_torch.configs as c; print(c.__file__); print(c.CONF_DIR)", cwd=work, env=env)
+    where = sh(python, "-c", "import softmoe_torch.settings.configs as c; print(c.__file__); print(c.CONF_DIR)", cwd=work, env=env)
     site = str(venv / "lib")
     assert all(line.startswith(site) for line in where.split()), where  # the wheel's copy, not a source tree
 
