@@ -11,7 +11,7 @@ keeping the sections other runs wrote there, and each section records the machin
 its configuration and the load average (/proc/loadavg, as `uptime` shows it) before and after.
 
 Table (default). For each setting and sample size n every method and peer fits the same data,
-simulate(setting, n, range(R), seed), from the same near-truth starts (study.sweep_starts):
+simulate(setting, n, range(R), seed), from the same near-truth starts (softmoe_torch.study.sweep.sweep_starts):
 
 - torch methods (FitOptions.for_method, the same as conf/fit/<name>.yaml): em (EM, batched L-BFGS
   M-step, Anderson-accelerated), em_newton (the same EM with Newton M-steps), em_torch (EM with

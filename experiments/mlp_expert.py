@@ -1,5 +1,5 @@
 """A two-layer MLP prompt expert, written as a user would write one: outside the package, selected
-from the command line (see docs/extending.md):
+from the command line (see the README, "Extending"):
 
     PYTHONPATH=experiments python -m softmoe_torch.fit data=FILE setting=distinguishable \\
         setting.prompt.expert._target_=mlp_expert.MLPExpert ++setting.prompt.expert.hidden=4

@@ -10,7 +10,7 @@ from softmoe_torch.settings.setting import Setting
 from softmoe_torch.study.sweep import fit_options, sample_sizes
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_")) for group in ("setting", "fit", "init", "sweep", "monitor")}
+OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("setting", "fit", "init", "sweep", "monitor")}
 
 
 @pytest.mark.parametrize("setting", OPTIONS["setting"])

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from omegaconf.errors import MissingMandatoryValue
 
-import softmoe_torch.settings.setting as settings_module
+import softmoe_torch.settings.setting as setting_module
 from conftest import ROOT, run_cli
 from softmoe_torch.settings.setting import Setting
 
-SETTINGS = sorted(p for p in (ROOT / "conf" / "setting").glob("*.yaml") if not p.stem.startswith("_"))
+SETTINGS = sorted((ROOT / "conf" / "setting").glob("*.yaml"))
 CONSTANT_GATE = ["setting.gate._target_=softmoe_torch.model.gates.ConstantGate", "~setting.gate.dim"]
 
 # The package's units (its folders and top-level modules) by layer, from the bottom: a unit imports
@@ -60,8 +60,8 @@ def test_the_gate_is_chosen_by_target(compose_cfg):
 
 def test_truth_is_computed_once_per_sample_size(compose_cfg, monkeypatch):
     calls = []
-    true_params = settings_module.true_params
-    monkeypatch.setattr(settings_module, "true_params", lambda cfg, n: calls.append(n) or true_params(cfg, n))
+    true_params = setting_module.true_params
+    monkeypatch.setattr(setting_module, "true_params", lambda cfg, n: calls.append(n) or true_params(cfg, n))
     setting = Setting(compose_cfg(["setting=nondistinguishable_eta"]).setting)
     first = setting.truth(1000)
     first["gate.tau"].fill_(5.0)  # the caller's copy: the cached truth stays
@@ -85,7 +85,7 @@ def test_sweep_with_a_constant_gate_reports_no_beta(tmp_path):
 
 def test_resolvers_are_registered_by_a_call_not_on_import():
     code = ("import importlib, pkgutil; from omegaconf import OmegaConf; import softmoe_torch as p\n"
-            "for m in pkgutil.iter_modules(p.__path__): importlib.import_module('softmoe_torch.' + m.name)\n"
+            "for m in pkgutil.walk_packages(p.__path__, 'softmoe_torch.'): importlib.import_module(m.name)\n"
             "assert not OmegaConf.has_resolver('basis')\n"
             "from softmoe_torch.settings.configs import register_resolvers; register_resolvers()\n"
             "assert OmegaConf.has_resolver('basis') and OmegaConf.has_resolver('ones_over_sqrt')")

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-import softmoe_torch.estimation.driver as em_module
+import softmoe_torch.estimation.driver as driver
 from softmoe_torch.estimation.convergence import Contract, ConvergenceWarning
 from softmoe_torch.estimation.driver import METHOD_DEFAULTS, FitOptions, fit_batch
 from softmoe_torch.estimation.init import near_truth
@@ -96,7 +96,7 @@ def test_groups_fitted_side_by_side_equal_groups_fitted_one_after_another(compos
     """Groups of replications run on threads side by side (fused path), each on one torch thread:
     the same numbers as one group after another."""
     _, model, X, Y, init = problem(compose_cfg, "distinguishable", 400, 6)
-    monkeypatch.setattr(em_module, "CHUNK", 800)  # groups of two replications
+    monkeypatch.setattr(driver, "CHUNK", 800)  # groups of two replications
     opts = FitOptions.for_method(method)
     alone = fit_batch(model, X, Y, init, opts)
     torch.set_num_threads(2)
@@ -174,7 +174,6 @@ def test_failed_status_rolls_back_to_finite_values(compose_cfg):
 def test_stalled_status_when_no_step_raises_the_likelihood(compose_cfg, monkeypatch):
     """A gradient that points the wrong way (simulated): the line search finds no decrease while a
     large gain is predicted, so the fit says 'stalled', not 'converged'."""
-    import softmoe_torch.estimation.driver as em
 
     class Flipped:
         def __init__(self, objective):
@@ -184,8 +183,8 @@ def test_stalled_status_when_no_step_raises_the_likelihood(compose_cfg, monkeypa
             ev = self.objective.evaluate(u, idx, order, resp)
             return ev._replace(grad=None if ev.grad is None else -ev.grad)
 
-    real = em.make_objective
-    monkeypatch.setattr(em, "make_objective", lambda *args: Flipped(real(*args)))
+    real = driver.make_objective
+    monkeypatch.setattr(driver, "make_objective", lambda *args: Flipped(real(*args)))
     _, model, X, Y, init = problem(compose_cfg, "distinguishable", 500, 1, scale=0.3)
     with pytest.warns(ConvergenceWarning, match="stalled"):
         res = fit_batch(model, X, Y, init, FitOptions.for_method("direct"))
@@ -194,10 +193,9 @@ def test_stalled_status_when_no_step_raises_the_likelihood(compose_cfg, monkeypa
 
 def test_em_refuses_a_step_that_lowers_the_likelihood(compose_cfg, monkeypatch):
     """An M-step that makes things worse (simulated) is undone and reported as stalled."""
-    import softmoe_torch.estimation.driver as em
 
     _, model, X, Y, init = problem(compose_cfg, "distinguishable", 500, 1)
-    monkeypatch.setattr(em, "_mstep", lambda obj, u, idx, resp, opts, memory=None: u + 0.05)
+    monkeypatch.setattr(driver, "_mstep", lambda obj, u, idx, resp, opts, memory=None: u + 0.05)
     with pytest.warns(ConvergenceWarning, match="would lower the mean log-likelihood"):
         res = fit_batch(model, X, Y, init, FitOptions(accelerate="none"))
     assert res.status[0].startswith("stalled: EM iteration 1 would lower") and len(res.trace[0]) == 1
