@@ -136,8 +136,11 @@ def test_interrupted_run_keeps_a_valid_file_and_resumes(tmp_path):
     args = ["fit=direct", "progress=false", "sweep.reps=2", "sweep.sizes=[200,300,400,500,600,700,800,900,1000,1100,1200,1300]",
             "setting.prompt.expert._target_=interrupting_expert.InterruptingTanhExpert", f"hydra.run.dir={out}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    # Ctrl-C's default disposition in the child: a shell's background job inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler
     proc = subprocess.run([sys.executable, "-m", "softmoe_torch.run", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**env, "INTERRUPT_AT_N": "700"})
+                          timeout=300, env={**env, "INTERRUPT_AT_N": "700"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = read_rows(out / "results.csv")
     assert len(partial) == 10 and {(int(r["n"]), int(r["rep"])) for r in partial} == {(n, r) for n in range(200, 700, 100) for r in (0, 1)}
     assert proc.returncode == 130 and "Traceback" not in proc.stderr
