@@ -5,7 +5,7 @@
 The setting names the frozen pre-trained component and the prompt family; d is the data's; the
 start is random (best of ``init.n_init``) unless the file holds init_* arrays.
 Writes a JSON result (beta, tau, eta, nu, their standard errors ``se`` and 95% Wald intervals
-``ci95``, loglik, aic, bic, mean_loglik, n_iter, converged, status, seconds) and prints its path;
+``ci95``, loglik, aic, bic, mean_loglik, n_iter, converged, status, seconds, degenerate: why the fit is a spike on a few observations, if it is) and prints its path;
 a prompt expert with parameters other than a single ``eta`` is reported under ``expert`` by its
 own parameter names. Bad input gives one line on stderr and exit code 2."""
 import json
@@ -45,6 +45,13 @@ def named(values: dict) -> dict:
     return out
 
 
+def build_estimator(cfg: DictConfig, model, truth: dict | None = None) -> Estimator:
+    """The estimator that cfg's ``fit``, ``init``, ``seed``, ``device`` and ``dtype`` describe."""
+    options = fit_options(cfg, resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
+    return Estimator(model, init=cfg.init.policy, n_init=int(cfg.init.get("n_init", 1)), seed=int(cfg.seed), truth=truth,
+                     init_scale=float(cfg.init.get("scale", 0.1)), device=cfg.device, dtype=cfg.dtype, options=options)
+
+
 def fit_file(cfg: DictConfig, out_path) -> dict:
     """Fit cfg.setting's model to the file cfg.data; write and return the result dict (and keep
     the ``FitResults`` under the key ``results``, not written)."""
@@ -53,11 +60,7 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
     setting = Setting(cfg.setting)
     model = setting.model()
     policy = cfg.init.policy
-    options = fit_options(cfg, resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
-    estimator = Estimator(model, init=policy, n_init=int(cfg.init.get("n_init", 1)), seed=int(cfg.seed),
-                          truth=setting.truth(len(y)) if policy == "near_truth" else None,
-                          init_scale=float(cfg.init.get("scale", 0.1)), device=cfg.device, dtype=cfg.dtype,
-                          options=options)
+    estimator = build_estimator(cfg, model, truth=setting.truth(len(y)) if policy == "near_truth" else None)
     trainable = model.trainable_parameters()
     for name, value in init_values.items():  # arrays in the file override the policy
         if name not in trainable:
@@ -77,7 +80,8 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
         "status": res.status[0], "seconds": res.seconds, "n": len(y), "setting": setting.name,
         "method": cfg.fit.method, "solver": res.solver,
         "starts": "the file's init_* arrays" if init_values else f"best of {estimator.n_init} {policy} start(s)",
-        "warnings": [str(w.message) for w in caught],
+        "degenerate": res.degenerate[0],
+        "warnings": [str(w.message) for w in caught] + [f"degenerate fit: {reason}" for reason in res.degenerate[0]],
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +100,7 @@ def main(cfg: DictConfig) -> None:
     result = fit_file(cfg, cfg.out)
     print(f"{result['setting']} (d = {cfg.setting.dim}): fitted from {result['starts']}; the pre-trained component is frozen")
     print(result["results"].summary())
-    for w in result["warnings"]:
+    for w in (w for w in result["warnings"] if not w.startswith("degenerate fit")):  # the summary says those
         print(f"warning: {w}")
     print(Path(cfg.out).resolve())
 

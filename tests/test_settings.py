@@ -23,8 +23,8 @@ CONSTANT_GATE = ["setting.gate._target_=softmoe_torch.model.gates.ConstantGate",
 LAYERS = {
     **dict.fromkeys(["errors", "model"], 0),
     **dict.fromkeys(["estimation", "settings"], 1),
-    "study": 2,
-    **dict.fromkeys(["cli", "data", "run", "fit", "__init__"], 3),  # the faces
+    **dict.fromkeys(["study", "lrt"], 2),
+    **dict.fromkeys(["cli", "data", "run", "fit", "test", "__init__"], 3),  # the faces
 }
 FACES = 3
 
@@ -103,7 +103,7 @@ def package_imports() -> dict:
         parts = list(path.relative_to(pkg).with_suffix("").parts)
         is_init = parts[-1] == "__init__"
         name = ".".join(parts[:-1] if is_init else parts) or "__init__"
-        modules[name] = (path, parts[:-1] if not is_init or name == "__init__" else parts)
+        modules[name] = (path, parts[:-1])  # the package that a relative import starts from
     graph = {}
     for name, (path, package) in modules.items():
         deps = set()

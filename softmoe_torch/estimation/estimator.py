@@ -40,15 +40,20 @@ class Estimator:
         self.method, self.init, self.n_init, self.seed = method, init, n_init, seed
         self.truth, self.init_scale = truth, init_scale
 
-    def fit(self, X, y, start: dict | None = None) -> FitResults:
+    def fit(self, X, y, start: dict | None = None, replications=None) -> FitResults:
         """Fit to X (n, d) or (R, n, d) and y (n,) or (R, n), numpy or torch, any float dtype.
         ``start`` {name: value of the parameter's shape, or (R, *shape)} replaces the init policy;
-        parameters it leaves out start from the policy's first start."""
+        parameters it leaves out start from the policy's first start. ``replications`` (R numbers,
+        default 0..R-1) seed each data set's starts, so that a data set fitted alone, as number r,
+        starts where it starts in any batch that numbers it r."""
         X, Y = as_batch(self._tensor(X, "X"), self._tensor(y, "y"))
         if X.shape[1] < 2:
             raise ValueError(f"need at least 2 observations per data set, got n = {X.shape[1]}")
         check_columns(self.spec, X)
-        starts = starting_points(self.spec, Y, self.init, lambda i, j: self.seed + 1000 * i + j, truth=self.truth,
+        numbers = list(range(Y.shape[0])) if replications is None else [int(r) for r in replications]
+        if len(numbers) != Y.shape[0]:
+            raise ValueError(f"replications has {len(numbers)} numbers for {Y.shape[0]} data sets; give one per data set")
+        starts = starting_points(self.spec, Y, self.init, lambda i, j: self.seed + 1000 * i + numbers[j], truth=self.truth,
                                  scale=self.init_scale, n_init=1 if start else self.n_init)
         if start:
             starts = [self._with_start(starts[0], start, X.shape[0])]

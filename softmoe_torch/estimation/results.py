@@ -10,6 +10,7 @@ from functools import cached_property
 
 import torch
 
+from .degeneracy import degeneracy, prompt_sizes
 from .driver import BatchFit, check_columns
 from .inference import aic, bic, load_params, observed_information, wald_covariance
 
@@ -20,7 +21,8 @@ class FitResults:
 
     Attributes: ``params`` {name: (R, *shape)}; ``mean_loglik``, ``loglik`` (total), ``n_iter``,
     ``converged`` (R,); ``status``, ``trace``, ``at_bound`` (lists over R); ``seconds``,
-    ``n_evals``, ``solver``, ``fused``, ``n``, ``n_params``, ``aic``, ``bic`` (R,)."""
+    ``n_evals``, ``solver``, ``fused``, ``n``, ``n_params``, ``aic``, ``bic`` (R,); ``degenerate``
+    (list over R of the reasons a fit is a spike on a few observations, see ``degeneracy.py``)."""
 
     def __init__(self, spec, fit: BatchFit, X: torch.Tensor, Y: torch.Tensor):
         self.spec, self.fit, self.X, self.Y = spec, fit, X, Y
@@ -84,6 +86,12 @@ class FitResults:
         est, se = self.estimates(r), self.se(r)
         return {k: (est[k] - z * se[k], est[k] + z * se[k]) for k in est}
 
+    @cached_property
+    def degenerate(self) -> list:
+        """Per replication, why its fit is degenerate ([] if it is not); see ``degeneracy.py``."""
+        sizes = prompt_sizes(self.spec)
+        return [degeneracy(self.model(r), self.at_bound[r], self.X[r], sizes) for r in range(len(self))]
+
     def replication(self, r: int) -> "FitResults":
         """The results of replication r alone."""
         r = self._replication_index(r)
@@ -106,7 +114,7 @@ class FitResults:
         out.update(loglik=float(self.loglik[r]), mean_loglik=float(self.mean_loglik[r]), n=self.n,
                    n_params=self.n_params, aic=float(self.aic[r]), bic=float(self.bic[r]),
                    converged=bool(self.converged[r]), status=self.status[r], n_iter=int(self.n_iter[r]),
-                   at_bound=self.at_bound[r], solver=self.solver, seconds=self.seconds)
+                   at_bound=self.at_bound[r], degenerate=self.degenerate[r], solver=self.solver, seconds=self.seconds)
         return out
 
     def to_json(self, r: int = 0, **kwargs) -> str:
@@ -132,6 +140,8 @@ class FitResults:
                   + (f"; at a bound: {', '.join(self.at_bound[r])}" if self.at_bound[r] else ""),
                   f"log-likelihood: {float(self.loglik[r]):.6f}   AIC: {float(self.aic[r]):.4f}   BIC: {float(self.bic[r]):.4f}"
                   f"   parameters: {self.n_params}"]
+        lines += [f"warning: degenerate fit: {reason} (a spike that the likelihood rewards without limit; "
+                  "more data, more starts or a floor on the prompt's variance)" for reason in self.degenerate[r]]
         return "\n".join(lines)
 
     def __repr__(self):

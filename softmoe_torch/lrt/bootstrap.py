@@ -1,0 +1,152 @@
+"""Parametric-bootstrap likelihood-ratio tests.
+
+    test = contamination_test(Estimator(model, "newton", n_init=3), X, y, B=999)
+    print(test.summary())
+
+Under "no contamination" the gate's weight sits on the boundary of the parameter space and the
+prompt is not identified, so LR = 2 (loglik of the alternative's fit - loglik of the null) has no
+chi-square limit. Its null distribution is simulated instead: B data sets drawn from the null at
+the observed X, each refitted by exactly the procedure of the observed fit (the same estimator:
+method, bounds, starts; every refit numbered as the observed fit, so its random starts are drawn
+from the same seeds), all B in batched calls. p = (1 + #{LR*_b >= LR}) / (B + 1).
+
+When the null is fully known (the contamination test: f0 is frozen), LR and the LR*_b are
+exchangeable under H0, so the test's level is exact at any B with (B + 1) alpha an integer,
+whatever the procedure's optimum quality. A refit whose statistic is not finite counts as
+LR*_b >= LR; a refit that stopped unconverged (stalled, max_iter) does too under the default rule
+``unconverged='conservative'`` (it can only raise p), or enters as fitted under 'as_fitted' (the
+observed statistic was computed by the same procedure, so exchangeability still holds). Both are
+counted. LR is clamped at 0 (the null is the limit of the alternative, tau -> -inf), and raw
+negatives are counted."""
+import dataclasses
+import math
+import time
+import warnings
+
+import torch
+from tqdm import tqdm
+
+from ..estimation.convergence import ConvergenceWarning
+from ..estimation.driver import CHUNK
+from ..estimation.estimator import Estimator
+from .results import BootstrapTest
+
+RULES = ("conservative", "as_fitted")
+
+
+def contamination_test(estimator: Estimator, X, y, B: int = 999, seed: int = 0, unconverged: str = "conservative",
+                       progress: bool = True) -> BootstrapTest:
+    """H0: y | x follows the frozen pre-trained component alone; H1: ``estimator``'s contaminated
+    model (its prompts and gate). X (n, d), y (n,)."""
+    start = time.perf_counter()
+    _check(B, unconverged)
+    observed = estimator.fit(X, y, replications=[0])
+    X0, Y0 = observed.X[0], observed.Y[0]
+    null = estimator.spec.pretrained
+    Ystar = torch.stack([_draw(null, X0, _generator(seed, b)) for b in range(B)])
+    boot = _refit(estimator, X0, Ystar, progress, "H1")
+    return BootstrapTest(
+        test="contamination", raw_statistic=_lr(observed.loglik[0], _null_loglik(null, X0, Y0)),
+        raw_boot=[_lr(boot.loglik[b], _null_loglik(null, X0, Ystar[b])) for b in range(B)],
+        boot_status=list(boot.status), boot_degenerate=boot.degenerate, observed=observed,
+        rule=unconverged, seconds=time.perf_counter() - start)
+
+
+def prompts_test(null_estimator: Estimator, estimator: Estimator, X, y, B: int = 999, seed: int = 0,
+                 unconverged: str = "conservative", progress: bool = True) -> BootstrapTest:
+    """H0: ``null_estimator``'s model (K prompts); H1: ``estimator``'s (more prompts, the same
+    pre-trained component). B data sets are drawn from the fitted H0 at the observed X and both
+    models are refitted on each; a refit of either that fails or (by the rule) stops unconverged
+    counts as LR*_b >= LR."""
+    start = time.perf_counter()
+    _check(B, unconverged)
+    K0, K1 = len(null_estimator.spec.prompts), len(estimator.spec.prompts)
+    if K1 <= K0:
+        raise ValueError(f"the alternative must have more prompts than the null to be nested; got {K1} against {K0}")
+    observed0, observed = null_estimator.fit(X, y, replications=[0]), estimator.fit(X, y, replications=[0])
+    X0 = observed.X[0]
+    fitted_null = observed0.model(0)
+    Ystar = torch.stack([fitted_null.sample(X0, generator=_generator(seed, b)) for b in range(B)])
+    boot0 = _refit(null_estimator, X0, Ystar, progress, f"H0 ({K0} prompt{'s' * (K0 > 1)})")
+    boot1 = _refit(estimator, X0, Ystar, progress, f"H1 ({K1} prompts)")
+    status = [s1 if s0 == "converged" else f"null {s0}" for s0, s1 in zip(boot0.status, boot1.status)]
+    return BootstrapTest(
+        test=f"prompts {K0} vs {K1}", raw_statistic=_lr(observed.loglik[0], observed0.loglik[0]),
+        raw_boot=[_lr(boot1.loglik[b], boot0.loglik[b]) for b in range(B)], boot_status=status,
+        boot_degenerate=boot1.degenerate, observed=observed, rule=unconverged,
+        seconds=time.perf_counter() - start, observed_null=observed0)
+
+
+def with_variance_floor(estimator: Estimator, ratio: float) -> Estimator:
+    """The same procedure with every prompt's variance bounded below by ``ratio`` times the
+    pre-trained component's (the constrained MLE of Hathaway, 1985): a spike on a few
+    observations can then gain at most about log(1 / ratio) / 2 per observation."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise ValueError(f"the variance floor ratio must be a number in (0, 1), got {ratio!r}")
+    spec, options = estimator.spec, estimator.options
+    bounds = dict(options.bounds or {})
+    high = (bounds.get("positive") or [None, math.inf])[1]
+    floor = ratio * float(spec.pretrained.nu)
+    if not floor < high:
+        raise ValueError(f"the variance floor {floor:g} is not below the variances' upper bound {high:g}")
+    bounds.update({f"prompts.{k}.nu": [floor, high] for k in range(len(spec.prompts))})
+    out = Estimator(spec, estimator.method, init=estimator.init, n_init=estimator.n_init, seed=estimator.seed,
+                    truth=estimator.truth, init_scale=estimator.init_scale, device=str(estimator.device),
+                    dtype=str(estimator.dtype).removeprefix("torch."), options=dataclasses.replace(options, bounds=bounds))
+    return out
+
+
+def _check(B, unconverged):
+    if isinstance(B, bool) or not isinstance(B, int) or B < 19:
+        raise ValueError(f"B must be an integer of at least 19 (the smallest p-value is 1/(B+1), and 0.05 needs "
+                         f"B >= 19), got {B!r}")
+    if unconverged not in RULES:
+        raise ValueError(f"unconverged must be one of {', '.join(RULES)}, got {unconverged!r}")
+
+
+@dataclasses.dataclass
+class Refits:
+    """What the test keeps of B refits: loglik (B,), status and degenerate (lists over B)."""
+
+    loglik: torch.Tensor
+    status: list
+    degenerate: list
+
+
+def _refit(estimator, X0, Ystar, progress: bool, what: str) -> Refits:
+    """The estimator's fit of every row of Ystar (B, n) at X0 (n, d), each numbered 0 (the
+    observed fit's starts), in batched calls of the driver's chunk size."""
+    B, n = Ystar.shape
+    step = max(1, CHUNK // n)
+    loglik, status, degenerate = [], [], []
+    with tqdm(total=B, desc=f"bootstrap refits, {what}", unit="fit", disable=not progress) as bar, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # unconverged refits are counted in the result
+        for lo in range(0, B, step):
+            hi = min(lo + step, B)
+            part = estimator.fit(X0.expand(hi - lo, *X0.shape), Ystar[lo:hi], replications=[0] * (hi - lo))
+            loglik.append(part.loglik.cpu())
+            status += part.status
+            degenerate += [bool(d) for d in part.degenerate]
+            bar.update(hi - lo)
+    return Refits(torch.cat(loglik), status, degenerate)
+
+
+def _draw(component, X0, generator):
+    """y ~ f0(. | h0(x), nu0) at each row of X0 (n, d) -> (n,)."""
+    with torch.no_grad():
+        return component.density.sample(component.mean(X0), component.nu.expand(X0.shape[0]), generator)
+
+
+def _null_loglik(component, X0, y) -> float:
+    with torch.no_grad():
+        return float(component(X0, y).sum())
+
+
+def _generator(seed: int, b: int):
+    """Data set b's own generator: the draws do not depend on B or on the batching."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + b)
+
+
+def _lr(loglik_alternative, loglik_null) -> float:
+    return 2.0 * (float(loglik_alternative) - float(loglik_null))

@@ -1,0 +1,115 @@
+"""The result of a bootstrap likelihood-ratio test: statistic, p-value, the bootstrap statistics,
+what failed, the observed fits; a summary, a histogram and a JSON record."""
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class BootstrapTest:
+    """``raw_statistic`` and ``raw_boot`` (B,): 2 (loglik H1 - loglik H0) as fitted (may be
+    negative when a fit ends below the null); ``boot_status`` the refits' statuses ('converged',
+    why not, or 'null ...' when the null's refit did not converge); ``boot_degenerate`` whether an
+    H1 refit is a spike (``degeneracy.py``); ``rule`` how unconverged refits count
+    ('conservative': as LR*_b >= LR, or 'as_fitted'); ``observed`` the H1 fit's ``FitResults``
+    (``observed_null`` the H0 fit's, when H0 is fitted)."""
+
+    test: str
+    raw_statistic: float
+    raw_boot: list
+    boot_status: list
+    boot_degenerate: list
+    observed: object
+    rule: str
+    seconds: float
+    observed_null: object = None
+    alpha_levels: tuple = field(default=(0.05, 0.01))
+
+    @property
+    def B(self) -> int:
+        return len(self.raw_boot)
+
+    @property
+    def statistic(self) -> float:
+        """LR = max(0, raw): the null is the limit of the alternative."""
+        return max(0.0, self.raw_statistic)
+
+    @property
+    def boot(self) -> np.ndarray:
+        """The bootstrap statistics LR*_b, clamped at 0 like LR (B,)."""
+        return np.maximum(0.0, np.array(self.raw_boot, dtype=float))
+
+    @property
+    def counted_high(self) -> np.ndarray:
+        """(B,) bool: refits counted as LR*_b >= LR whatever their value (not finite; unconverged
+        under the conservative rule)."""
+        failed = ~np.isfinite(np.array(self.raw_boot, dtype=float))
+        if self.rule == "conservative":
+            failed |= np.array([s != "converged" for s in self.boot_status])
+        return failed
+
+    @property
+    def n_failed(self) -> int:
+        """Refits counted as LR*_b >= LR whatever their value."""
+        return int(self.counted_high.sum())
+
+    @property
+    def pvalue(self) -> float:
+        """(1 + #{LR*_b >= LR}) / (B + 1), refits counted high included."""
+        above = self.counted_high | (np.nan_to_num(self.boot, nan=-math.inf) >= self.statistic)
+        return (1 + int(above.sum())) / (self.B + 1)
+
+    def counts(self) -> dict:
+        """How the refits ended, and the fits that need a second look."""
+        statuses = {}
+        for s in self.boot_status:
+            key = s.split(":")[0]
+            statuses[key] = statuses.get(key, 0) + 1
+        return {"statuses": statuses, "n_failed": self.n_failed, "n_degenerate": int(sum(self.boot_degenerate)),
+                "n_negative": int(sum(b < 0 for b in self.raw_boot)), "observed_negative": self.raw_statistic < 0,
+                "observed_degenerate": self.observed.degenerate[0], "observed_status": self.observed.status[0]}
+
+    def to_dict(self) -> dict:
+        """JSON-ready: statistic, pvalue, B, n_failed, seconds, counts, the bootstrap statistics."""
+        return {"test": self.test, "statistic": self.statistic, "pvalue": self.pvalue, "B": self.B,
+                "n_failed": self.n_failed, "rule": self.rule, "seconds": self.seconds, "n": self.observed.n,
+                **self.counts(), "raw_statistic": self.raw_statistic, "boot": [float(b) for b in self.raw_boot],
+                "boot_status": self.boot_status, "boot_degenerate": self.boot_degenerate}
+
+    def summary(self) -> str:
+        c = self.counts()
+        rule = ("counted as LR* >= LR" if self.rule == "conservative" else "entered as fitted")
+        lines = [f"Parametric-bootstrap likelihood-ratio test: {self.test}, n = {self.observed.n}, B = {self.B}",
+                 f"LR = {self.statistic:.4f}   p-value = {self.pvalue:.4f}"
+                 + "".join(f"   {'reject' if self.pvalue <= a else 'keep'} H0 at {a:g}" for a in self.alpha_levels),
+                 f"bootstrap LR*: median {np.median(self.boot):.3f}, 95% quantile {np.quantile(self.boot, 0.95):.3f}",
+                 f"refits: {', '.join(f'{k} {v}' for k, v in sorted(c['statuses'].items()))}; unconverged {rule}; "
+                 f"{c['n_failed']} counted as LR* >= LR; {c['n_degenerate']} degenerate; {c['n_negative']} below the null",
+                 f"observed fit: {c['observed_status']}"]
+        lines += [f"WARNING: the observed fit is degenerate: {reason}; LR then measures a spike on a few observations"
+                  for reason in c["observed_degenerate"]]
+        if c["observed_negative"]:
+            lines.append(f"note: the alternative's fit ended below the null's likelihood (raw LR {self.raw_statistic:.4g}); LR = 0")
+        lines.append(f"{self.seconds:.1f} s")
+        return "\n".join(lines)
+
+    def histogram(self, path):
+        """The bootstrap statistics with the observed one marked, to ``path`` (PNG or PDF)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        finite = self.boot[np.isfinite(self.boot)]
+        ax.hist(finite, bins=min(60, max(10, self.B // 10)), color="tab:blue", alpha=0.7, label=f"LR*, B = {self.B}")
+        ax.axvline(self.statistic, color="tab:red", lw=2, label=f"observed LR = {self.statistic:.2f}, p = {self.pvalue:.3g}")
+        ax.set_xlabel("likelihood-ratio statistic")
+        ax.set_ylabel("bootstrap data sets")
+        ax.set_title(f"{self.test} (n = {self.observed.n}); {self.n_failed} refits counted as LR* >= LR", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path

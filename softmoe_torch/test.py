@@ -1,0 +1,83 @@
+"""Hydra entry: a parametric-bootstrap likelihood-ratio test on a user's data file.
+
+    python -m softmoe_torch.test data=FILE setting=NAME [test=contamination|prompts] [test.B=999] [fit=newton] [out=PATH]
+
+``test=contamination`` (default): is there a prompt at all? H0 the setting's frozen pre-trained
+component alone, H1 its contaminated model. ``test=prompts``: setting.n_prompts prompts against
+``test.extra`` more. Every fit of the test (the observed one and the B refits) runs the same
+procedure (``fit``, ``init``, the variance floor ``test.variance_floor``). Writes a JSON result
+(statistic, pvalue, B, n_failed, seconds, the bootstrap statistics, the refits' statuses) and a
+histogram beside it, prints the summary and the paths. Bad input gives one line and exit code 2."""
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from .cli import entry, one_line_errors
+from .data import load_data
+from .errors import UserError
+from .fit import build_estimator
+from .lrt import contamination_test, prompts_test, with_variance_floor
+from .settings.configs import CONF_DIR, register_resolvers
+from .settings.setting import Setting
+
+KINDS = ("contamination", "prompts")
+
+
+def test_file(cfg: DictConfig):
+    """Run cfg.test on the file cfg.data; write the JSON and the histogram; return the ``BootstrapTest``."""
+    kind = cfg.test.kind
+    if kind not in KINDS:
+        raise UserError(f"test.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if cfg.init.policy != "random":
+        raise UserError("the test refits bootstrap data sets whose truth is unknown; use init=random")
+    X, y, _ = load_data(cfg.data)
+    cfg.setting.dim = X.shape[1]  # d is the data's
+    options = dict(B=_integer(cfg.test.B, "test.B"), seed=_integer(cfg.test.seed, "test.seed"),
+                   unconverged=cfg.test.unconverged, progress=bool(cfg.progress))
+    if kind == "contamination":
+        result = contamination_test(_procedure(cfg, Setting(cfg.setting).model()), X, y, **options)
+    else:
+        extra = _integer(cfg.test.extra, "test.extra")
+        if extra < 1:
+            raise UserError(f"test.extra must be at least 1 (H1 needs more prompts than H0 to be nested), got {extra}")
+        K = Setting(cfg.setting).n_prompts
+        cfg.setting.n_prompts = K + extra
+        alternative = Setting(cfg.setting).model()
+        cfg.setting.n_prompts = K
+        result = prompts_test(_procedure(cfg, Setting(cfg.setting).model()), _procedure(cfg, alternative), X, y, **options)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**result.to_dict(), "setting": cfg.setting.name, "data": str(cfg.data),
+                               "method": cfg.fit.method, "n_init": int(cfg.init.n_init),
+                               "variance_floor": cfg.test.variance_floor}, indent=1))
+    result.histogram(out.with_suffix(".png"))
+    return result
+
+
+def _procedure(cfg: DictConfig, model):
+    estimator = build_estimator(cfg, model)
+    floor = cfg.test.variance_floor
+    return estimator if floor is None else with_variance_floor(estimator, floor)
+
+
+def _integer(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+@hydra.main(config_path=CONF_DIR, config_name="test_data", version_base="1.3")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    register_resolvers()
+    result = test_file(cfg)
+    print(result.summary())
+    out = Path(cfg.out).resolve()
+    print(out)
+    print(out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    entry(main)

@@ -1,0 +1,219 @@
+"""The bootstrap likelihood-ratio tests: the p-value formula and its counting rules, batched
+refits equal single refits, failure accounting, degenerate fits flagged, bad inputs, the CLI."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from softmoe_torch import Component, ContaminatedMoE, Estimator, Gaussian, Laplace, SoftmaxGate, TanhExpert
+from softmoe_torch.estimation.degeneracy import degeneracy, prompt_sizes
+from softmoe_torch.lrt import BootstrapTest, contamination_test, prompts_test, with_variance_floor
+
+D = 3
+
+
+def model(n_prompts: int = 1, tau: float = 1.0) -> ContaminatedMoE:
+    e1 = torch.eye(D, dtype=torch.float64)[0]
+    prompts = [Component(TanhExpert(D, eta=-e1), Gaussian(), nu=0.01) for _ in range(n_prompts)]
+    return ContaminatedMoE(Component(TanhExpert(D, eta=e1), Laplace(), nu=0.01, frozen=True), prompts,
+                           SoftmaxGate(D, n_prompts=n_prompts, tau=[tau] * n_prompts)).double()
+
+
+def data(n: int, contaminated: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, D, generator=g, dtype=torch.float64)
+    m = model()
+    if contaminated:
+        return X, m.sample(X, generator=g)
+    f0 = m.pretrained
+    return X, f0.density.sample(f0.mean(X), f0.nu.expand(n), g)
+
+
+def made(raw_statistic, raw_boot, status=None, rule="conservative"):
+    class Observed:  # what the formula reads of the observed fit
+        n, status, degenerate = 10, ["converged"], [[]]
+
+    status = status or ["converged"] * len(raw_boot)
+    return BootstrapTest("contamination", raw_statistic, raw_boot, status, [False] * len(raw_boot), Observed(), rule, 0.0)
+
+
+def test_pvalue_is_one_plus_the_count_at_or_above_over_b_plus_one():
+    boot = [0.5, 1.0, 2.0, 3.0, 4.0] * 4  # B = 20
+    assert made(2.0, boot).pvalue == (1 + 12) / 21  # ties count
+    assert made(10.0, boot).pvalue == 1 / 21
+    assert made(-1.0, boot).pvalue == 1.0  # LR clamped at 0; every LR* >= 0
+
+
+def test_negative_statistics_are_clamped_and_counted():
+    test = made(-0.3, [-0.1, 0.2] * 10)
+    assert test.statistic == 0.0 and test.boot.min() == 0.0
+    counts = test.counts()
+    assert counts["n_negative"] == 10 and counts["observed_negative"]
+
+
+def test_unconverged_refits_count_high_under_the_conservative_rule_and_as_fitted_otherwise():
+    boot = [1.0] * 20
+    status = ["max_iter"] * 3 + ["stalled"] * 2 + ["converged"] * 15
+    assert made(5.0, boot, status).pvalue == (1 + 5) / 21 and made(5.0, boot, status).n_failed == 5
+    assert made(5.0, boot, status, rule="as_fitted").pvalue == 1 / 21
+    with_nan = made(5.0, [math.nan] + boot[1:], rule="as_fitted")  # a non-finite statistic always counts high
+    assert with_nan.n_failed == 1 and with_nan.pvalue == 2 / 21
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    return Estimator(model(), "newton", n_init=2, max_iter=200)
+
+
+def test_batched_refits_equal_single_refits(estimator, one_thread):
+    X, y = data(200, contaminated=False)
+    Ystar = torch.stack([data(200, False, seed=s)[1] for s in (1, 2, 3)])
+    batch = estimator.fit(X.expand(3, *X.shape), Ystar, replications=[0, 0, 0])
+    for b in range(3):
+        alone = estimator.fit(X, Ystar[b], replications=[0])
+        assert float(alone.loglik[0]) == pytest.approx(float(batch.loglik[b]), rel=1e-9, abs=1e-7)
+        assert alone.status[0] == batch.status[b]
+
+
+def test_the_refits_are_the_observed_procedure_on_each_draw(estimator, one_thread):
+    """LR*_b recomputed by fitting draw b alone, as the observed data were fitted."""
+    X, y = data(150, contaminated=False)
+    test = contamination_test(estimator, X, y, B=19, seed=4, progress=False)
+    f0 = estimator.spec.pretrained
+    from softmoe_torch.lrt.bootstrap import _draw, _generator
+
+    for b in (0, 18):
+        yb = _draw(f0, X, _generator(4, b))
+        fit = estimator.fit(X, yb, replications=[0])
+        lr = 2 * (float(fit.loglik[0]) - float(f0(X, yb).sum()))
+        assert test.raw_boot[b] == pytest.approx(lr, rel=1e-8, abs=1e-6)
+    again = estimator.fit(X, y, replications=[0])
+    assert test.raw_statistic == pytest.approx(2 * (float(again.loglik[0]) - float(f0(X, y).sum())), rel=1e-9)
+
+
+def test_failure_accounting_when_no_refit_can_converge(one_thread):
+    X, y = data(150, contaminated=True)
+    rushed = Estimator(model(), "newton", n_init=1, max_iter=2)
+    test = contamination_test(rushed, X, y, B=19, progress=False)
+    assert test.counts()["statuses"] == {"max_iter": 19}
+    assert test.n_failed == 19 and test.pvalue == 1.0
+    as_fitted = contamination_test(rushed, X, y, B=19, unconverged="as_fitted", progress=False)
+    assert as_fitted.n_failed == 0 and as_fitted.raw_boot == test.raw_boot
+
+
+def test_clear_contamination_is_detected_and_its_absence_is_not(estimator, one_thread):
+    """Every refit below the observed LR: p = 1/20 as fitted, plus one per unconverged refit
+    under the conservative rule."""
+    X, y = data(400, contaminated=True)
+    test = contamination_test(estimator, X, y, B=19, unconverged="as_fitted", progress=False)
+    assert test.pvalue == 1 / 20 and max(test.raw_boot) < test.statistic / 10
+    unconverged = sum(s != "converged" for s in test.boot_status)
+    test.rule = "conservative"
+    assert test.pvalue == (1 + unconverged) / 20
+    X, y = data(400, contaminated=False, seed=11)
+    assert contamination_test(estimator, X, y, B=19, progress=False).pvalue > 0.05
+
+
+def test_prompts_test_refits_both_models(one_thread):
+    X, y = data(200, contaminated=True)
+    null, alternative = (Estimator(model(K), "newton", n_init=1, max_iter=100) for K in (1, 2))
+    test = prompts_test(null, alternative, X, y, B=19, progress=False)
+    assert test.test == "prompts 1 vs 2" and test.B == 19 and test.observed_null is not None
+    assert 1 / 20 <= test.pvalue <= 1.0
+    assert len(test.boot_status) == 19 and len(test.to_dict()["boot"]) == 19
+
+
+def test_the_variance_floor_bounds_every_prompt_relative_to_the_pretrained_variance():
+    floored = with_variance_floor(Estimator(model(2), "newton"), 0.1)
+    nu0 = float(floored.spec.pretrained.nu)
+    assert floored.options.bounds["prompts.0.nu"] == floored.options.bounds["prompts.1.nu"] == [0.1 * nu0, 100.0]
+    X, y = data(200, contaminated=False, seed=5)
+    res = floored.fit(X, y)
+    assert float(res["prompts.0.nu"].min()) >= 0.1 * nu0 * (1 - 1e-12)
+
+
+def test_a_spike_is_flagged_and_a_healthy_fit_is_not():
+    X, _ = data(500, contaminated=True)
+    healthy = model()
+    sizes = prompt_sizes(healthy)
+    assert sizes == [D + 1]
+    assert degeneracy(healthy, [], X, sizes) == []
+    closed = model(tau=-12.0)  # the gate opens on almost nothing
+    assert "gate opens on about" in " ".join(degeneracy(closed, [], X, sizes))
+    with torch.no_grad():
+        healthy.prompts[0].nu.fill_(1e-6)
+    assert "variance 1e-06 is on its lower bound" in " ".join(degeneracy(healthy, ["prompts.0.nu"], X, sizes))
+
+
+BAD = {
+    "B too small for 0.05": (lambda e, X, y: contamination_test(e, X, y, B=10), "B must be an integer of at least 19"),
+    "B not an integer": (lambda e, X, y: contamination_test(e, X, y, B=99.0), "B must be an integer"),
+    "an unknown rule": (lambda e, X, y: contamination_test(e, X, y, B=19, unconverged="drop"),
+                        "unconverged must be one of conservative, as_fitted"),
+    "alternative not larger": (lambda e, X, y: prompts_test(e, e, X, y, B=19), "must have more prompts than the null"),
+    "floor ratio of 1 or more": (lambda e, X, y: with_variance_floor(e, 1.5), "a number in (0, 1)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line(case, estimator):
+    call, message = BAD[case]
+    X, y = data(50, contaminated=False)
+    with pytest.raises(ValueError) as info:
+        call(estimator, X, y)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def _csv(path, n, contaminated, seed=0):
+    """A d = 8 data file drawn as the distinguishable setting (Laplace f0, nu0 = 0.001)."""
+    g = np.random.default_rng(seed)
+    X = g.standard_normal((n, 8))
+    y = np.tanh(X[:, 0]) + g.laplace(0, math.sqrt(0.001 / 2), n)
+    if contaminated:
+        w = 1 / (1 + np.exp(-(X.sum(1) / math.sqrt(8) + 1.0)))
+        y = np.where(g.random(n) < w, np.tanh(-X[:, 0]) + g.normal(0, math.sqrt(0.001), n), y)
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header=",".join([f"x{i}" for i in range(1, 9)] + ["y"]),
+               comments="")
+    return path
+
+
+FAST = ["test.B=19", "init.n_init=1", "fit.max_iter=60", "progress=false"]
+
+
+def test_cli_writes_the_result_and_the_histogram(tmp_path):
+    data_file = _csv(tmp_path / "d.csv", 300, contaminated=True)
+    out = tmp_path / "res" / "t.json"
+    proc = run_cli("softmoe_torch.test", f"data={data_file}", "setting=distinguishable", *FAST,
+                   "test.unconverged=as_fitted", f"out={out}")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert {"statistic", "pvalue", "B", "n_failed", "seconds"} <= set(result)
+    assert result["B"] == 19 and len(result["boot"]) == 19 and result["pvalue"] == 1 / 20
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "p-value = 0.0500" in proc.stdout
+
+
+def test_cli_prompts_test(tmp_path):
+    data_file = _csv(tmp_path / "d.csv", 200, contaminated=True)
+    out = tmp_path / "p.json"
+    proc = run_cli("softmoe_torch.test", f"data={data_file}", "setting=distinguishable", "test=prompts", *FAST, f"out={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["test"] == "prompts 1 vs 2"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["test.B=10"], "B must be an integer of at least 19"),
+    (["test=prompts", "test.extra=0"], "test.extra must be at least 1"),
+    (["test.unconverged=drop"], "unconverged must be one of"),
+    (["test.variance_floor=2"], "variance floor ratio must be a number in (0, 1)"),
+    (["init=near_truth"], "use init=random"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    data_file = _csv(tmp_path / "d.csv", 60, contaminated=False)
+    proc = run_cli("softmoe_torch.test", f"data={data_file}", "setting=distinguishable", "progress=false", *args,
+                   f"out={tmp_path / 'x.json'}")
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "x.json").exists()
