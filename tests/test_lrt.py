@@ -155,6 +155,8 @@ BAD = {
                         "unconverged must be one of conservative, as_fitted"),
     "alternative not larger": (lambda e, X, y: prompts_test(e, e, X, y, B=19), "must have more prompts than the null"),
     "floor ratio of 1 or more": (lambda e, X, y: with_variance_floor(e, 1.5), "a number in (0, 1)"),
+    "floor without an upper bound": (lambda e, X, y: with_variance_floor(Estimator(model(), "newton", bounds={"positive": None}), 0.1),
+                                     "give fit.bounds.positive [lo, hi], or no floor"),
 }
 
 

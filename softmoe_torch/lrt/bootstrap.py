@@ -19,7 +19,6 @@ observed statistic was computed by the same procedure, so exchangeability still 
 counted. LR is clamped at 0 (the null is the limit of the alternative, tau -> -inf), and raw
 negatives are counted."""
 import dataclasses
-import math
 import time
 import warnings
 
@@ -85,15 +84,17 @@ def with_variance_floor(estimator: Estimator, ratio: float) -> Estimator:
         raise ValueError(f"the variance floor ratio must be a number in (0, 1), got {ratio!r}")
     spec, options = estimator.spec, estimator.options
     bounds = dict(options.bounds or {})
-    high = (bounds.get("positive") or [None, math.inf])[1]
+    if not bounds.get("positive"):
+        raise ValueError("the variance floor bounds each prompt's variance in [floor, the variances' upper bound]; "
+                         "give fit.bounds.positive [lo, hi], or no floor")
+    high = float(bounds["positive"][1])
     floor = ratio * float(spec.pretrained.nu)
     if not floor < high:
         raise ValueError(f"the variance floor {floor:g} is not below the variances' upper bound {high:g}")
     bounds.update({f"prompts.{k}.nu": [floor, high] for k in range(len(spec.prompts))})
-    out = Estimator(spec, estimator.method, init=estimator.init, n_init=estimator.n_init, seed=estimator.seed,
-                    truth=estimator.truth, init_scale=estimator.init_scale, device=str(estimator.device),
-                    dtype=str(estimator.dtype).removeprefix("torch."), options=dataclasses.replace(options, bounds=bounds))
-    return out
+    return Estimator(spec, estimator.method, init=estimator.init, n_init=estimator.n_init, seed=estimator.seed,
+                     truth=estimator.truth, init_scale=estimator.init_scale, device=str(estimator.device),
+                     dtype=str(estimator.dtype).removeprefix("torch."), options=dataclasses.replace(options, bounds=bounds))
 
 
 def _check(B, unconverged):
