@@ -5,9 +5,10 @@
 The setting names the frozen pre-trained component and the prompt family; d is the data's; the
 start is random (best of ``init.n_init``) unless the file holds init_* arrays.
 Writes a JSON result (beta, tau, eta, nu, their standard errors ``se`` and 95% Wald intervals
-``ci95``, loglik, aic, bic, mean_loglik, n_iter, converged, status, seconds, degenerate: why the fit is a spike on a few observations, if it is) and prints its path;
-a prompt expert with parameters other than a single ``eta`` is reported under ``expert`` by its
-own parameter names. Bad input gives one line on stderr and exit code 2."""
+``ci95``, loglik, aic, bic, mean_loglik, n_iter, converged, status, seconds, ``degenerate``: why
+the fit is a spike on a few observations, [] if it is not) and prints its path; a prompt expert
+with parameters other than a single ``eta`` is reported under ``expert`` by its own parameter names.
+Bad input gives one line on stderr and exit code 2."""
 import json
 import warnings
 from pathlib import Path
@@ -81,7 +82,7 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
         "method": cfg.fit.method, "solver": res.solver,
         "starts": "the file's init_* arrays" if init_values else f"best of {estimator.n_init} {policy} start(s)",
         "degenerate": res.degenerate[0],
-        "warnings": [str(w.message) for w in caught] + [f"degenerate fit: {reason}" for reason in res.degenerate[0]],
+        "warnings": [str(w.message) for w in caught],
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def main(cfg: DictConfig) -> None:
     result = fit_file(cfg, cfg.out)
     print(f"{result['setting']} (d = {cfg.setting.dim}): fitted from {result['starts']}; the pre-trained component is frozen")
     print(result["results"].summary())
-    for w in (w for w in result["warnings"] if not w.startswith("degenerate fit")):  # the summary says those
+    for w in result["warnings"]:
         print(f"warning: {w}")
     print(Path(cfg.out).resolve())
 

@@ -21,6 +21,7 @@ from .fit import build_estimator
 from .lrt import contamination_test, prompts_test, with_variance_floor
 from .settings.configs import CONF_DIR, register_resolvers
 from .settings.setting import Setting
+from .study.sweep import config_number
 
 KINDS = ("contamination", "prompts")
 
@@ -34,19 +35,15 @@ def test_file(cfg: DictConfig):
         raise UserError("the test refits bootstrap data sets whose truth is unknown; use init=random")
     X, y, _ = load_data(cfg.data)
     cfg.setting.dim = X.shape[1]  # d is the data's
-    options = dict(B=_integer(cfg.test.B, "test.B"), seed=_integer(cfg.test.seed, "test.seed"),
+    options = dict(B=config_number(cfg.test.B, "test.B", int), seed=config_number(cfg.test.seed, "test.seed", int),
                    unconverged=cfg.test.unconverged, progress=bool(cfg.progress))
+    setting = Setting(cfg.setting)
     if kind == "contamination":
-        result = contamination_test(_procedure(cfg, Setting(cfg.setting).model()), X, y, **options)
-    else:
-        extra = _integer(cfg.test.extra, "test.extra")
-        if extra < 1:
-            raise UserError(f"test.extra must be at least 1 (H1 needs more prompts than H0 to be nested), got {extra}")
-        K = Setting(cfg.setting).n_prompts
-        cfg.setting.n_prompts = K + extra
-        alternative = Setting(cfg.setting).model()
-        cfg.setting.n_prompts = K
-        result = prompts_test(_procedure(cfg, Setting(cfg.setting).model()), _procedure(cfg, alternative), X, y, **options)
+        result = contamination_test(_procedure(cfg, setting.model()), X, y, **options)
+    else:  # H1 nests H0: test.extra >= 1 more prompts (the gate's config reads setting.n_prompts)
+        null = setting.model()
+        cfg.setting.n_prompts = setting.n_prompts + config_number(cfg.test.extra, "test.extra", int, 1)
+        result = prompts_test(_procedure(cfg, null), _procedure(cfg, Setting(cfg.setting).model()), X, y, **options)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result.to_dict(), "setting": cfg.setting.name, "data": str(cfg.data),
@@ -60,12 +57,6 @@ def _procedure(cfg: DictConfig, model):
     estimator = build_estimator(cfg, model)
     floor = cfg.test.variance_floor
     return estimator if floor is None else with_variance_floor(estimator, floor)
-
-
-def _integer(value, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{key} must be an integer, got {value!r}")
-    return value
 
 
 @hydra.main(config_path=CONF_DIR, config_name="test_data", version_base="1.3")

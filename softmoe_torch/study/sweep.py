@@ -37,7 +37,7 @@ COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),
            "mean_loglik", "loglik_truth", "moved", "hellinger", "n_iter", "converged", "status", "at_bound", "seconds"]
 
 
-def _number(value, key: str, kind=float, minimum=None):
+def config_number(value, key: str, kind=float, minimum=None):
     """A config value as int or float; UserError naming ``key`` if it is not one (or below minimum)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
     if not ok:
@@ -52,10 +52,10 @@ def sample_sizes(sweep: DictConfig) -> list:
     """The sweep's sample sizes: ``sizes`` if given, else ``num_sizes`` log-spaced integers;
     at least two distinct sizes of at least 2 (a slope needs two)."""
     if sweep.get("sizes"):
-        sizes = sorted({_number(n, "sweep.sizes", int, 2) for n in sweep.sizes})
+        sizes = sorted({config_number(n, "sweep.sizes", int, 2) for n in sweep.sizes})
     else:
-        lo, hi = _number(sweep.n_min, "sweep.n_min", int, 2), _number(sweep.n_max, "sweep.n_max", int, 2)
-        num = _number(sweep.num_sizes, "sweep.num_sizes", int, 1)
+        lo, hi = config_number(sweep.n_min, "sweep.n_min", int, 2), config_number(sweep.n_max, "sweep.n_max", int, 2)
+        num = config_number(sweep.num_sizes, "sweep.num_sizes", int, 1)
         if lo > hi:
             raise UserError(f"sweep.n_min={lo} is above sweep.n_max={hi}; swap them")
         sizes = sorted({int(round(n)) for n in np.logspace(np.log10(lo), np.log10(hi), num)})
@@ -78,7 +78,7 @@ def _check_fit_values(node, key: str):
         for i, v in enumerate(node):
             _check_fit_values(v, f"{key}[{i}]")
     elif node is not None and not isinstance(node, bool) and key not in STRING_KEYS:
-        _number(node, key, int if key.endswith(("max_iter", "max_ls", "squarem_after", "anderson_depth")) else float)
+        config_number(node, key, int if key.endswith(("max_iter", "max_ls", "squarem_after", "anderson_depth")) else float)
 
 
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:
@@ -117,21 +117,21 @@ def validate(cfg: DictConfig) -> Plan:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     opts = fit_options(cfg, dtype)
-    _number(cfg.seed, "seed", int)
-    reps = list(range(_number(cfg.sweep.reps, "sweep.reps", int, 1)))
+    config_number(cfg.seed, "seed", int)
+    reps = list(range(config_number(cfg.sweep.reps, "sweep.reps", int, 1)))
     sizes = sample_sizes(cfg.sweep)
     if cfg.init.policy == "near_truth":
-        _number(cfg.init.scale, "init.scale", float, 0)
+        config_number(cfg.init.scale, "init.scale", float, 0)
     elif cfg.init.policy == "random":
-        _number(cfg.init.n_init, "init.n_init", int, 1)
+        config_number(cfg.init.n_init, "init.n_init", int, 1)
     else:
         raise UserError(f"unknown init.policy {cfg.init.policy!r} for a sweep; use init=near_truth or init=random")
     model = setting.model(dtype=dtype, device=device)
     ParamSpace(model, opts.bounds)  # bad bounds fail here, not at the first fit
     setting.truth(sizes[0])  # a setting without a truth fails here, in one line, not per batch
-    points = _number(cfg.get("hellinger_points", 0), "hellinger_points", int, 0)
+    points = config_number(cfg.get("hellinger_points", 0), "hellinger_points", int, 0)
     workers = cfg.get("workers", "auto")
-    workers = None if workers == "auto" else _number(workers, "workers", int, 1)
+    workers = None if workers == "auto" else config_number(workers, "workers", int, 1)
     return Plan(setting, device, dtype, opts, sizes, reps, model, points, workers)
 
 
