@@ -26,7 +26,8 @@ from benchmark import LAUNCHER, load_average
 from science import errors_table, fmt
 from softmoe_torch.settings.paper import PAPER_PARAMS
 from softmoe_torch.study.metrics import bootstrap_slope
-from softmoe_torch.study.sweep import COLUMNS
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.study.sweep import columns
 
 HERE = Path(__file__).resolve().parent / "large_n"
 RUNS = HERE / "runs"
@@ -240,8 +241,9 @@ def analyze():
     with open(HERE / "fits.csv.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
             io.TextIOWrapper(gz, newline="") as fh:  # mtime 0: the same rows give the same bytes
         writer = csv.writer(fh)
-        writer.writerow(["run", *COLUMNS])
-        writer.writerows([name, *(row[c] for c in COLUMNS)] for name in NAMES for row in load(name))
+        names = columns(Setting)
+        writer.writerow(["run", *names])
+        writer.writerows([name, *(row[c] for c in names)] for name in NAMES for row in load(name))
     print(f"wrote {HERE}/tables.md, slopes.json, fits.csv.gz and local_slopes.png")
 
 

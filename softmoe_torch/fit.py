@@ -2,10 +2,11 @@
 
     python -m softmoe_torch.fit data=FILE setting=NAME [fit=newton] [init.n_init=10] [out=PATH]
 
-The setting names the frozen pre-trained component and the prompt family; d is the data's; the
-start is random (best of ``init.n_init``) unless the file holds init_* arrays.
+The setting names the frozen pre-trained component and the prompt family (or, for a setting of
+``kind: moe``, the family of every component); d is the data's; the start is random (best of
+``init.n_init``) unless the file holds init_* arrays.
 Writes a JSON result (beta, tau, eta, nu, their standard errors ``se`` and 95% Wald intervals
-``ci95``, loglik, aic, bic, mean_loglik, n_iter, converged, status, seconds, ``degenerate``: why
+``ci95``; for a mixture of experts, ``estimates``, ``se`` and ``ci95`` by parameter name; loglik, aic, bic, mean_loglik, n_iter, converged, status, seconds, ``degenerate``: why
 the fit is a spike on a few observations, [] if it is not) and prints its path; a prompt expert
 with parameters other than a single ``eta`` is reported under ``expert`` by its own parameter names.
 Bad input gives one line on stderr and exit code 2."""
@@ -21,9 +22,10 @@ from .cli import entry, one_line_errors
 from .errors import UserError
 from .settings.configs import CONF_DIR, register_resolvers
 from .data import INIT_ARRAYS, load_data
-from .estimation.device import resolve_device, resolve_dtype
+from .estimation.device import keep_freed_memory, resolve_device, resolve_dtype
 from .estimation.estimator import Estimator
-from .settings.setting import Setting
+from .model.mixture import ContaminatedMoE
+from .settings.setting import load_setting
 from .study.sweep import fit_options
 
 
@@ -58,7 +60,7 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
     the ``FitResults`` under the key ``results``, not written)."""
     X, y, init_values = load_data(cfg.data)
     cfg.setting.dim = X.shape[1]  # d is the data's
-    setting = Setting(cfg.setting)
+    setting = load_setting(cfg.setting)
     model = setting.model()
     policy = cfg.init.policy
     estimator = build_estimator(cfg, model, truth=setting.truth(len(y)) if policy == "near_truth" else None)
@@ -74,8 +76,13 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
         warnings.simplefilter("always")
         res = estimator.fit(X, y, start=init_values or None)
         se, (lower, upper) = res.se(), _pair(res.conf_int())
+    if isinstance(model, ContaminatedMoE):
+        params = {**named(res.estimates()), "se": named(se), "ci95": {"lower": named(lower), "upper": named(upper)}}
+    else:
+        params = {"estimates": _lists(res.estimates()), "se": _lists(se),
+                  "ci95": {"lower": _lists(lower), "upper": _lists(upper)}}
     result = {
-        **named(res.estimates()), "se": named(se), "ci95": {"lower": named(lower), "upper": named(upper)},
+        **params,
         "loglik": float(res.loglik[0]), "n_params": res.n_params, "aic": float(res.aic[0]), "bic": float(res.bic[0]),
         "mean_loglik": float(res.mean_loglik[0]), "n_iter": int(res.n_iter[0]), "converged": bool(res.converged[0]),
         "status": res.status[0], "seconds": res.seconds, "n": len(y), "setting": setting.name,
@@ -90,6 +97,10 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
     return {**result, "results": res}
 
 
+def _lists(values: dict) -> dict:
+    return {k: v.tolist() for k, v in values.items()}
+
+
 def _pair(intervals: dict):
     return {k: v[0] for k, v in intervals.items()}, {k: v[1] for k, v in intervals.items()}
 
@@ -98,8 +109,10 @@ def _pair(intervals: dict):
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     register_resolvers()
+    keep_freed_memory()
     result = fit_file(cfg, cfg.out)
-    print(f"{result['setting']} (d = {cfg.setting.dim}): fitted from {result['starts']}; the pre-trained component is frozen")
+    frozen = "the pre-trained component is frozen" if cfg.setting.get("kind") != "moe" else "every component is trainable"
+    print(f"{result['setting']} (d = {cfg.setting.dim}): fitted from {result['starts']}; {frozen}")
     print(result["results"].summary())
     for w in result["warnings"]:
         print(f"warning: {w}")

@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from .cli import entry, one_line_errors
 from .settings.configs import CONF_DIR, register_resolvers
-from .estimation.device import match_threads_to_job
+from .settings.setting import load_setting
+from .estimation.device import keep_freed_memory, match_threads_to_job
 from .study.monitor import Monitor
 from .study.report import record_run, terminal_table, write_report
 from .study.sweep import run_study
@@ -30,7 +31,7 @@ def run_experiment(cfg: DictConfig, out_dir) -> dict:
         results = run_study(cfg, out_dir, monitor)
         rows = [r for r in results.rows if r["setting"] == cfg.setting.name and r["seed"] == int(cfg.seed)]
         runs = record_run(out_dir, time.perf_counter() - start)
-        summary, fig = write_report(rows, cfg.setting, out_dir, runs=runs, method=cfg.fit.method)
+        summary, fig = write_report(rows, load_setting(cfg.setting), out_dir, runs=runs, method=cfg.fit.method)
         if monitor and monitor.logged:  # a rerun with nothing to fit logs nothing again
             hparams = {"setting": cfg.setting.name, "method": cfg.fit.method, "mstep": cfg.fit.mstep,
                        "reps": int(cfg.sweep.reps), "seed": int(cfg.seed), "init": cfg.init.policy}
@@ -52,6 +53,7 @@ def run_experiment(cfg: DictConfig, out_dir) -> dict:
 def main(cfg: DictConfig) -> None:
     register_resolvers()
     match_threads_to_job()
+    keep_freed_memory()
     run_experiment(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -6,14 +6,31 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from softmoe_torch.settings.setting import Setting
+from softmoe_torch.settings.setting import Setting, load_setting
 from softmoe_torch.study.sweep import fit_options, sample_sizes
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("setting", "fit", "init", "sweep", "monitor")}
+MOE_SETTINGS = [s for s in OPTIONS["setting"] if "kind: moe" in (CONF / "setting" / f"{s}.yaml").read_text()]
+CONTAMINATED_SETTINGS = [s for s in OPTIONS["setting"] if s not in MOE_SETTINGS]
 
 
-@pytest.mark.parametrize("setting", OPTIONS["setting"])
+def test_the_mixture_of_experts_settings_are_known():
+    assert MOE_SETTINGS == ["softmax_gaussian_moe"]
+
+
+@pytest.mark.parametrize("setting", MOE_SETTINGS)
+def test_every_moe_setting_builds_its_model_and_truth(compose_cfg, setting):
+    s = load_setting(compose_cfg([f"setting={setting}"]).setting)
+    model, truth = s.model(), s.true_model()
+    assert len(model.components) == s.n_components and len(truth.components) == s.n_true
+    assert not any(c.frozen for c in model.components)
+    assert set(s.truth()) == set(truth.trainable_parameters())
+    with pytest.raises(ValueError, match="mixture of experts"):
+        Setting(compose_cfg([f"setting={setting}"]).setting)
+
+
+@pytest.mark.parametrize("setting", CONTAMINATED_SETTINGS)
 def test_every_setting_builds_its_model_and_truth(compose_cfg, setting):
     cfg = compose_cfg([f"setting={setting}"])
     s = Setting(cfg.setting)

@@ -1,14 +1,17 @@
-"""The fused fast path agrees with the generic autograd path (value, gradient, Hessian) for every
-built-in prompt density and index expert, under both gates; plug-ins fall back to autograd."""
+"""The fused fast paths agree with the generic autograd path (value, gradient, Hessian) for every
+built-in density and index expert, under both gates: the paper's one-prompt path, and the path for
+K >= 2 components with any subset trainable; plug-ins fall back to autograd."""
 import itertools
 
 import pytest
 import torch
 from torch import nn
 
-from softmoe_torch import (Component, ConstantGate, ContaminatedMoE, GELUExpert, Gaussian, Laplace, LinearExpert,
-                           MLPExpert, SigmoidExpert, SoftmaxGate, StudentT, TanhExpert)
-from softmoe_torch.estimation.objective import FusedObjective, GenericObjective, fused_supported, make_objective
+from softmoe_torch import (AffineExpert, Component, ConstantGate, ContaminatedMoE, GELUExpert, Gaussian, Laplace,
+                           LinearExpert, MixtureOfExperts, MLPExpert, SigmoidExpert, SoftmaxGate, StudentT, TanhExpert)
+from softmoe_torch.estimation.fused_mixture import MixtureFusedObjective, mixture_fused_supported
+from softmoe_torch.estimation.objective import (FusedObjective, GenericObjective, fused_supported, make_objective,
+                                                paper_fused_supported)
 from softmoe_torch.estimation.params import ParamSpace, batched_log_joint, stack_params
 
 D, R, N = 4, 2, 300
@@ -102,7 +105,84 @@ def test_plugins_take_the_generic_path(prompt):
     assert isinstance(make_objective(model, X, Y, ParamSpace(model)), GenericObjective)
 
 
-def test_two_prompts_take_the_generic_path():
-    pre = Component(TanhExpert(D), Gaussian(), nu=0.01, frozen=True)
-    model = ContaminatedMoE(pre, [Component(TanhExpert(D), Gaussian()) for _ in range(2)], SoftmaxGate(D, 2)).double()
-    assert not fused_supported(model)
+def mixture_of(layout, density, expert, gate, seed=0):
+    """K >= 2 components: 'prompts' (a frozen Laplace component and two prompts), 'moe' (two
+    trainable components), 'moe_frozen_middle' (three, the middle one frozen)."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: 0.5 * torch.randn(*shape, generator=gen)  # noqa: E731
+    make = lambda e, dens, nu, **kw: Component(e(D, eta=rand(D)), dens(), nu=nu, **kw)  # noqa: E731
+    if layout == "prompts":
+        comps = [Component(TanhExpert(D, eta=torch.eye(D)[0]), Laplace(), nu=0.02, frozen=True),
+                 make(expert, density, 0.05), make(expert, density, 0.1)]
+    elif layout == "moe":
+        comps = [make(expert, density, 0.05), make(expert, density, 0.1)]
+    else:
+        comps = [make(expert, density, 0.05), Component(TanhExpert(D, eta=rand(D)), Laplace(), nu=0.3, frozen=True),
+                 make(expert, density, 0.1)]
+    K = len(comps)
+    g = SoftmaxGate(D, K - 1, beta=0.3 * rand(K - 1, D), tau=rand(K - 1)) if gate == "softmax" else ConstantGate(K - 1, tau=rand(K - 1))
+    cls = ContaminatedMoE if layout == "prompts" else MixtureOfExperts
+    return (cls(comps[0], comps[1:], g) if layout == "prompts" else cls(comps, g)).double()
+
+
+MIXTURE_EXPERTS = {**EXPERTS, "affine": AffineExpert}
+
+
+@pytest.mark.parametrize("layout", ["prompts", "moe", "moe_frozen_middle"])
+@pytest.mark.parametrize("density,expert,gate", [
+    *[(dens, "affine", "softmax") for dens in DENSITIES],
+    *[("gaussian", e, "softmax") for e in ("tanh", "sigmoid", "gelu", "linear")],
+    ("laplace", "tanh", "constant"), ("student_t", "affine", "constant"),
+])
+def test_mixture_fused_path_matches_autograd(layout, density, expert, gate):
+    """K >= 2 components, any subset trainable: value, gradient, responsibilities and Hessian of
+    the log-likelihood and of the EM's Q function equal autograd's to 1e-10."""
+    model = mixture_of(layout, DENSITIES[density], MIXTURE_EXPERTS[expert], gate)
+    X, Y = data(model)
+    assert mixture_fused_supported(model) and not paper_fused_supported(model)
+    space = ParamSpace(model, {"real": 10.0, "positive": [1e-6, 10.0]})
+    u = space.to_unconstrained(stack_params(model, R))
+    u = u + 0.1 * torch.randn(u.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    idx = torch.arange(R)
+    fused, generic = make_objective(model, X, Y, space), GenericObjective(model, X, Y, space)
+    assert isinstance(fused, MixtureFusedObjective)
+    f, g = fused.evaluate(u, idx, 2), generic.evaluate(u, idx, 1)
+    torch.testing.assert_close(f.loss, g.loss, rtol=0, atol=1e-12)
+    torch.testing.assert_close(f.grad, g.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(f.resp, g.resp, rtol=0, atol=1e-12)
+    H = torch.stack([autograd_hessian(model, space, X, Y, u, r) for r in range(R)])
+    torch.testing.assert_close(f.hess, H, rtol=0, atol=1e-10)
+    q_f, q_g = fused.evaluate(u, idx, 2, resp=g.resp), generic.evaluate(u, idx, 1, resp=g.resp)
+    torch.testing.assert_close(q_f.loss, q_g.loss, rtol=0, atol=1e-12)
+    torch.testing.assert_close(q_f.grad, q_g.grad, rtol=0, atol=1e-10)
+    Hq = torch.stack([autograd_hessian(model, space, X, Y, u, r, g.resp) for r in range(R)])
+    torch.testing.assert_close(q_f.hess, Hq, rtol=0, atol=1e-10)
+
+
+def test_mixture_evaluation_in_blocks_of_samples_equals_one_pass():
+    model = mixture_of("moe_frozen_middle", Gaussian, AffineExpert, "softmax")
+    X, Y = data(model)
+    space = ParamSpace(model, {"real": 10.0, "positive": [1e-6, 10.0]})
+    u = space.to_unconstrained(stack_params(model, R)) + 0.1
+    idx = torch.tensor([1, 0])
+    one, blocks = MixtureFusedObjective(model, X, Y, space), MixtureFusedObjective(model, X, Y, space, block=7)
+    assert len(blocks.blocks) > 2
+    for resp in (None, one.evaluate(u, torch.arange(R), 0).resp[idx]):
+        a, b = one.evaluate(u[idx], idx, 2, resp=resp), blocks.evaluate(u[idx], idx, 2, resp=resp)
+        for x, y in zip(a, b):
+            if x is not None:
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+
+
+def test_mixtures_with_plugins_take_the_generic_path():
+    """A trainable component with a plug-in expert, or a frozen expert under a trainable variance,
+    is evaluated by autograd; a frozen plug-in component does not stop the fused path."""
+    plugin = MixtureOfExperts([Component(AffineExpert(D), Gaussian()), Component(MLPExpert(D, 3), Gaussian())],
+                              SoftmaxGate(D)).double()
+    half = Component(AffineExpert(D), Gaussian())
+    half.expert.requires_grad_(False)
+    frozen_expert = MixtureOfExperts([Component(AffineExpert(D), Gaussian()), half], SoftmaxGate(D)).double()
+    frozen_plugin = MixtureOfExperts([Component(MLPExpert(D, 3), Gaussian(), frozen=True), Component(AffineExpert(D), Gaussian())],
+                                     SoftmaxGate(D)).double()
+    assert not fused_supported(plugin) and not fused_supported(frozen_expert)
+    assert mixture_fused_supported(frozen_plugin)

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import ROOT
-from softmoe_torch.study.sweep import Results
+from softmoe_torch.settings.setting import Setting
+from softmoe_torch.study.sweep import Results, columns
 
 REPS, SIZES = 2, 40
 ARGS = ["fit=direct", "progress=false", "monitor.tensorboard=false", f"sweep.reps={REPS}",
@@ -22,7 +23,7 @@ def keys(path) -> set:
     """(n, rep) of the rows of a results file, checked whole: typed, whole batches only."""
     if not path.exists():
         return set()
-    rows = Results.load(path).rows  # a damaged or cut-off file raises here
+    rows = Results.load(path, columns(Setting)).rows  # a damaged or cut-off file raises here
     got = {(r["n"], r["rep"]) for r in rows}
     assert len(got) == len(rows)
     per_n = {}

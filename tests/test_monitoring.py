@@ -11,7 +11,8 @@ from softmoe_torch.errors import Interrupted
 from softmoe_torch.study.monitor import Monitor
 from softmoe_torch.study.progress import WorkBar, per_fit_seconds
 from softmoe_torch.run import run_experiment
-from softmoe_torch.study.sweep import Results
+from softmoe_torch.settings.setting import Setting, load_setting
+from softmoe_torch.study.sweep import Results, columns
 
 SWEEP = ["fit=direct", "progress=false", "sweep.reps=2", "sweep.sizes=[300,400,500,600,700]"]
 
@@ -59,7 +60,7 @@ def test_slopes_are_logged_over_the_sizes_up_to_n_when_sizes_finish_out_of_order
     monitor, done = Monitor(tmp_path / "tb"), []
     for n in (300, 500, 400, 700, 600):
         done += [r for r in rows if r["n"] == n]
-        monitor.log_progress(n, done, cfg.setting, int(cfg.seed))
+        monitor.log_progress(n, done, load_setting(cfg.setting), int(cfg.seed))
     monitor.close()
     _, _, acc = tags(tmp_path / "tb")
     assert [e.step for e in acc.Scalars("error/beta")] == [300, 500, 400, 700, 600]
@@ -88,8 +89,8 @@ def test_rows_read_back_are_typed_like_new_rows(tmp_path):
     row = {"setting": "s", "n": 1000, "rep": 3, "seed": 0, "err_beta": 0.1, "err_exp_tau": 0.2, "err_eta": 0.3,
            "err_nu": 1e-5, "mean_loglik": 1.25, "loglik_truth": 1.2, "moved": 0.3, "hellinger": 0.01, "n_iter": 17, "converged": False, "status": "max_iter",
            "at_bound": "gate.tau", "seconds": 0.5}
-    Results(tmp_path / "results.csv", []).add([row])
-    assert Results.load(tmp_path / "results.csv").rows == [row]
+    Results(tmp_path / "results.csv", [], columns(Setting)).add([row])
+    assert Results.load(tmp_path / "results.csv", columns(Setting)).rows == [row]
 
 
 def test_per_fit_cost_follows_a_power_law_in_n():

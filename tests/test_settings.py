@@ -31,7 +31,12 @@ FACES = 3
 
 @pytest.mark.parametrize("path", SETTINGS, ids=lambda p: p.stem)
 def test_packaged_settings_extend_the_base(path):
-    assert yaml.safe_load(path.read_text())["defaults"] == ["/base/setting@_here_", "_self_"]
+    """Contaminated settings extend the shared base; a mixture of experts (kind: moe) stands alone."""
+    config = yaml.safe_load(path.read_text())
+    if config.get("kind") == "moe":
+        assert "defaults" not in config and {"component", "gate", "n_components"} <= set(config)
+    else:
+        assert config["defaults"] == ["/base/setting@_here_", "_self_"]
 
 
 def test_the_base_alone_is_not_a_setting(compose_cfg):
@@ -54,7 +59,7 @@ def test_the_gate_is_chosen_by_target(compose_cfg):
     assert set(setting.truth(1000)) == {"prompts.0.nu", "prompts.0.expert.eta", "gate.tau"}
     three = Setting(compose_cfg(["setting.n_prompts=3"]).setting).model()
     assert three.gate.beta.shape == (3, 8) and len(three.prompts) == 3
-    with pytest.raises(ValueError, match="shape .16, 2. for 1 prompt"):
+    with pytest.raises(ValueError, match="shape .16, 2. for 2 components"):
         Setting(compose_cfg(["setting.gate.n_prompts=2"]).setting).model()
 
 

@@ -28,8 +28,9 @@ METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
     "direct": dict(method="direct", mstep="bfgs", tol=1e-12, max_iter=2000),
     "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
 }
-MSTEPS = ("lbfgs", "bfgs", "newton", "torch_lbfgs")
+MSTEPS = ("lbfgs", "bfgs", "newton", "newton_eigen", "torch_lbfgs")  # newton_eigen: what newton becomes under indefinite=eigen
 ACCELERATIONS = ("none", "squarem", "anderson")
+INDEFINITE = ("bfgs", "eigen")
 SMALL_BATCH = 200_000  # samples (R * n) below which a fit runs on one thread
 CHUNK = 100_000  # samples (R * n) fitted together at most (whole replications; at least one)
 
@@ -48,7 +49,9 @@ class FitOptions:
     per cycle, once ``squarem_after`` plain EM iterations are done) or 'none'; ``warm_mstep``:
     the batched M-step solver keeps each replication's curvature pairs from one M-step to the
     next (short, inexact M-steps then suffice; every step still raises Q, so the likelihood never
-    drops). ``fused``: use the fused fast path where the model allows it."""
+    drops). ``indefinite``: what a Newton step does where the Hessian is not positive definite:
+    'bfgs' (the BFGS direction) or 'eigen' (Newton on |H|, saddle-free; far fewer iterations for
+    over-specified mixtures). ``fused``: use the fused fast path where the model allows it."""
 
     method: str = "em"
     mstep: str = "lbfgs"
@@ -63,12 +66,15 @@ class FitOptions:
     anderson_depth: int = 5
     warm_mstep: bool = True
     fused: bool = True
+    indefinite: str = "bfgs"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"fit.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.mstep not in MSTEPS:
             raise ValueError(f"fit.mstep must be one of {', '.join(MSTEPS)}, got {self.mstep!r}")
+        if self.indefinite not in INDEFINITE:
+            raise ValueError(f"fit.indefinite must be one of {', '.join(INDEFINITE)}, got {self.indefinite!r}")
         if self.accelerate not in ACCELERATIONS:
             raise ValueError(f"fit.accelerate must be one of {', '.join(ACCELERATIONS)}, got {self.accelerate!r}")
         for name in ("tol", "gtol", "max_iter", "squarem_after", "anderson_depth"):
@@ -251,12 +257,15 @@ def _fit_batch(model, X, Y, init, opts) -> BatchFit:
     obj = _Counted(make_objective(model, X, Y, space) if opts.fused else GenericObjective(model, X, Y, space))
     start = time.perf_counter()
     u = space.to_unconstrained({k: v.to(X) for k, v in init.items()})
+    eigen = opts.indefinite == "eigen"
     if opts.method == "em":
         if opts.mstep == "newton" and not obj.exact_hessian:  # no Hessian of Q: BFGS instead
             opts = dataclasses.replace(opts, mstep="bfgs")
+        elif opts.mstep == "newton" and eigen:
+            opts = dataclasses.replace(opts, mstep="newton_eigen")
         run, solver = _run_em, f"em/{opts.mstep}" + ("" if opts.accelerate == "none" else f"+{opts.accelerate}")
     else:
-        solver = "newton" if opts.method == "newton" and obj.exact_hessian else "bfgs"
+        solver = ("newton_eigen" if eigen else "newton") if opts.method == "newton" and obj.exact_hessian else "bfgs"
         run = lambda o, s, v, f: _run_direct(o, s, v, f, solver)  # noqa: E731
     u, ll, n_iter, status, trace = run(obj, space, u, opts)
     params = {k: v.detach() for k, v in space.to_natural(u).items()}

@@ -25,12 +25,15 @@ class Estimator:
     'newton' (Newton with the exact Hessian; the fastest). ``tol``, ``rule``, ``gtol``,
     ``max_iter``, ``bounds`` and any other ``FitOptions`` field override the method's defaults.
     init: 'random' (``n_init`` seeded starts, default 5) or 'near_truth' (``truth`` {name: tensor}
-    plus noise of size ``init_scale``: the paper's protocol). device: 'auto', 'cpu', 'cuda', 'mps';
+    plus noise of size ``init_scale``, ``n_init`` draws, default 1: the paper's protocol; a truth of
+    fewer components than the model is spread over them, ``init.spread_truth``). device: 'auto', 'cpu', 'cuda', 'mps';
     dtype: 'float64' (default) or 'float32'. ``options``: a complete ``FitOptions`` instead."""
 
-    def __init__(self, model, method: str = "em", *, init: str = "random", n_init: int = 5, seed: int = 0,
+    def __init__(self, model, method: str = "em", *, init: str = "random", n_init: int | None = None, seed: int = 0,
                  truth: dict | None = None, init_scale: float = 0.1, device: str = "cpu", dtype: str = "float64",
                  options: FitOptions | None = None, **fit_options):
+        if n_init is None:
+            n_init = 5 if init == "random" else 1
         if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
             raise ValueError(f"n_init must be an integer of at least 1, got {n_init!r}")
         self.options = options or FitOptions.for_method(method, **fit_options)

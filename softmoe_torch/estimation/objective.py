@@ -1,45 +1,29 @@
 """The log-likelihood of R replications as a function of flat unconstrained parameters u (R, p),
 with its derivatives: the quantity every fitting method optimizes.
 
-Two implementations share one interface, ``evaluate(u, idx, order, resp) -> Evaluation``:
+Three implementations share one interface, ``evaluate(u, idx, order, resp) -> Evaluation``:
 
 - ``GenericObjective``: any ``nn.Module`` experts, densities and gates, evaluated with
   ``vmap(functional_call)`` and differentiated by autograd (value and gradient only);
 - ``FusedObjective``: the paper's families (one prompt, an index expert with known activation
   derivatives, a density with known derivatives, a softmax or constant gate), evaluated with one
-  batched matmul and analytic first and second derivatives.
+  batched matmul and analytic first and second derivatives;
+- ``MixtureFusedObjective`` (``fused_mixture.py``): the same analytic derivatives for any number
+  of components, any subset of them trainable (mixtures of experts, several prompts).
 
-``make_objective`` picks the fused one whenever the model allows it. Losses are *minus* mean
+``make_objective`` picks a fused one whenever the model allows it. Losses are *minus* mean
 log-likelihoods (or minus the EM's Q function when responsibilities ``resp`` are given), so
 optimizers minimize them."""
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 
 from ..model.densities import Density
 from ..model.experts import IndexExpert
 from ..model.gates import ConstantGate, SoftmaxGate
+from ..model.mixture import ContaminatedMoE
+from .evaluation import BLOCK, Blocked, Evaluation, defines_derivatives, rows, sample_blocks
+from .fused_mixture import MixtureFusedObjective, mixture_fused_supported
 from .params import ParamSpace, batched_log_joint
-
-
-BLOCK = 25_000  # samples per pass of the fused evaluation (its n-long temporaries then stay in cache):
-# one Hessian evaluation at n = 1e5 (one thread) takes 10.5 ms in blocks of 2.5e4, 21 ms in one pass
-
-
-class Evaluation(NamedTuple):
-    """loss (m,); grad (m, p) or None; hess (m, p, p) or None; resp: responsibilities at u
-    (marginal evaluations only; the E-step), rows aligned with u."""
-
-    loss: torch.Tensor
-    grad: torch.Tensor | None = None
-    hess: torch.Tensor | None = None
-    resp: torch.Tensor | None = None
-
-
-def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t[idx] without a copy when idx is every row in order."""
-    return t if idx.numel() == t.shape[0] and bool((idx == torch.arange(t.shape[0], device=idx.device)).all()) else t[idx]
 
 
 class GenericObjective:
@@ -55,7 +39,7 @@ class GenericObjective:
             raise NotImplementedError("the generic path has no Hessian")
         with torch.enable_grad() if order else torch.no_grad():
             uu = u.detach().requires_grad_(order > 0)
-            lj = batched_log_joint(self.model, self.space.to_natural(uu), _rows(self.X, idx), _rows(self.Y, idx))
+            lj = batched_log_joint(self.model, self.space.to_natural(uu), rows(self.X, idx), rows(self.Y, idx))
             if resp is None:
                 loss, new_resp = -torch.logsumexp(lj, -1).mean(-1), torch.softmax(lj.detach(), -1)
             else:
@@ -64,28 +48,22 @@ class GenericObjective:
         return Evaluation(loss.detach(), grad, None, new_resp)
 
 
-def _defines_both(cls) -> bool:
-    """True when the class that gives ``activation`` also gives ``activation_derivatives``."""
-    owner = lambda attr: next(c for c in cls.__mro__ if attr in vars(c))  # noqa: E731
-    return cls.activation_derivatives is not None and owner("activation") is owner("activation_derivatives")
-
-
-def fused_supported(model) -> bool:
+def paper_fused_supported(model) -> bool:
     """Whether ``FusedObjective`` can evaluate ``model`` (see the module docstring)."""
-    if len(model.prompts) != 1:
+    if not isinstance(model, ContaminatedMoE) or len(model.prompts) != 1:
         return False
     prompt, gate = model.prompts[0], model.gate
     expected = {"prompts.0.expert.eta", "prompts.0.nu", "gate.tau"} | ({"gate.beta"} if isinstance(gate, SoftmaxGate) else set())
     return (
         isinstance(prompt.expert, IndexExpert)
-        and _defines_both(type(prompt.expert))
+        and defines_derivatives(type(prompt.expert))
         and type(prompt.density).derivatives is not Density.derivatives
         and type(gate) in (SoftmaxGate, ConstantGate)
         and set(model.trainable_parameters()) == expected
     )
 
 
-class FusedObjective:
+class FusedObjective(Blocked):
     """Analytic value, gradient and Hessian for the paper's model families. X (R, n, d), Y (R, n);
     the frozen component's log-density L0 (R, n) is computed once. resp: the prompt's
     responsibility (m, n)."""
@@ -95,7 +73,7 @@ class FusedObjective:
     def __init__(self, model, X, Y, space: ParamSpace, block: int = BLOCK):
         self.X, self.Y, self.space = X, Y, space
         n = X.shape[1]
-        self.blocks = [(a, min(a + block, n)) for a in range(0, n, block)]  # sample ranges of one pass each
+        self.blocks = sample_blocks(n, block)  # sample ranges of one pass each
         # (R, d, n) per block: both layouts of X make every matmul a fast one
         self.Xt_blocks = [X[:, a:b].transpose(1, 2).contiguous() for a, b in self.blocks]
         prompt = model.prompts[0]
@@ -111,25 +89,11 @@ class FusedObjective:
         beta = theta[:, sl["gate.beta"]] if self.has_beta else None
         return beta, theta[:, sl["gate.tau"]], theta[:, sl["prompts.0.expert.eta"]], theta[:, sl["prompts.0.nu"]]
 
-    def evaluate(self, u, idx, order: int = 1, resp=None) -> Evaluation:
-        theta, d1, d2 = self.space.natural_flat(u, order)
-        if len(self.blocks) == 1:
-            return self._block(u, theta, d1, d2, idx, 0, order, resp)
-        # at large n, one pass per block of samples keeps the n-long temporaries in cache; losses,
-        # gradients and Hessians are means over samples, so the blocks' add up weighted by size
-        n = self.Y.shape[1]
-        parts = [self._block(u, theta, d1, d2, idx, k, order, None if resp is None else resp[:, a:b])
-                 for k, (a, b) in enumerate(self.blocks)]
-        weights = [(b - a) / n for a, b in self.blocks]
-        total = lambda name: None if getattr(parts[0], name) is None else sum(w * getattr(e, name) for w, e in zip(weights, parts))  # noqa: E731
-        joined = None if parts[0].resp is None else torch.cat([e.resp for e in parts], dim=1)
-        return Evaluation(total("loss"), total("grad"), total("hess"), joined)
-
     def _block(self, u, theta, d1, d2, idx, k: int, order: int, resp) -> Evaluation:
         """The evaluation over block k of the samples (means over that block)."""
         beta, tau, eta, nu = self._split(theta)
         a, b = self.blocks[k]
-        X, Xt, Y, L0 = (_rows(t, idx) for t in (self.X[:, a:b], self.Xt_blocks[k], self.Y[:, a:b], self.L0[:, a:b]))
+        X, Xt, Y, L0 = (rows(t, idx) for t in (self.X[:, a:b], self.Xt_blocks[k], self.Y[:, a:b], self.L0[:, a:b]))
         n = Y.shape[1]
         if self.has_beta:
             lin = torch.bmm(torch.stack([beta, eta], 1), Xt)  # (m, 2, n): one pass over X
@@ -193,6 +157,14 @@ class FusedObjective:
         return Evaluation(loss, grad, hess, out_resp)
 
 
+def fused_supported(model) -> bool:
+    """Whether one of the fused objectives can evaluate ``model``."""
+    return paper_fused_supported(model) or mixture_fused_supported(model)
+
+
 def make_objective(model, X, Y, space: ParamSpace):
-    """The fused objective where the model allows it, else the generic one."""
-    return (FusedObjective if fused_supported(model) else GenericObjective)(model, X, Y, space)
+    """A fused objective where the model allows it (the paper's one-prompt families first), else
+    the generic one."""
+    if paper_fused_supported(model):
+        return FusedObjective(model, X, Y, space)
+    return (MixtureFusedObjective if mixture_fused_supported(model) else GenericObjective)(model, X, Y, space)

@@ -3,7 +3,8 @@
 ``minimize`` solves R independent problems at once: every replication has its own curvature
 model, step length and stopping rule, so its trajectory is the one it would follow alone. The
 search direction comes from a strategy: ``LBFGS`` (own history per replication), ``BFGS`` (own
-inverse Hessian) or ``Newton`` (the exact Hessian where positive definite, else BFGS). The step is a
+inverse Hessian), ``Newton`` (the exact Hessian where positive definite, else BFGS) or
+``SaddleFreeNewton`` (the exact Hessian, |H| where it is not positive definite). The step is a
 backtracking Armijo line search with a trust cap on its max-norm. ``torch_lbfgs_one`` runs
 ``torch.optim.LBFGS`` (fresh, strong Wolfe) on a single problem.
 """
@@ -133,7 +134,24 @@ class Newton(BFGS):
         return d
 
 
-STRATEGIES = {"lbfgs": LBFGS, "bfgs": BFGS, "newton": Newton}
+class SaddleFreeNewton(Newton):
+    """Newton's method where the Hessian is positive definite; elsewhere Newton on |H| (its
+    eigenvalues replaced by their absolute values, floored at 1e-8 of the largest): a descent
+    direction that follows negative curvature away from a saddle (Dauphin et al., 2014) instead of
+    the BFGS direction. Over-specified mixtures start near such saddles (duplicated atoms)."""
+
+    def direction(self, idx, g, hess):
+        d = super().direction(idx, g, hess)
+        bad = ~self.newton[idx]
+        if bad.any():
+            w, V = torch.linalg.eigh(hess[bad])
+            w = w.abs().clamp_min(1e-8 * w.abs().amax(-1, keepdim=True))
+            d[bad] = -(V @ ((V.transpose(1, 2) @ g[bad].unsqueeze(-1)) / w.unsqueeze(-1))).squeeze(-1)
+            self.newton[idx[bad]] = True
+        return d
+
+
+STRATEGIES = {"lbfgs": LBFGS, "bfgs": BFGS, "newton": Newton, "newton_eigen": SaddleFreeNewton}
 
 
 def minimize(fun, u0, strategy, opts: SolverOptions, done, stationary, trace=None, rows=None):

@@ -10,7 +10,8 @@ from functools import cached_property
 
 import torch
 
-from .degeneracy import degeneracy, prompt_sizes
+from ..model.mixture import ContaminatedMoE
+from .degeneracy import degeneracy, trainable_sizes
 from .driver import BatchFit, check_columns
 from .inference import aic, bic, load_params, observed_information, wald_covariance
 
@@ -59,12 +60,12 @@ class FitResults:
             return self._fitted(r).predictive_mean(self._as_x(X, columns=True))
 
     def gate_probs(self, X, r: int = 0) -> torch.Tensor:
-        """Gate weights, column 0 the pre-trained component; X (n, d) -> (n, K+1)."""
+        """Gate weights, column 0 the reference (pre-trained) component; X (n, d) -> (n, K)."""
         with torch.no_grad():
             return self._fitted(r).gate_probs(self._as_x(X, columns=True))
 
     def responsibilities(self, X, y, r: int = 0) -> torch.Tensor:
-        """Posterior component probabilities given (x, y); X (n, d), y (n,) -> (n, K+1)."""
+        """Posterior component probabilities given (x, y); X (n, d), y (n,) -> (n, K)."""
         with torch.no_grad():
             return self._fitted(r).responsibilities(self._as_x(X, columns=True), self._as_x(y))
 
@@ -89,7 +90,7 @@ class FitResults:
     @cached_property
     def degenerate(self) -> list:
         """Per replication, why its fit is degenerate ([] if it is not); see ``degeneracy.py``."""
-        sizes = prompt_sizes(self.spec)
+        sizes = trainable_sizes(self.spec)
         return [degeneracy(self.model(r), self.at_bound[r], self.X[r], sizes) for r in range(len(self))]
 
     def replication(self, r: int) -> "FitResults":
@@ -126,7 +127,8 @@ class FitResults:
         r = self._replication_index(r)
         est, se, ci = self.estimates(r), self.se(r), self.conf_int(0.05, r)
         head = f"{'parameter':<26}{'estimate':>13}{'se':>12}{'[0.025':>13}{'0.975]':>13}"
-        lines = [f"Softmax-contaminated MoE fit ({self.solver}), n = {self.n}, replication {r} of {len(self)}",
+        title = "Softmax-contaminated MoE" if isinstance(self.spec, ContaminatedMoE) else "Mixture-of-experts"
+        lines = [f"{title} fit ({self.solver}), n = {self.n}, replication {r} of {len(self)}",
                  "=" * len(head), head, "-" * len(head)]
         for name, value in est.items():
             flat = value.reshape(-1)

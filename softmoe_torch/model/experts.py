@@ -89,6 +89,21 @@ class LinearExpert(IndexExpert):
     activation_derivatives = staticmethod(_linear_derivatives)
 
 
+class AffineExpert(IndexExpert):
+    """h = eta^T x + bias: a linear expert with an intercept (the experts of softmax-gated
+    Gaussian MoE regression)."""
+
+    activation = staticmethod(lambda z: z)
+    activation_derivatives = staticmethod(_linear_derivatives)
+
+    def __init__(self, dim: int, eta=None, bias: float = 0.0):
+        super().__init__(dim, eta)
+        self.bias = nn.Parameter(torch.tensor(float(bias), dtype=self.eta.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.eta + self.bias
+
+
 class AffineSigmoidExpert(nn.Module):
     """h = sigmoid(eta^T x + bias): not strongly identifiable (dh/deta = x dh/dbias). Fitted by
     the generic autograd path."""

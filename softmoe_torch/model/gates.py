@@ -1,7 +1,7 @@
-"""Gates over {pre-trained, prompt_1..prompt_K}: ``forward(x)`` maps x (n, d) to log-weights (n, K+1).
+"""Gates over {reference, prompt_1..prompt_K}: ``forward(x)`` maps x (n, d) to log-weights (n, K+1).
 
-Column 0 is the pre-trained component, whose logit is fixed at 0, so for K = 1 the prompt's
-weight is the paper's sigmoid(beta^T x + tau).
+Column 0 is the reference component (the pre-trained one of a contaminated mixture), whose
+logit is fixed at 0, so for K = 1 the prompt's weight is the paper's sigmoid(beta^T x + tau).
 """
 import torch
 from torch import nn
@@ -9,7 +9,7 @@ from torch.distributions import constraints
 
 
 def _log_weights(prompt_logits: torch.Tensor) -> torch.Tensor:
-    """(n, K) prompt logits -> (n, K+1) log-softmax with a zero logit for the pre-trained column."""
+    """(n, K) prompt logits -> (n, K+1) log-softmax with a zero logit for the reference column."""
     zero = torch.zeros_like(prompt_logits[..., :1])
     return torch.log_softmax(torch.cat([zero, prompt_logits], dim=-1), dim=-1)
 
@@ -19,7 +19,8 @@ def _values(v, shape) -> torch.Tensor:
 
 
 class SoftmaxGate(nn.Module):
-    """Input-dependent gate: prompt k has logit beta_k^T x + tau_k; beta (K, d), tau (K,)."""
+    """Input-dependent gate: prompt (non-reference component) k has logit beta_k^T x + tau_k;
+    beta (K, d), tau (K,). A mixture of K + 1 components takes ``n_prompts=K``."""
 
     param_constraints = {"beta": constraints.real, "tau": constraints.real}
 

@@ -10,10 +10,10 @@ from ..model.mixture import Component, ContaminatedMoE
 from .module_checks import check_experts
 
 
-def instantiate_node(node, what: str):
-    """``hydra.utils.instantiate(node)``; ValueError (one line) naming ``what`` on any failure."""
+def instantiate_node(node, what: str, **kwargs):
+    """``hydra.utils.instantiate(node, **kwargs)``; ValueError (one line) naming ``what`` on any failure."""
     try:
-        return instantiate(node)
+        return instantiate(node, **kwargs)
     except Exception as err:  # hydra wraps import and argument errors; keep the message to one line
         raise ValueError(f"cannot build the {what} from {OmegaConf.to_container(node)}: {one_line(err)}") from None
 

@@ -2,17 +2,20 @@
 import torch
 
 from ..errors import module_name, one_line
-from ..model.mixture import ContaminatedMoE
+from ..model.mixture import ContaminatedMoE, MixtureOfExperts
 
 
-def check_experts(model: ContaminatedMoE, dim: int, n: int = 16) -> None:
+def check_experts(model: ContaminatedMoE | MixtureOfExperts, dim: int, n: int = 16) -> None:
     """Evaluate every expert on a probe batch x (n, dim) ~ N(0, I), plain and under ``torch.vmap``
     (the fit driver needs both), and the gate; ValueError unless each expert returns finite means
-    of shape (n,) and the gate log-weights of shape (n, K + 1) for the model's K prompts."""
+    of shape (n,) and the gate log-weights of shape (n, K) for the model's K components."""
     ref = next(model.parameters())
     x = torch.randn(n, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(ref)
-    named = [("pre-trained expert", model.pretrained.expert)]
-    named += [(f"prompt expert {k}", p.expert) for k, p in enumerate(model.prompts)]
+    if isinstance(model, ContaminatedMoE):
+        named = [("pre-trained expert", model.pretrained.expert)]
+        named += [(f"prompt expert {k}", p.expert) for k, p in enumerate(model.prompts)]
+    else:
+        named = [(f"expert of component {k}", c.expert) for k, c in enumerate(model.components)]
     for role, expert in named:
         what = f"the {role} {module_name(expert)}"
         try:
@@ -30,7 +33,7 @@ def check_experts(model: ContaminatedMoE, dim: int, n: int = 16) -> None:
                 torch.vmap(expert)(x[None])
         except Exception as err:
             raise ValueError(f"{what} does not run under torch.vmap, which fitting needs: {one_line(err)}") from None
-    K = len(model.prompts)
+    K = len(model.components) - 1
     try:
         with torch.no_grad():
             shape = tuple(model.gate(x).shape)
@@ -38,4 +41,4 @@ def check_experts(model: ContaminatedMoE, dim: int, n: int = 16) -> None:
         raise ValueError(f"the gate {module_name(model.gate)} failed on x of shape {tuple(x.shape)}: {one_line(err)}") from None
     if shape != (n, K + 1):
         raise ValueError(f"the gate {module_name(model.gate)} must give log-weights of shape ({n}, {K + 1}) for "
-                         f"{K} prompt(s), got {shape}: does its n_prompts match setting.n_prompts?")
+                         f"{K + 1} components, got {shape}: its n_prompts must be the number of components less one")

@@ -9,6 +9,12 @@ from omegaconf import DictConfig
 from .build import build_gate
 
 PAPER_PARAMS = ("beta", "exp_tau", "eta", "nu")
+LABELS = {
+    "beta": r"$\|\hat\beta-\beta^*\|$",
+    "exp_tau": r"$|\exp(\hat\tau)-\exp(\tau^*)|$",
+    "eta": r"$\|\hat\eta-\eta^*\|$",
+    "nu": r"$|\hat\nu-\nu^*|$",
+}
 
 
 def paper_view(params: dict) -> dict:

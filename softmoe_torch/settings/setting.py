@@ -1,18 +1,33 @@
 """An experiment setting: a thin handle on a ``setting`` config node (conf/setting/) that builds
-its mixture (``build``) and gives its truth at sample size n (``truth``), computed once per n."""
+its mixture (``build``) and gives its truth at sample size n (``truth``), computed once per n.
+
+Every setting handle (this one, a contaminated mixture; ``moe.MoESetting``, a mixture of experts)
+answers what a simulated study asks of it: ``model()``, ``truth(n)``, ``true_model(n)``,
+``inputs(n, generator)`` (the x's), ``columns`` and ``errors(params, n)`` (its results columns), ``quantities()``, ``labels``,
+``theory_slopes(rows)`` and ``reference_slopes()`` (what its report shows)."""
 import torch
 from omegaconf import DictConfig
 
 from .build import build_model, build_pretrained
 from .configs import register_resolvers
 from ..model.mixture import Component, ContaminatedMoE
+from .moe import MoESetting
+from .paper import LABELS, PAPER_PARAMS, param_errors, reported_params
 from .truth import true_params
 
 
 class Setting:
-    """``name``, ``dim`` (d), ``n_prompts`` (K, default 1); ``model()``, ``truth(n)``, ``true_model(n)``."""
+    """``name``, ``dim`` (d), ``n_prompts`` (K, default 1); ``model()``, ``truth(n)``, ``true_model(n)``;
+    the paper's four errors as results columns."""
+
+    columns = tuple(f"err_{p}" for p in PAPER_PARAMS)
+    labels = LABELS
+    reference = "paper"  # whose reported slopes ``reference_slopes`` gives
 
     def __init__(self, cfg: DictConfig):
+        if cfg.get("kind", "contaminated") != "contaminated":
+            raise ValueError(f"setting {cfg.name} is a mixture of experts (kind: {cfg.kind}), not a contaminated one: "
+                             "this command takes contaminated settings; fit it with python -m softmoe_torch.fit")
         register_resolvers()  # the setting's values use ${basis:..} and ${ones_over_sqrt:..}
         self.cfg = cfg
         self.name = cfg.name
@@ -50,3 +65,30 @@ class Setting:
             for name, value in self.truth(n).items():
                 model.get_parameter(name).copy_(value)
         return model
+
+    def inputs(self, n: int, generator=None) -> torch.Tensor:
+        """Simulated inputs X (n, d) ~ N(0, I), float64."""
+        return torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+
+    def errors(self, params: dict, n: int) -> dict:
+        """{column: (R,)}: the paper's four errors of the fits ``params`` {name: (R, ...)}."""
+        return {f"err_{k}": v for k, v in param_errors(params, self.truth(n)).items()}
+
+    def quantities(self) -> tuple:
+        """The errors the report fits slopes to (``paper.reported_params``)."""
+        return reported_params(self.cfg)
+
+    def theory_slopes(self, rows=None) -> dict:
+        return {p: float(self.cfg.theory_slopes[p]) for p in self.quantities()}
+
+    def reference_slopes(self) -> dict:
+        return dict(self.cfg.get("paper_slopes") or {})
+
+
+def load_setting(cfg: DictConfig):
+    """The handle on a ``setting`` node: ``MoESetting`` for ``kind: moe``, else ``Setting`` (a
+    contaminated mixture)."""
+    kind = cfg.get("kind", "contaminated")
+    if kind not in ("contaminated", "moe"):
+        raise ValueError(f"setting.kind must be contaminated or moe, got {kind!r}")
+    return MoESetting(cfg) if kind == "moe" else Setting(cfg)

@@ -30,12 +30,12 @@ def moved_from_start(starts: list, params: dict) -> torch.Tensor:
     return torch.cat(deltas, dim=1).amax(dim=1)
 
 
-def hellinger_to_truth(truth: ContaminatedMoE, dim: int, model, params: dict, points: int) -> torch.Tensor:
+def hellinger_to_truth(truth: ContaminatedMoE, setting, model, params: dict, points: int) -> torch.Tensor:
     """Hellinger distance of each fit's conditional density to the truth's (float64, CPU), over
-    ``points`` fixed draws x ~ N(0, I_dim) (R,); NaN for all when points == 0."""
+    ``points`` fixed draws of ``setting.inputs`` (R,); NaN for all when points == 0."""
     R = next(iter(params.values())).shape[0]
     if points == 0:
         return torch.full((R,), math.nan, dtype=torch.float64)
-    x = torch.randn(points, dim, generator=torch.Generator().manual_seed(X_SEED), dtype=torch.float64)
+    x = setting.inputs(points, torch.Generator().manual_seed(X_SEED))
     fitted = {k: v.detach().cpu().double() for k, v in params.items()}
     return hellinger_batch(truth, model, fitted, x)

@@ -13,7 +13,6 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from .report import error_table, summarize
-from ..settings.paper import PAPER_PARAMS
 
 
 class Monitor:
@@ -58,15 +57,15 @@ class Monitor:
                 self.writer.add_scalar(f"trace/n{n}_rep{rep}", value, it)
             self.traces_left -= 1
 
-    def log_progress(self, n: int, rows, setting_cfg, seed: int):
+    def log_progress(self, n: int, rows, setting, seed: int):
         """After the batch at size n, if it completed n: the errors at n (mean, median, 10% and
         90% over replications, step n) and, with three or more sizes up to n complete, the slopes
         over them (step n)."""
-        rows = [r for r in rows if r["setting"] == setting_cfg.name and r["seed"] == seed]
+        rows = [r for r in rows if r["setting"] == setting.name and r["seed"] == seed]
         finished = self._complete_sizes(rows)
         if n not in finished:
             return
-        for p in PAPER_PARAMS:
+        for p in setting.quantities():
             sizes, table = error_table(rows, p)
             errs = table[list(sizes).index(n)]
             for tag, value in (("mean", np.nanmean(errs)), ("median", np.nanmedian(errs)),
@@ -75,7 +74,7 @@ class Monitor:
         below = [m for m in finished if m <= n]  # batches may finish out of order when several run at once
         if len(below) >= 3:
             done = [r for r in rows if r["n"] in below]
-            for p, s in summarize(done, setting_cfg, n_boot=200)["params"].items():
+            for p, s in summarize(done, setting, n_boot=200)["params"].items():
                 self.writer.add_scalar(f"slope/{p}", s["slope"], n)
                 self.writer.add_scalar(f"slope_ci/{p}_low", s["ci_low"], n)
                 self.writer.add_scalar(f"slope_ci/{p}_high", s["ci_high"], n)

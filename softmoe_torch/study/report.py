@@ -10,14 +10,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .metrics import bootstrap_slope  # noqa: E402
-from ..settings.paper import reported_params  # noqa: E402
-
-LABELS = {
-    "beta": r"$\|\hat\beta-\beta^*\|$",
-    "exp_tau": r"$|\exp(\hat\tau)-\exp(\tau^*)|$",
-    "eta": r"$\|\hat\eta-\eta^*\|$",
-    "nu": r"$|\hat\nu-\nu^*|$",
-}
 
 
 def error_table(rows, param: str):
@@ -31,43 +23,52 @@ def error_table(rows, param: str):
     return np.array(sizes), table
 
 
-def verdict(fit: dict, theory: float, paper) -> str:
-    """One line: which reference slopes lie inside the 95% interval."""
+def verdict(fit: dict, theory, paper, reference: str = "paper") -> str:
+    """One line: which reference slopes (theory's, ``reference``'s published one) lie inside the 95% interval."""
     inside = lambda s: s is not None and fit["ci_low"] <= s <= fit["ci_high"]  # noqa: E731
+    if theory is None:
+        return "no theory" + ("" if paper is None else f"; {'agrees' if inside(paper) else 'disagrees'} with the {reference}")
     if inside(theory) and inside(paper):
-        return "agrees with theory and the paper"
+        return f"agrees with theory and the {reference}"
     if inside(theory):
-        return "agrees with theory" + ("" if paper is None else ", not the paper")
+        return "agrees with theory" + ("" if paper is None else f", not the {reference}")
     if inside(paper):
-        return "agrees with the paper, not theory"
+        return f"agrees with the {reference}, not theory"
     return "agrees with neither"
 
 
-def summarize(rows, setting_cfg, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Per parameter: slope, 95% CI, theory and paper slopes, verdict; plus fit counts."""
-    paper = setting_cfg.get("paper_slopes") or {}
-    out = {"setting": setting_cfg.name, "n_fits": len(rows), "params": {}}
+def summarize(rows, setting, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per quantity of ``setting`` (a handle, ``settings.setting.load_setting``): slope, 95% CI,
+    theory and published slopes, verdict; plus fit counts."""
+    paper, theories = setting.reference_slopes(), setting.theory_slopes(rows)
+    out = {"setting": setting.name, "n_fits": len(rows), "reference": setting.reference, "params": {}}
     out["failed"] = sum(str(r["status"]).startswith(("failed", "error")) for r in rows)
     out["not_converged"] = sum(not r["converged"] for r in rows)
     out["at_bound"] = sum(bool(r.get("at_bound")) for r in rows)
-    for p in reported_params(setting_cfg):
+    for p in setting.quantities():
         sizes, table = error_table(rows, p)
         usable = ~np.all(np.isnan(table), axis=1)
         if usable.sum() < 2:
             raise ValueError("a slope needs at least two sample sizes with finished fits")
         fit = bootstrap_slope(sizes[usable], table[usable], n_boot=n_boot, seed=seed)
-        theory = float(setting_cfg.theory_slopes[p])
-        paper_p = paper.get(p)
-        out["params"][p] = {**fit, "theory": theory, "paper": paper_p, "verdict": verdict(fit, theory, paper_p)}
+        theory, paper_p = theories[p], paper.get(p)
+        out["params"][p] = {**fit, "theory": theory, "paper": paper_p, "verdict": verdict(fit, theory, paper_p, setting.reference)}
     return out
 
 
-def figure(rows, summary: dict, title: str):
-    """One log-log panel per reported parameter: mean error per n with a 10-90% band over replications, the fitted
-    power law (dashed) and the theoretical rate through the fitted line's centre (dotted)."""
+COLUMNS_PER_ROW = 4  # panels per row of the figure
+
+
+def figure(rows, summary: dict, title: str, labels: dict):
+    """One log-log panel per reported quantity (``labels`` their titles): mean error per n with a 10-90% band over
+    replications, the fitted power law (dashed) and the theoretical rate through the fitted line's centre (dotted)."""
     params = list(summary["params"])
-    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.6), constrained_layout=True, squeeze=False)
-    for ax, p in zip(axes[0], params):
+    ncols = min(len(params), COLUMNS_PER_ROW)
+    nrows = -(-len(params) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.6 * nrows), constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(params):]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, params):
         sizes, table = error_table(rows, p)
         s = summary["params"][p]
         mean = np.nanmean(table, axis=1)
@@ -78,11 +79,12 @@ def figure(rows, summary: dict, title: str):
         ax.plot(sizes, fitted, "--", color="C1", label=f"fit: slope {s['slope']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
         centre = np.exp(np.mean(np.log(sizes)))
         anchor = np.exp(s["intercept"]) * centre ** s["slope"]
-        ax.plot(sizes, anchor * (sizes / centre) ** s["theory"], ":", color="k", label=f"theory: {s['theory']:.3g}")
+        if s["theory"] is not None:
+            ax.plot(sizes, anchor * (sizes / centre) ** s["theory"], ":", color="k", label=f"theory: {s['theory']:.3g}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("n")
-        ax.set_title(LABELS[p])
+        ax.set_title(labels[p])
         ax.legend(fontsize=7)
     fig.suptitle(title)
     return fig
@@ -116,10 +118,11 @@ def markdown(summary: dict, runs: list | None = None) -> str:
                  f"{summary['at_bound']} ended on a bound of the parameter space (see the at_bound column).")
     if runs:
         lines.append(wall_time_line(runs))
-    lines += ["", "| parameter | fitted slope | 95% CI | theory | paper | verdict |", "|---|---|---|---|---|---|"]
+    lines += ["", f"| parameter | fitted slope | 95% CI | theory | {summary['reference']} | verdict |", "|---|---|---|---|---|---|"]
     for p, s in summary["params"].items():
         paper = "-" if s["paper"] is None else f"{s['paper']:.2f}"
-        lines.append(f"| {p} | {s['slope']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {s['theory']:.3f} | {paper} | {s['verdict']} |")
+        theory = "-" if s["theory"] is None else f"{s['theory']:.3f}"
+        lines.append(f"| {p} | {s['slope']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {theory} | {paper} | {s['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,13 +133,14 @@ def title(rows, setting_name: str, method: str) -> str:
     return f"{setting_name}, fit={method}: {reps} replications x {len(sizes)} sample sizes n = {sizes[0]}..{sizes[-1]}"
 
 
-def write_report(rows, setting_cfg, out_dir, runs=None, method: str = "em", n_boot: int = 2000):
-    """Write slopes.json, report.md, figure.png and figure.pdf into out_dir; returns (summary, fig)."""
+def write_report(rows, setting, out_dir, runs=None, method: str = "em", n_boot: int = 2000):
+    """Write slopes.json, report.md, figure.png and figure.pdf into out_dir for ``setting`` (a
+    handle); returns (summary, fig)."""
     out_dir = Path(out_dir)
-    summary = summarize(rows, setting_cfg, n_boot=n_boot)
+    summary = summarize(rows, setting, n_boot=n_boot)
     (out_dir / "slopes.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "report.md").write_text(markdown(summary, runs))
-    fig = figure(rows, summary, title(rows, setting_cfg.name, method))
+    fig = figure(rows, summary, title(rows, setting.name, method), setting.labels)
     fig.savefig(out_dir / "figure.png", dpi=110)
     fig.savefig(out_dir / "figure.pdf")
     return summary, fig
@@ -144,10 +148,13 @@ def write_report(rows, setting_cfg, out_dir, runs=None, method: str = "em", n_bo
 
 def terminal_table(summary: dict) -> str:
     """A plain-text slope table for the end of a run."""
-    head = f"{'param':8} {'slope':>7} {'95% CI':>17} {'theory':>7} {'paper':>6}  verdict"
+    width = max(8, *(len(p) for p in summary["params"]))
+    ref = summary.get("reference", "paper")
+    head = f"{'param':{width}} {'slope':>7} {'95% CI':>17} {'theory':>7} {ref:>7}  verdict"
     lines = [f"slopes for {summary['setting']}:", head]
     for p, s in summary["params"].items():
         paper = "-" if s["paper"] is None else f"{s['paper']:.2f}"
+        theory = "-" if s["theory"] is None else f"{s['theory']:.3f}"
         ci = f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-        lines.append(f"{p:8} {s['slope']:7.3f} {ci:>17} {s['theory']:7.3f} {paper:>6}  {s['verdict']}")
+        lines.append(f"{p:{width}} {s['slope']:7.3f} {ci:>17} {theory:>7} {paper:>7}  {s['verdict']}")
     return "\n".join(lines)

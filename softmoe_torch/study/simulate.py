@@ -2,8 +2,6 @@
 import numpy as np
 import torch
 
-from ..settings.setting import Setting
-
 
 def data_seed(seed: int, setting: str, n: int, rep: int) -> int:
     """A 63-bit seed for one data set, independent across (seed, setting, n, rep)."""
@@ -11,14 +9,15 @@ def data_seed(seed: int, setting: str, n: int, rep: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def simulate(setting: Setting, n: int, reps, seed: int = 0, dtype=torch.float64, device="cpu"):
-    """R = len(reps) data sets of size n: X (R, n, d) ~ N(0, I), y (R, n) ~ p_G*(y | x) with
-    G* = setting.truth(n). Each replication depends only on (seed, setting.name, n, rep)."""
+def simulate(setting, n: int, reps, seed: int = 0, dtype=torch.float64, device="cpu"):
+    """R = len(reps) data sets of size n: X (R, n, d) from ``setting.inputs`` (N(0, I) for the
+    paper's settings), y (R, n) ~ p_G*(y | x) with G* = setting.true_model(n). Each replication
+    depends only on (seed, setting.name, n, rep)."""
     model = setting.true_model(n)
     Xs, ys = [], []
     for rep in reps:
         gen = torch.Generator().manual_seed(data_seed(seed, setting.name, n, rep))
-        x = torch.randn(n, setting.dim, generator=gen, dtype=torch.float64)
+        x = setting.inputs(n, gen)
         Xs.append(x)
         ys.append(model.sample(x, generator=gen))
     return torch.stack(Xs).to(device=device, dtype=dtype), torch.stack(ys).to(device=device, dtype=dtype)

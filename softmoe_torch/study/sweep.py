@@ -21,20 +21,24 @@ from tqdm import tqdm
 
 from ..errors import Interrupted, UserError
 from ..settings.configs import register_resolvers
-from ..estimation.device import resolve_device, resolve_dtype
+from ..estimation.device import keep_freed_memory, resolve_device, resolve_dtype
 from ..estimation.convergence import ConvergenceWarning
 from ..estimation.driver import FitOptions, fit_best_of, replication_groups
 from .diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
 from ..estimation.init import starting_points
-from ..settings.paper import PAPER_PARAMS, param_errors
 from ..estimation.params import ParamSpace
 from .progress import WorkBar
-from ..settings.setting import Setting
+from ..settings.setting import load_setting
 from .simulate import data_seed, simulate
 from .workers import run_batches
 
-COLUMNS = ["setting", "n", "rep", "seed", *(f"err_{p}" for p in PAPER_PARAMS),
-           "mean_loglik", "loglik_truth", "moved", "hellinger", "n_iter", "converged", "status", "at_bound", "seconds"]
+HEAD = ("setting", "n", "rep", "seed")
+TAIL = ("mean_loglik", "loglik_truth", "moved", "hellinger", "n_iter", "converged", "status", "at_bound", "seconds")
+
+
+def columns(setting) -> list:
+    """results.csv's columns for ``setting``: the fit's key, the setting's own (its errors), the fit's record."""
+    return [*HEAD, *setting.columns, *TAIL]
 
 
 def config_number(value, key: str, kind=float, minimum=None):
@@ -65,7 +69,7 @@ def sample_sizes(sweep: DictConfig) -> list:
     return sizes
 
 
-STRING_KEYS = ("fit.method", "fit.mstep", "fit.rule", "fit.accelerate")
+STRING_KEYS = ("fit.method", "fit.mstep", "fit.rule", "fit.accelerate", "fit.indefinite", "setting.fit.indefinite")
 
 
 def _check_fit_values(node, key: str):
@@ -82,9 +86,17 @@ def _check_fit_values(node, key: str):
 
 
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:
-    """FitOptions from the ``fit`` config group; float32 gets looser tolerances."""
+    """FitOptions from the ``fit`` config group, with the options a setting needs (``setting.fit``,
+    if it has any: its own parameter box, its Newton variant) replacing the group's (``bounds``
+    entry by entry); float32 gets looser tolerances."""
     f = OmegaConf.to_container(cfg.fit, resolve=True)
     _check_fit_values(f, "fit")
+    if cfg.setting.get("fit"):
+        own = OmegaConf.to_container(cfg.setting.fit, resolve=True)
+        _check_fit_values(own, "setting.fit")
+        f.update({k: v for k, v in own.items() if k != "bounds"})
+        if own.get("bounds"):
+            f["bounds"] = {**(f.get("bounds") or {}), **own["bounds"]}
     if dtype == torch.float32:
         f["tol"], f["gtol"] = max(f.get("tol", 0), 1e-5), max(f.get("gtol", 0), 1e-5)
         inner = f.setdefault("inner", {})
@@ -99,7 +111,7 @@ def fit_options(cfg: DictConfig, dtype) -> FitOptions:
 class Plan:
     """A sweep's validated configuration: everything a fit needs, checked before the first one."""
 
-    setting: Setting
+    setting: object  # a setting handle (settings.setting.load_setting)
     device: torch.device
     dtype: torch.dtype
     opts: FitOptions
@@ -113,7 +125,7 @@ class Plan:
 def validate(cfg: DictConfig) -> Plan:
     """Check the whole sweep configuration (setting, device, dtype, fit, init, sweep, seed); a
     problem is a one-line UserError naming the key, raised before anything is fitted or written."""
-    setting = Setting(cfg.setting)
+    setting = load_setting(cfg.setting)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     opts = fit_options(cfg, dtype)
@@ -122,6 +134,8 @@ def validate(cfg: DictConfig) -> Plan:
     sizes = sample_sizes(cfg.sweep)
     if cfg.init.policy == "near_truth":
         config_number(cfg.init.scale, "init.scale", float, 0)
+        config_number(cfg.init.get("power", 0.0), "init.power", float, 0)
+        config_number(cfg.init.get("n_init", 1), "init.n_init", int, 1)
     elif cfg.init.policy == "random":
         config_number(cfg.init.n_init, "init.n_init", int, 1)
     else:
@@ -152,15 +166,16 @@ def worker_count(plan: Plan, todo) -> int:
 
 def sweep_starts(cfg, setting, model, n, reps, Y):
     """The init policy's starts {name: (R, ...)} for replications ``reps``; each replication's
-    starts depend only on (seed, setting, n, rep, start)."""
+    starts depend only on (seed, setting, n, rep, start). A near-truth start's noise has size
+    init.scale * n^-init.power (power 0 unless given)."""
     policy = cfg.init.policy
     if policy == "near_truth":
-        seed_of = lambda i, j: data_seed(cfg.seed + 1, setting.name, n, reps[j])  # noqa: E731
+        seed_of = lambda i, j: data_seed(cfg.seed + 1, setting.name if i == 0 else f"{setting.name}/near{i}", n, reps[j])  # noqa: E731
     else:
         seed_of = lambda i, j: data_seed(cfg.seed, f"{setting.name}/random{i}", n, reps[j])  # noqa: E731
     truth = setting.truth(n) if policy == "near_truth" else None
-    return starting_points(model, Y, policy, seed_of, truth=truth, scale=float(cfg.init.get("scale", 0.1)),
-                           n_init=int(cfg.init.get("n_init", 1)))
+    scale = float(cfg.init.get("scale", 0.1)) * float(n) ** -float(cfg.init.get("power", 0.0))
+    return starting_points(model, Y, policy, seed_of, truth=truth, scale=scale, n_init=int(cfg.init.get("n_init", 1)))
 
 
 def _bool(text: str) -> bool:
@@ -169,14 +184,15 @@ def _bool(text: str) -> bool:
     return text == "True"
 
 
-TYPES = {"n": int, "rep": int, "seed": int, **{f"err_{p}": float for p in PAPER_PARAMS},
-         "mean_loglik": float, "loglik_truth": float, "moved": float, "hellinger": float, "n_iter": int, "converged": _bool, "seconds": float}
+TYPES = {"n": int, "rep": int, "seed": int, "mean_loglik": float, "loglik_truth": float, "moved": float,
+         "hellinger": float, "n_iter": int, "converged": _bool, "seconds": float}  # and float for every err_ column
 
 
 def typed_row(row: dict, where: str) -> dict:
     """A results.csv row of strings -> the same row with Python values (as ``_rows`` makes them)."""
     out = dict(row)
-    for key, cast in TYPES.items():
+    types = {**TYPES, **{k: float for k in row if k.startswith("err_")}}
+    for key, cast in types.items():
         try:
             out[key] = cast(row[key])
         except (TypeError, ValueError):
@@ -187,24 +203,26 @@ def typed_row(row: dict, where: str) -> dict:
 
 @dataclass
 class Results:
-    """The rows of results.csv, keyed by (setting, n, rep, seed); values typed as in COLUMNS."""
+    """The rows of results.csv, keyed by (setting, n, rep, seed); values typed as ``typed_row`` does."""
 
     path: Path
     rows: list
+    columns: list
 
     @classmethod
-    def load(cls, path):
-        """Read results.csv (if any), typing every row once; a damaged file is a UserError."""
+    def load(cls, path, columns: list):
+        """Read results.csv (if any) of the given ``columns`` (``columns(setting)``), typing every
+        row once; a damaged file is a UserError."""
         path = Path(path)
         rows = []
         if path.exists():
             with open(path, newline="") as fh:
                 reader = csv.DictReader(fh)
-                if reader.fieldnames is not None and reader.fieldnames != COLUMNS:
-                    raise UserError(f"{path} has columns {','.join(reader.fieldnames)}, expected {','.join(COLUMNS)}; "
-                                    "move it away (it is not this version's results file)")
+                if reader.fieldnames is not None and reader.fieldnames != list(columns):
+                    raise UserError(f"{path} has columns {','.join(reader.fieldnames)}, expected {','.join(columns)}; "
+                                    "move it away (it is not this version's results file, or another setting's)")
                 rows = [typed_row(r, f"{path} line {reader.line_num}") for r in reader]
-        return cls(path, rows)
+        return cls(path, rows, list(columns))
 
     def done(self, setting: str, seed: int) -> set:
         """(n, rep) of finished fits; a batch that raised ('error: ...') is not finished."""
@@ -219,7 +237,7 @@ class Results:
         rows = [r for r in self.rows if key(r) not in fresh] + list(new_rows)
         tmp = self.path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
             fh.flush()
@@ -233,7 +251,7 @@ def _rows(setting, n, reps, seed, result, errors, diagnostics):
     return [
         {
             "setting": setting.name, "n": n, "rep": rep, "seed": seed,
-            **{f"err_{p}": float(errors[p][j]) for p in PAPER_PARAMS},
+            **{k: v[j] if isinstance(v[j], str) else float(v[j]) for k, v in errors.items()},
             "mean_loglik": float(result.mean_loglik[j]), **{k: float(v[j]) for k, v in diagnostics.items()},
             "n_iter": int(result.n_iter[j]),
             "converged": bool(result.converged[j]), "status": result.status[j],
@@ -246,7 +264,7 @@ def _rows(setting, n, reps, seed, result, errors, diagnostics):
 def _failed_rows(setting, n, reps, seed, reason):
     nan = float("nan")
     return [
-        {"setting": setting.name, "n": n, "rep": rep, "seed": seed, **{f"err_{p}": nan for p in PAPER_PARAMS},
+        {"setting": setting.name, "n": n, "rep": rep, "seed": seed, **{c: nan if c.startswith("err_") else "" for c in setting.columns},
          "mean_loglik": nan, "loglik_truth": nan, "moved": nan, "hellinger": nan, "n_iter": 0, "converged": False, "status": f"error: {reason}", "at_bound": "", "seconds": 0.0}
         for rep in reps
     ]
@@ -294,8 +312,8 @@ def _fit_batch(cfg, plan: Plan, n: int, reps: list):
             result = fit_best_of(plan.model, X, Y, starts, plan.opts)
         truth = setting.true_model(n)
         diagnostics = {"loglik_truth": loglik_at_truth(truth, X, Y), "moved": moved_from_start(starts, result.params),
-                       "hellinger": hellinger_to_truth(truth, setting.dim, plan.model, result.params, plan.hellinger_points)}
-        errors = param_errors(result.params, setting.truth(n))
+                       "hellinger": hellinger_to_truth(truth, setting, plan.model, result.params, plan.hellinger_points)}
+        errors = setting.errors(result.params, n)
         return _rows(setting, n, reps, seed, result, errors, diagnostics), result
     except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:
         tqdm.write(f"fits at n={n} failed: {err.__class__.__name__}: {err}")
@@ -333,6 +351,7 @@ _WORKER = {}  # in a worker process: the sweep's config and plan, set once by _w
 
 def _worker_init(cfg: DictConfig):
     register_resolvers()
+    keep_freed_memory()
     _WORKER.update(cfg=cfg, plan=validate(cfg))
 
 
@@ -348,7 +367,7 @@ def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(cfg, plan, out_dir)
-    results = Results.load(out_dir / "results.csv")
+    results = Results.load(out_dir / "results.csv", columns(plan.setting))
     name, seed = plan.setting.name, int(cfg.seed)
     done = results.done(name, seed)
     todo = [(n, [r for r in plan.reps if (n, r) not in done]) for n in plan.sizes]
@@ -370,7 +389,7 @@ def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
                 progress(n, reps, seconds)
                 if monitor is not None:
                     monitor.log_batch(n, reps, rows, result, seconds)
-                    monitor.log_progress(n, results.rows, cfg.setting, seed)
+                    monitor.log_progress(n, results.rows, plan.setting, seed)
     except KeyboardInterrupt:
         kept = len(results.done(name, seed))
         raise Interrupted(f"kept {kept} finished fits in {results.path}; run the same command again to resume") from None

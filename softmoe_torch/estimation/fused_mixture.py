@@ -1,0 +1,207 @@
+"""Analytic value, gradient and Hessian of a mixture of experts with K >= 2 components, any subset
+of them trainable: ``MixtureOfExperts`` and ``ContaminatedMoE`` with several prompts.
+
+Per sample, the log-likelihood is ll = LSE_k(phi_k) - LSE_k(a_k), phi_k = a_k + L_k, with gate
+logits a_k (a_0 = 0), L_k = log f_k(y | m_k, v_k) and expert means m_k = act(z_k). Its derivatives
+in the per-sample quantities q (the a_k, and m_k, v_k of the trainable components) are
+
+    d ll / d q_j = r_c D_j - [q_j = a_c] s_c,
+    d2 ll / d q_i d q_j = D_i D_j (r_c [c = c'] - r_c r_c') - [both a] (s_c [c = c'] - s_c s_c')
+                          + [c = c'] r_c d2 L_c / d q_i d q_j,
+
+with r the posterior, s the gate weights, c, c' the components of q_i, q_j and D = d phi_c / d q
+(1, dL/dm or dL/dv). Every quantity is affine in its parameters through the features z = (x, 1)
+(times act' for a mean, with act'' curvature), so each block of the Hessian is a weighted Gram
+matrix Z^T diag(w) Z. With responsibilities given (the EM's Q function) the posterior-covariance
+term drops and r is held fixed."""
+import torch
+
+from ..model.densities import Density
+from ..model.gates import ConstantGate, SoftmaxGate
+from ..model.mixture import _Mixture
+from .evaluation import BLOCK, Blocked, Evaluation, defines_derivatives, rows, sample_blocks
+from .params import ParamSpace
+
+EXPERT_PARAMS = ({"eta"}, {"eta", "bias"})  # an index expert's own parameters: eta, and an affine one's bias
+
+
+def _fusable_component(component) -> bool:
+    """Frozen, or fully trainable with an index expert and a density that both give derivatives."""
+    trainable = {n for n, p in component.named_parameters() if p.requires_grad}
+    if not trainable:
+        return True
+    expert = component.expert
+    names = {n for n, _ in expert.named_parameters()}
+    return (
+        hasattr(expert, "activation_derivatives")
+        and defines_derivatives(type(expert))
+        and names in EXPERT_PARAMS
+        and trainable == {f"expert.{n}" for n in names} | {"nu"}
+        and type(component.density).derivatives is not Density.derivatives
+    )
+
+
+def mixture_fused_supported(model) -> bool:
+    """Whether ``MixtureFusedObjective`` can evaluate ``model``: a softmax or constant gate, all its
+    parameters trainable; every component frozen or fused-capable (see ``_fusable_component``)."""
+    if not isinstance(model, _Mixture) or type(model.gate) not in (SoftmaxGate, ConstantGate):
+        return False
+    return all(p.requires_grad for p in model.gate.parameters()) and all(_fusable_component(c) for c in model.components)
+
+
+def _softmax(logits: list):
+    """K tensors (m, n) -> (softmax (m, K, n), log-sum-exp (m, n)) with K exponentials and one log
+    per sample (K is small: element-wise over the list beats a reduction over a short axis)."""
+    top = logits[0]
+    for z in logits[1:]:
+        top = torch.maximum(top, z)
+    e = [torch.exp(z - top) for z in logits]
+    total = sum(e)
+    return torch.stack(e, 1) / total.unsqueeze(1), top + torch.log(total)
+
+
+class MixtureFusedObjective(Blocked):
+    """X (R, n, d), Y (R, n); the frozen components' log-densities are computed once.
+    resp: (m, n, K) responsibilities, as the generic objective's."""
+
+    def __init__(self, model, X, Y, space: ParamSpace, block: int = BLOCK):
+        self.Y, self.space = Y, space
+        R, n, d = X.shape
+        self.K, self.d = len(model.components), d
+        self.blocks = sample_blocks(n, block)
+        Z = torch.cat([X, X.new_ones(R, n, 1)], dim=2)  # features (x, 1)
+        self.Z = [Z[:, a:b].contiguous() for a, b in self.blocks]
+        self.Zt = [Z[:, a:b].transpose(1, 2).contiguous() for a, b in self.blocks]
+        # (R, n, F F) per block: the products z_f z_f' that every within-component Hessian block sums against
+        self.ZZ = [(z.unsqueeze(3) * z.unsqueeze(2)).reshape(R, b - a, -1).contiguous() for z, (a, b) in zip(self.Z, self.blocks)]
+        sl, names = space.slices, model.component_names()
+        self.fixed, self.trained = {}, []  # frozen k -> L_k (R, n); trainable: (k, activation, density, nu slice)
+        quantities = [("a", k) for k in range(1, self.K)]  # the per-sample quantities q_j
+        coef = []  # per linear predictor (gate logits, then expert indices): theta index of each feature, -1 for 0
+        p_of = lambda name: list(range(sl[name].start, sl[name].stop)) if name in sl else None  # noqa: E731
+        beta, tau = p_of("gate.beta"), p_of("gate.tau")
+        for k in range(1, self.K):
+            coef.append((beta[(k - 1) * d : k * d] if beta else [-1] * d) + [tau[k - 1]])
+        for k, c in enumerate(model.components):
+            if any(p.requires_grad for p in c.parameters()):
+                eta, bias = p_of(f"{names[k]}.expert.eta"), p_of(f"{names[k]}.expert.bias")
+                coef.append(eta + (bias or [-1]))
+                self.trained.append((k, type(c.expert).activation_derivatives, c.density, sl[f"{names[k]}.nu"]))
+                quantities += [("m", k), ("v", k)]
+            else:
+                with torch.no_grad():
+                    self.fixed[k] = c(X.reshape(R * n, d), Y.reshape(R * n)).reshape(R, n)
+        self.quantities = quantities
+        self.trained_components = [k for k, *_ in self.trained]
+        self.coef_index = torch.tensor(coef, device=X.device)  # (K - 1 + trainable experts, d + 1)
+        self._feature_maps(coef, space.dim)
+
+    def _feature_maps(self, coef, p: int):
+        """Where each parameter sits among the (quantity, feature) coordinates: ``position`` (p,)
+        indexes the flattened (Q, d + 1) gradient and each axis of the (Q (d + 1))^2 Hessian."""
+        F = self.d + 1
+        where = [None] * p  # parameter index -> (quantity j, feature f)
+        gate_rows = self.K - 1
+        for row, indices in enumerate(coef):
+            j = row if row < gate_rows else gate_rows + 2 * (row - gate_rows)  # an expert row is its mean's quantity
+            for f, i in enumerate(indices):
+                if i >= 0:
+                    where[i] = (j, f)
+        for j, (kind, _) in enumerate(self.quantities):
+            if kind == "v":
+                nu = self.trained[(j - gate_rows) // 2][3]
+                where[nu.start] = (j, F - 1)
+        comps = [k for _, k in self.quantities]
+        dev = self.coef_index.device
+        self.n_gate = gate_rows
+        self.comp = torch.tensor(comps, device=dev)
+        self.is_gate = torch.tensor([kind == "a" for kind, _ in self.quantities], device=dev)
+        self.mean_quantity = [j for j, (kind, _) in enumerate(self.quantities) if kind == "m"]  # its variance's is j + 1
+        # within-component pairs (j <= j') of quantities: their per-sample Hessian weights are summed against z z'
+        self.pairs = [(j, jj) for j in range(len(comps)) for jj in range(j, len(comps)) if comps[j] == comps[jj]]
+        self.pair_rows = torch.tensor([j for j, _ in self.pairs], device=dev)
+        self.pair_cols = torch.tensor([jj for _, jj in self.pairs], device=dev)
+        self.position = torch.tensor([j * F + f for j, f in where], device=dev)
+
+    def _block(self, u, theta, d1, d2, idx, blk: int, order: int, resp) -> Evaluation:
+        a0, b0 = self.blocks[blk]
+        Z, Zt, ZZ, Y = (rows(t, idx) for t in (self.Z[blk], self.Zt[blk], self.ZZ[blk], self.Y[:, a0:b0]))
+        m, n = Y.shape
+        padded = torch.cat([theta, theta.new_zeros(m, 1)], dim=1)
+        lin = torch.bmm(padded[:, self.coef_index], Zt)  # (m, gate logits + expert indices, n): one pass over X
+        gate_rows = self.K - 1
+        A = [torch.zeros_like(Y), *lin[:, :gate_rows].unbind(1)]  # gate logits, the reference's 0
+        L = [None] * self.K
+        for k, L_k in self.fixed.items():
+            L[k] = rows(L_k[:, a0:b0], idx)
+        local = []  # per trainable component: (mean's act', act'', the density's derivatives)
+        for t, (k, activation, density, nu) in enumerate(self.trained):
+            mean, h1, h2 = activation(lin[:, gate_rows + t])
+            derivs = density.derivatives(Y, mean, theta[:, nu])
+            L[k] = derivs[0]
+            local.append((h1, h2, derivs))
+        s, log_norm = _softmax(A)
+        if resp is None:
+            r, lse = _softmax([a + l for a, l in zip(A, L)])
+            loss = -(lse - log_norm).mean(-1)
+            out_resp = r.transpose(1, 2).detach()
+        else:
+            r = resp.transpose(1, 2)
+            loss = -sum(r[:, k] * (A[k] - log_norm + L[k]) for k in range(self.K)).mean(-1)
+            out_resp = None
+        if order == 0:
+            return Evaluation(loss, None, None, out_resp)
+        ones = torch.ones_like(Y)
+        derivs = {k: local[t] for t, k in enumerate(self.trained_components)}  # component -> (act', act'', density's)
+        D = torch.stack([ones if kind == "a" else derivs[k][2][1 if kind == "m" else 2] for kind, k in self.quantities], 1)
+        mult = torch.stack([derivs[k][0] if kind == "m" else ones for kind, k in self.quantities], 1)  # d q / d predictor
+        rc, sc = r[:, self.comp], s[:, self.comp]  # (m, Q, n): each quantity's component's r and s
+        G = rc * D - torch.where(self.is_gate.unsqueeze(1), sc, 0)  # d ll / d q, (m, Q, n)
+        g = (torch.bmm(G * mult, Z) / n).reshape(m, -1)[:, self.position]
+        grad = -g * d1
+        if order == 1:
+            return Evaluation(loss, grad, None, out_resp)
+        H = self._hessian(Z, Zt, ZZ, rc, sc, D * mult, G, derivs, resp is None)  # (m, Q F, Q F)
+        H = H[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
+        hess = -(d1.unsqueeze(2) * H * d1.unsqueeze(1) + torch.diag_embed(g * d2))
+        return Evaluation(loss, grad, hess, out_resp)
+
+    def _hessian(self, Z, Zt, ZZ, rc, sc, dq, G, derivs, marginal: bool):
+        """The Hessian of the mean ll in (quantity, feature) coordinates, (m, Q F, Q F). Within a
+        component, every term is a per-sample weight of a pair of its quantities summed against
+        z z' (one product with the precomputed feature products ZZ); across components only the
+        posterior covariance and the gate's log-normalizer reach, as Gram matrices of
+        (quantity, feature) vectors. dq (m, Q, n): d phi / d predictor of each quantity (1 for a
+        gate logit); rc, sc (m, Q, n): each quantity's component's posterior and gate weight."""
+        m, Q, n = dq.shape
+        F, a = Zt.shape[1], self.n_gate
+        j, jj = self.pair_rows, self.pair_cols
+        w = rc * dq  # (m, Q, n): d ll / d predictor through each quantity's component, as the posterior weighs it
+        W = dq.new_zeros(m, len(self.pairs), n)
+        if marginal:
+            for p, (q, qq) in enumerate(self.pairs):
+                torch.mul(w[:, q], dq[:, qq], out=W[:, p])
+        curvature = {}  # (j, j') -> weight: the density's second derivatives and the mean's act''
+        for k, qm in zip(self.trained_components, self.mean_quantity):
+            h1, h2, dens = derivs[k]
+            rk = rc[:, qm]
+            curvature[(qm, qm)] = rk * dens[3] * h1 * h1 + G[:, qm] * h2
+            curvature[(qm, qm + 1)] = rk * dens[4] * h1
+            curvature[(qm + 1, qm + 1)] = rk * dens[5]
+        for q in range(a):  # the gate's log-normalizer, on its diagonal: -s_k
+            curvature[(q, q)] = -sc[:, q]
+        for p, pair in enumerate(self.pairs):
+            if pair in curvature:
+                W[:, p] += curvature[pair]
+        blocks = torch.bmm(W, ZZ).reshape(m, -1, F, F)  # (m, pairs, F, F)
+        H = dq.new_zeros(m, Q, Q, F, F)
+        H[:, j, jj] = blocks
+        off = j != jj
+        H[:, jj[off], j[off]] = blocks[:, off].transpose(2, 3)
+        H = H.transpose(2, 3).reshape(m, Q * F, Q * F)
+        if marginal:  # minus (sum_c r_c V_c)(...)^T of the posterior covariance, V = d phi / d (quantity, feature)
+            Vr = (w.unsqueeze(2) * Zt.unsqueeze(1)).reshape(m, Q * F, n)
+            H -= torch.bmm(Vr, Vr.transpose(1, 2))
+        Vs = (sc[:, :a].unsqueeze(2) * Zt.unsqueeze(1)).reshape(m, a * F, n)  # plus (sum_k s_k z)(...)^T of the normalizer
+        H[:, : a * F, : a * F] += torch.bmm(Vs, Vs.transpose(1, 2))
+        return H / n
