@@ -1,18 +1,26 @@
-"""A pilot of the contamination test's choice of fit (issue: is there a prompt at all?): on the
-same data sets, the test's alternative fitted with the fit's own bounds (prompt variance >= 1e-8)
-and with the variance floor 0.1 x nu0 (the command's default), at n = 1000 in the distinguishable
-setting (Laplace f0). Per choice: the null distribution of LR over M data sets drawn under H0 (X
-fresh each), the share of degenerate and unconverged fits, and the power of the test with the
-null pool's 95% quantile as its critical value (the unconditional Monte Carlo test with B = M)
-against weak contamination tau* = -7 and -6 (a prompt weight near 0.15% and 0.4%) (the setting's truth otherwise).
+"""Pilots of the contamination test's choice of fit for the alternative (issue: is there a prompt at
+all?), each on the same data sets for every choice: the null distribution of the statistic over M
+data sets drawn under H0 (X fresh each), the share of degenerate and unconverged fits, seconds a
+fit, and the power of the test with the null pool's 95% quantile as its critical value (the
+unconditional Monte Carlo test with B = M) against a few alternatives.
 
-    python experiments/contamination_pilot.py [--M 60] [--reps 40]
+- ``--compare floors`` (pilot.md): the alternative fitted to convergence (newton, 3 random starts)
+  with the fit's own bounds (prompt variance >= 1e-8) and with the variance floor 0.1 x nu0, at
+  n = 1000 in the distinguishable setting, against weak contamination tau* = -7, -6.
+- ``--compare iterations`` (pilot_iterations.md): with the floor, the MLE (3 random starts, to
+  convergence) against fits capped at K = 10, 20, 50 iterations from 2 or 3 random starts (the
+  EM-test form), in the distinguishable setting (Laplace f0) at n = 1e3 (tau* = -7, -6) and 1e4
+  (tau* = -9, -8), and the non-distinguishable one (Gaussian f0) at n = 1e3 against tau* = -7, -5
+  and against eta* = eta0 (1 + delta), delta = 0.05, 0.1, 0.2 at the setting's tau*.
 
-Writes experiments/contamination/pilot.json and pilot.md. A pilot: M and the replications are
-small and its intervals wide; the calibration and power studies are not this."""
+    python experiments/contamination_pilot.py [--compare floors|iterations] [--M 60] [--reps 40]
+
+Writes experiments/contamination/pilot[_iterations].json and .md. A pilot: M and the replications
+are small and its intervals wide; the calibration and power studies are not this."""
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +33,16 @@ from softmoe_torch.settings.configs import CONF_DIR, register_resolvers
 from softmoe_torch.settings.setting import Setting
 
 HERE = Path(__file__).resolve().parent / "contamination"
-N, SETTING, TAUS, FLOORS = 1000, "distinguishable", (-7.0, -6.0), (None, 0.1)
+E1 = [1.0] + [0.0] * 7
+CELLS = {  # comparison -> [(setting, n, {label: truth overrides})]
+    "floors": [("distinguishable", 1000, {"tau*=-7": {"gate.tau": -7.0}, "tau*=-6": {"gate.tau": -6.0}})],
+    "iterations": [
+        ("distinguishable", 1000, {"tau*=-7": {"gate.tau": -7.0}, "tau*=-6": {"gate.tau": -6.0}}),
+        ("distinguishable", 10000, {"tau*=-9": {"gate.tau": -9.0}, "tau*=-8": {"gate.tau": -8.0}}),
+        ("nondistinguishable_eta", 1000, {"tau*=-7": {"gate.tau": -7.0}, "tau*=-5": {"gate.tau": -5.0},
+                                          **{f"delta={d:g}": {"prompts.0.expert.eta": [1 + d, *E1[1:]]} for d in (0.05, 0.1, 0.2)}}),
+    ],
+}
 
 
 def wilson(hits: int, total: int, z: float = 1.96) -> list:
@@ -35,67 +52,99 @@ def wilson(hits: int, total: int, z: float = 1.96) -> list:
     return [(centre - half) / (1 + z * z / total), (centre + half) / (1 + z * z / total)]
 
 
-def draws(setting: Setting, tau: float | None, M: int, seed: int):
-    """M data sets (X fresh each): under H0 (tau None) or the setting's truth with gate.tau = tau."""
+def draws(setting: Setting, n: int, truth: dict | None, M: int, seed: int):
+    """M data sets of size n (X fresh each): under H0 (truth None) or the setting's truth at n with
+    the given parameters replaced; and the null's log-likelihood of each."""
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(M, N, setting.dim, generator=g, dtype=torch.float64)
-    model = setting.true_model(N)
-    if tau is not None:
-        with torch.no_grad():
-            model.gate.tau.fill_(tau)
+    X = torch.randn(M, n, setting.dim, generator=g, dtype=torch.float64)
+    model = setting.true_model(n)
+    with torch.no_grad():
+        for name, value in (truth or {}).items():
+            param = model.get_parameter(name)
+            param.copy_(torch.as_tensor(value, dtype=param.dtype).expand_as(param))
     f0 = model.pretrained
     with torch.no_grad():
-        Y = torch.stack([model.sample(X[m], generator=g) if tau is not None
-                         else f0.density.sample(f0.mean(X[m]), f0.nu.expand(N), g) for m in range(M)])
+        Y = torch.stack([model.sample(X[m], generator=g) if truth is not None
+                         else f0.density.sample(f0.mean(X[m]), f0.nu.expand(n), g) for m in range(M)])
     return X, Y, torch.stack([f0(X[m], Y[m]).sum() for m in range(M)])
 
 
-def statistics(estimator: Estimator, X, Y, null_loglik) -> dict:
+def statistics(estimator: Estimator, X, Y, null_loglik, capped: bool) -> dict:
+    """The statistic of every data set: raw for a capped fit, clamped at 0 for the MLE."""
     t0 = time.perf_counter()
-    res = estimator.fit(X, Y, replications=[0] * len(Y))
-    lr = (2 * (res.loglik - null_loglik)).clamp_min(0).tolist()
-    return {"lr": lr, "status": res.status, "degenerate": [bool(d) for d in res.degenerate],
-            "seconds": time.perf_counter() - t0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = estimator.fit(X, Y, replications=[0] * len(Y))
+    lr = 2 * (res.loglik - null_loglik)
+    return {"lr": (lr if capped else lr.clamp_min(0)).tolist(), "status": res.status,
+            "degenerate": [bool(d) for d in res.degenerate], "seconds": time.perf_counter() - t0}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--M", type=int, default=60, help="H0 data sets")
-    parser.add_argument("--reps", type=int, default=40, help="contaminated data sets per tau*")
-    args = parser.parse_args(argv)
-    register_resolvers()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        setting = Setting(compose("config", overrides=[f"setting={SETTING}"]).setting)
-    data = {"H0": draws(setting, None, args.M, 1)} | {f"tau*={t:g}": draws(setting, t, args.reps, 2 + i) for i, t in enumerate(TAUS)}
-    out = {"n": N, "setting": SETTING, "M": args.M, "reps": args.reps, "procedure": "newton, 3 random starts", "choices": {}}
-    for floor in FLOORS:
-        estimator = Estimator(setting.model(), "newton", n_init=3)
-        if floor is not None:
-            estimator = with_variance_floor(estimator, floor)
-        name = "bounds only (nu >= 1e-8)" if floor is None else f"floor {floor:g} x nu0"
-        cells = {k: statistics(estimator, *v) for k, v in data.items()}
+def choices(compare: str, model) -> dict:
+    """name -> (estimator, capped) of the comparison."""
+    if compare == "floors":
+        return {"bounds only (nu >= 1e-8)": (Estimator(model, "newton", n_init=3), False),
+                "floor 0.1 x nu0": (with_variance_floor(Estimator(model, "newton", n_init=3), 0.1), False)}
+    out = {"MLE (3 random starts, to convergence)": (with_variance_floor(Estimator(model, "newton", n_init=3), 0.1), False)}
+    for k in (10, 20, 50):
+        for starts in (2, 3):
+            out[f"{starts} random starts, {k} iterations"] = (with_variance_floor(Estimator(model, "newton", n_init=starts, max_iter=k), 0.1), True)
+    return out
+
+
+def run_cell(setting: Setting, n: int, alternatives: dict, compare: str, M: int, reps: int) -> dict:
+    data = {"H0": draws(setting, n, None, M, 1)} | {k: draws(setting, n, v, reps, 2 + i) for i, (k, v) in enumerate(alternatives.items())}
+    out = {}
+    for name, (estimator, capped) in choices(compare, setting.model()).items():
+        cells = {k: statistics(estimator, *v, capped) for k, v in data.items()}
         critical = float(np.quantile(cells["H0"]["lr"], 0.95))
         for k, c in cells.items():
-            c["unconverged"] = sum(s != "converged" for s in c["status"])
+            c["unconverged"] = sum(s not in ("converged", "max_iter" if capped else "converged") for s in c["status"])
             c["n_degenerate"] = sum(c["degenerate"])
             if k != "H0":
                 hits = sum(v > critical for v in c["lr"])
                 c["power"] = {"rate": hits / len(c["lr"]), "ci95": wilson(hits, len(c["lr"]))}
-        out["choices"][name] = {"critical_95": critical, "null_median": float(np.median(cells["H0"]["lr"])), "cells": cells}
-        print(name, {k: (c.get("power"), c["unconverged"], c["n_degenerate"], round(c["seconds"])) for k, c in cells.items()}, flush=True)
-    HERE.mkdir(exist_ok=True)
-    (HERE / "pilot.json").write_text(json.dumps(out, indent=1))
-    lines = [f"# Contamination test pilot: {SETTING}, n = {N}, {args.M} H0 data sets, {args.reps} per tau*", "",
-             "| alternative's fit | H0: LR median, 95% quantile | H0 degenerate / unconverged | "
-             + " | ".join(f"power at {k} [95% CI]" for k in data if k != "H0") + " | seconds (all fits) |",
-             "|---|---|---|" + "---|" * (len(data) - 1) + "---|"]
-    for name, ch in out["choices"].items():
+        out[name] = {"critical_95": critical, "null_median": float(np.median(cells["H0"]["lr"])), "cells": cells}
+        print(setting.name, n, name, {k: (c.get("power", {}).get("rate"), round(c["seconds"] / len(c["lr"]), 3)) for k, c in cells.items()}, flush=True)
+    return out
+
+
+def table(result: dict, M: int) -> list:
+    """Markdown rows of one cell: per choice the null's median and 95% quantile, degenerate and
+    unconverged H0 fits, seconds a fit (H0), the power at each alternative."""
+    labels = [k for k in next(iter(result.values()))["cells"] if k != "H0"]
+    lines = ["| alternative's fit | H0: median, 95% quantile | H0 degenerate / unconverged | s a fit (H0) | "
+             + " | ".join(f"power at {k} [95% CI]" for k in labels) + " |", "|---|---|---|---|" + "---|" * len(labels)]
+    for name, ch in result.items():
         c = ch["cells"]
-        lines.append(f"| {name} | {ch['null_median']:.1f}, {ch['critical_95']:.1f} | {c['H0']['n_degenerate']} / {c['H0']['unconverged']} of {args.M} | "
-                     + " | ".join(f"{c[k]['power']['rate']:.2f} [{c[k]['power']['ci95'][0]:.2f}, {c[k]['power']['ci95'][1]:.2f}]"
-                                  for k in data if k != "H0")
-                     + f" | {sum(v['seconds'] for v in c.values()):.0f} |")
-    (HERE / "pilot.md").write_text("\n".join(lines) + "\n")
+        lines.append(f"| {name} | {ch['null_median']:.1f}, {ch['critical_95']:.1f} | {c['H0']['n_degenerate']} / {c['H0']['unconverged']} of {M} | "
+                     f"{c['H0']['seconds'] / M:.3f} | "
+                     + " | ".join(f"{c[k]['power']['rate']:.2f} [{c[k]['power']['ci95'][0]:.2f}, {c[k]['power']['ci95'][1]:.2f}]" for k in labels) + " |")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--compare", choices=sorted(CELLS), default="iterations")
+    parser.add_argument("--M", type=int, default=60, help="H0 data sets per cell")
+    parser.add_argument("--reps", type=int, default=40, help="data sets per alternative")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    register_resolvers()
+    out = {"compare": args.compare, "M": args.M, "reps": args.reps, "procedure": "newton", "cells": []}
+    lines = [f"# Contamination test pilot: the alternative's fit ({args.compare}); {args.M} H0 data sets, {args.reps} per alternative", "",
+             "The critical value is the H0 pool's 95% quantile; the statistic is clamped at 0 for the MLE and raw for a "
+             "capped fit; seconds on one thread.", ""]
+    for name, n, alternatives in CELLS[args.compare]:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            setting = Setting(compose("config", overrides=[f"setting={name}"]).setting)
+        result = run_cell(setting, n, alternatives, args.compare, args.M, args.reps)
+        out["cells"].append({"setting": name, "n": n, "alternatives": alternatives, "choices": result})
+        lines += [f"## {name}, n = {n}", "", *table(result, args.M), ""]
+    HERE.mkdir(exist_ok=True)
+    stem = "pilot" if args.compare == "floors" else f"pilot_{args.compare}"
+    (HERE / f"{stem}.json").write_text(json.dumps(out, indent=1))
+    (HERE / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

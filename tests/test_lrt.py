@@ -2,6 +2,7 @@
 refits equal single refits, failure accounting, degenerate fits flagged, bad inputs, the CLI."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from conftest import run_cli
 from softmoe_torch import Component, ContaminatedMoE, Estimator, Gaussian, Laplace, SoftmaxGate, TanhExpert
-from softmoe_torch.estimation.degeneracy import degeneracy, prompt_sizes
+from softmoe_torch.estimation.degeneracy import degeneracy, trainable_sizes
 from softmoe_torch.lrt import BootstrapTest, contamination_test, prompts_test, with_variance_floor
 
 D = 3
@@ -32,12 +33,13 @@ def data(n: int, contaminated: bool, seed: int = 0):
     return X, f0.density.sample(f0.mean(X), f0.nu.expand(n), g)
 
 
-def made(raw_statistic, raw_boot, status=None, rule="conservative"):
+def made(raw_statistic, raw_boot, status=None, rule="conservative", iterations=None):
     class Observed:  # what the formula reads of the observed fit
         n, status, degenerate = 10, ["converged"], [[]]
 
     status = status or ["converged"] * len(raw_boot)
-    return BootstrapTest("contamination", raw_statistic, raw_boot, status, [False] * len(raw_boot), Observed(), rule, 0.0)
+    return BootstrapTest("contamination", raw_statistic, raw_boot, status, [False] * len(raw_boot), Observed(), rule, 0.0,
+                         iterations=iterations)
 
 
 def test_pvalue_is_one_plus_the_count_at_or_above_over_b_plus_one():
@@ -63,6 +65,17 @@ def test_unconverged_refits_count_high_under_the_conservative_rule_and_as_fitted
     assert with_nan.n_failed == 1 and with_nan.pvalue == 2 / 21
 
 
+def test_a_capped_statistic_is_compared_raw_and_stopping_at_the_cap_is_no_failure():
+    """The EM-test form: raw statistics (not clamped at 0), and max_iter is the procedure."""
+    boot = [-3.0, -2.0, -1.0, 0.5] * 5  # B = 20
+    status = ["max_iter"] * 9 + ["stalled"] + ["converged"] * 10  # the stalled refit's LR* is -2
+    capped = made(-1.5, boot, status, iterations=10)
+    assert capped.statistic == -1.5 and capped.boot.min() == -3.0
+    assert capped.n_failed == 1  # the stalled refit, under the conservative rule
+    assert capped.pvalue == (1 + 10 + 1) / 21  # the ten -1 and 0.5 at or above, and the stalled one
+    assert made(-1.5, boot, status).pvalue == 1.0  # the same numbers as an MLE's: clamped, every LR* ties at 0
+
+
 @pytest.fixture(scope="module")
 def estimator():
     return Estimator(model(), "newton", n_init=2, max_iter=200)
@@ -81,34 +94,46 @@ def test_batched_refits_equal_single_refits(estimator, one_thread):
 def test_the_refits_are_the_observed_procedure_on_each_draw(estimator, one_thread):
     """LR*_b recomputed by fitting draw b alone, as the observed data were fitted."""
     X, y = data(150, contaminated=False)
-    test = contamination_test(estimator, X, y, B=19, seed=4, progress=False)
     f0 = estimator.spec.pretrained
     from softmoe_torch.lrt.bootstrap import _draw, _generator
 
-    for b in (0, 18):
-        yb = _draw(f0, X, _generator(4, b))
-        fit = estimator.fit(X, yb, replications=[0])
-        lr = 2 * (float(fit.loglik[0]) - float(f0(X, yb).sum()))
-        assert test.raw_boot[b] == pytest.approx(lr, rel=1e-8, abs=1e-6)
-    again = estimator.fit(X, y, replications=[0])
-    assert test.raw_statistic == pytest.approx(2 * (float(again.loglik[0]) - float(f0(X, y).sum())), rel=1e-9)
+    for iterations in (None, 10):  # the MLE, and the default: the alternative capped at 10 iterations
+        test = contamination_test(estimator, X, y, B=19, seed=4, progress=False, iterations=iterations)
+        procedure = estimator if iterations is None else Estimator(model(), "newton", n_init=2, max_iter=iterations)
+        for b in (0, 18):
+            yb = _draw(f0, X, _generator(4, b))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a capped fit stops at its cap
+                fit = procedure.fit(X, yb, replications=[0])
+            lr = 2 * (float(fit.loglik[0]) - float(f0(X, yb).sum()))
+            assert test.raw_boot[b] == pytest.approx(lr, rel=1e-8, abs=1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            again = procedure.fit(X, y, replications=[0])
+        assert test.raw_statistic == pytest.approx(2 * (float(again.loglik[0]) - float(f0(X, y).sum())), rel=1e-9)
+        assert test.iterations == iterations and test.to_dict()["iterations"] == iterations
+    assert max(test.observed.n_iter.tolist()) <= 10
 
 
 def test_failure_accounting_when_no_refit_can_converge(one_thread):
     X, y = data(150, contaminated=True)
     rushed = Estimator(model(), "newton", n_init=1, max_iter=2)
-    test = contamination_test(rushed, X, y, B=19, progress=False)
+    test = contamination_test(rushed, X, y, B=19, progress=False, iterations=None)
     assert test.counts()["statuses"] == {"max_iter": 19}
     assert test.n_failed == 19 and test.pvalue == 1.0
-    as_fitted = contamination_test(rushed, X, y, B=19, unconverged="as_fitted", progress=False)
+    as_fitted = contamination_test(rushed, X, y, B=19, unconverged="as_fitted", progress=False, iterations=None)
     assert as_fitted.n_failed == 0 and as_fitted.raw_boot == test.raw_boot
+    capped = contamination_test(rushed, X, y, B=19, progress=False, iterations=2)  # the cap is the procedure
+    assert capped.n_failed == 0 and capped.raw_boot == test.raw_boot
 
 
 def test_clear_contamination_is_detected_and_its_absence_is_not(estimator, one_thread):
-    """Every refit below the observed LR: p = 1/20 as fitted, plus one per unconverged refit
-    under the conservative rule."""
+    """Every refit below the observed LR: p = 1/20 (for the MLE as fitted, plus one per
+    unconverged refit under the conservative rule)."""
     X, y = data(400, contaminated=True)
-    test = contamination_test(estimator, X, y, B=19, unconverged="as_fitted", progress=False)
+    capped = contamination_test(estimator, X, y, B=19, progress=False)
+    assert capped.pvalue == 1 / 20 and max(capped.raw_boot) < capped.statistic / 10
+    test = contamination_test(estimator, X, y, B=19, unconverged="as_fitted", progress=False, iterations=None)
     assert test.pvalue == 1 / 20 and max(test.raw_boot) < test.statistic / 10
     unconverged = sum(s != "converged" for s in test.boot_status)
     test.rule = "conservative"
@@ -138,8 +163,8 @@ def test_the_variance_floor_bounds_every_prompt_relative_to_the_pretrained_varia
 def test_a_spike_is_flagged_and_a_healthy_fit_is_not():
     X, _ = data(500, contaminated=True)
     healthy = model()
-    sizes = prompt_sizes(healthy)
-    assert sizes == [D + 1]
+    sizes = trainable_sizes(healthy)
+    assert sizes == {1: D + 1}
     assert degeneracy(healthy, [], X, sizes) == []
     closed = model(tau=-12.0)  # the gate opens on almost nothing
     assert "gate opens on about" in " ".join(degeneracy(closed, [], X, sizes))
@@ -153,6 +178,7 @@ BAD = {
     "B not an integer": (lambda e, X, y: contamination_test(e, X, y, B=99.0), "B must be an integer"),
     "an unknown rule": (lambda e, X, y: contamination_test(e, X, y, B=19, unconverged="drop"),
                         "unconverged must be one of conservative, as_fitted"),
+    "a cap of no iterations": (lambda e, X, y: contamination_test(e, X, y, B=19, iterations=0), "iterations must be a positive integer"),
     "alternative not larger": (lambda e, X, y: prompts_test(e, e, X, y, B=19), "must have more prompts than the null"),
     "floor ratio of 1 or more": (lambda e, X, y: with_variance_floor(e, 1.5), "a number in (0, 1)"),
     "floor without an upper bound": (lambda e, X, y: with_variance_floor(Estimator(model(), "newton", bounds={"positive": None}), 0.1),

@@ -13,7 +13,10 @@ class BootstrapTest:
     why not, or 'null ...' when the null's refit did not converge); ``boot_degenerate`` whether an
     H1 refit is a spike (``degeneracy.py``); ``rule`` how unconverged refits count
     ('conservative': as LR*_b >= LR, or 'as_fitted'); ``observed`` the H1 fit's ``FitResults``
-    (``observed_null`` the H0 fit's, when H0 is fitted)."""
+    (``observed_null`` the H0 fit's, when H0 is fitted); ``iterations`` the cap on the
+    alternative's fit (None: fitted to convergence, the MLE, and the statistic clamped at 0; K: at
+    most K iterations from each start, a statistic of its own that is not clamped, and stopping at
+    the cap is the procedure, not a failure)."""
 
     test: str
     raw_statistic: float
@@ -24,6 +27,7 @@ class BootstrapTest:
     rule: str
     seconds: float
     observed_null: object = None
+    iterations: int | None = None
     alpha_levels: tuple = field(default=(0.05, 0.01))
 
     @property
@@ -32,21 +36,23 @@ class BootstrapTest:
 
     @property
     def statistic(self) -> float:
-        """LR = max(0, raw): the null is the limit of the alternative."""
-        return max(0.0, self.raw_statistic)
+        """LR: max(0, raw) for the MLE (the null is the limit of the alternative); raw for a capped fit."""
+        return self.raw_statistic if self.iterations else max(0.0, self.raw_statistic)
 
     @property
     def boot(self) -> np.ndarray:
-        """The bootstrap statistics LR*_b, clamped at 0 like LR (B,)."""
-        return np.maximum(0.0, np.array(self.raw_boot, dtype=float))
+        """The bootstrap statistics LR*_b, computed as LR is (B,)."""
+        raw = np.array(self.raw_boot, dtype=float)
+        return raw if self.iterations else np.maximum(0.0, raw)
 
     @property
     def counted_high(self) -> np.ndarray:
         """(B,) bool: refits counted as LR*_b >= LR whatever their value (not finite; unconverged
-        under the conservative rule)."""
+        under the conservative rule, where stopping at the cap of a capped fit is not unconverged)."""
         failed = ~np.isfinite(np.array(self.raw_boot, dtype=float))
         if self.rule == "conservative":
-            failed |= np.array([s != "converged" for s in self.boot_status])
+            done = ("converged", "max_iter") if self.iterations else ("converged",)
+            failed |= np.array([s not in done for s in self.boot_status])
         return failed
 
     @property
@@ -73,14 +79,17 @@ class BootstrapTest:
     def to_dict(self) -> dict:
         """JSON-ready: statistic, pvalue, B, n_failed, seconds, counts, the bootstrap statistics."""
         return {"test": self.test, "statistic": self.statistic, "pvalue": self.pvalue, "B": self.B,
-                "n_failed": self.n_failed, "rule": self.rule, "seconds": self.seconds, "n": self.observed.n,
+                "n_failed": self.n_failed, "rule": self.rule, "iterations": self.iterations, "seconds": self.seconds,
+                "n": self.observed.n,
                 **self.counts(), "raw_statistic": self.raw_statistic, "boot": [float(b) for b in self.raw_boot],
                 "boot_status": self.boot_status, "boot_degenerate": self.boot_degenerate}
 
     def summary(self) -> str:
         c = self.counts()
         rule = ("counted as LR* >= LR" if self.rule == "conservative" else "entered as fitted")
-        lines = [f"Parametric-bootstrap likelihood-ratio test: {self.test}, n = {self.observed.n}, B = {self.B}",
+        fitted = ("the alternative fitted to convergence (the MLE)" if not self.iterations else
+                  f"the alternative fitted by at most {self.iterations} iterations from each start (the EM-test form)")
+        lines = [f"Parametric-bootstrap likelihood-ratio test: {self.test}, n = {self.observed.n}, B = {self.B}; {fitted}",
                  f"LR = {self.statistic:.4f}   p-value = {self.pvalue:.4f}"
                  + "".join(f"   {'reject' if self.pvalue <= a else 'keep'} H0 at {a:g}" for a in self.alpha_levels),
                  f"bootstrap LR*: median {np.median(self.boot):.3f}, 95% quantile {np.quantile(self.boot, 0.95):.3f}",
@@ -89,7 +98,7 @@ class BootstrapTest:
                  f"observed fit: {c['observed_status']}"]
         lines += [f"WARNING: the observed fit is degenerate: {reason}; LR then measures a spike on a few observations"
                   for reason in c["observed_degenerate"]]
-        if c["observed_negative"]:
+        if c["observed_negative"] and not self.iterations:
             lines.append(f"note: the alternative's fit ended below the null's likelihood (raw LR {self.raw_statistic:.4g}); LR = 0")
         lines.append(f"{self.seconds:.1f} s")
         return "\n".join(lines)
