@@ -5,7 +5,7 @@ The start is the true model for both: flexmix gets its posterior probabilities a
 first EM step is the M-step from them), softmoe_torch its parameters (EM's first E-step computes
 exactly those posteriors; Newton starts there). Times are of the fit call alone (flexmix's
 ``system.time`` inside R; ours ``FitResults.seconds``), each repeated; R's start-up and file
-reading are not counted, nor Python's. Needs Rscript with flexmix (Debian: r-base-core r-cran-flexmix).
+reading are not counted, nor Python's; the allocator is set as the command-line entries set it. Needs Rscript with flexmix (Debian: r-base-core r-cran-flexmix).
 
     python experiments/moe_flexmix_benchmark.py [--sizes 10000 100000] [--repeats 5] [--threads 1]
     python experiments/moe_flexmix_benchmark.py --write-data DIR --sizes 100000   # the files, for whole-process timing
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from softmoe_torch import AffineExpert, Component, Estimator, Gaussian, MixtureOfExperts, SoftmaxGate
+from softmoe_torch.estimation.device import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "flexmix" / "fit_moe.R"
@@ -89,6 +90,7 @@ def main(argv=None):
     parser.add_argument("--ours", type=Path, help="only fit this CSV by newton from the truth (whole-process timing)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the command-line entries do
     if args.write_data:
         for n in args.sizes:
             print(*write_files(args.write_data, n))

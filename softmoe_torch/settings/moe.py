@@ -6,7 +6,6 @@ k* (an over-specified fit). Its results columns are the Voronoi losses and per-p
 ``voronoi.py``, with ``sibling_slopes`` (by K) the sibling code's published slopes."""
 from collections import Counter
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
