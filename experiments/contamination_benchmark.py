@@ -3,15 +3,15 @@ flexmix's LR_test (a k = 1 vs 2 ungated Gaussian regression mixture, parametric 
 mixtools' boot.comp (the same comparison, mix.type = "regmix"). Neither has a frozen component or
 an input-dependent gate: they answer a weaker question; what is compared is the cost of a refit.
 
-    python experiments/contamination_benchmark.py [--n 10000] [--B 19] [--flexmix-B 20] [--mixtools-B 3] [--dir DIR]
+    python experiments/contamination_benchmark.py [--n 10000] [--B 999] [--flexmix-B 20] [--mixtools-B 1] [--dir DIR]
 
 writes DIR/data.csv (n draws under H0 of the distinguishable setting: X ~ N(0, I_8), y = tanh(x_1)
 + Laplace noise of variance 0.001), DIR/flexmix.R and DIR/mixtools.R, and prints the three
-commands to time, each a whole process (start-up included), e.g. with farm-bench:
+commands to time, each a whole process (start-up included), e.g.:
 
-    farm-bench -n 1 --timeout 3000 -- python -m softmoe_torch.test data=DIR/data.csv setting=distinguishable test.B=19 progress=false out=DIR/ours.json
-    farm-bench -n 1 --timeout 3000 -- Rscript DIR/flexmix.R
-    farm-bench -n 1 --timeout 3000 -- Rscript DIR/mixtools.R
+    /usr/bin/time -v python -m softmoe_torch.test data=DIR/data.csv setting=distinguishable test.B=999 progress=false out=DIR/ours.json
+    /usr/bin/time -v Rscript DIR/flexmix.R
+    /usr/bin/time -v Rscript DIR/mixtools.R
 
 Seconds per refit: a command's wall seconds over its number of fits (ours: the observed fit + B;
 flexmix: 2 (B + 1), k = 1 and 2 on each data set; mixtools: 2 (B + 1))."""
@@ -42,9 +42,9 @@ cat(sprintf("mixtools boot.comp: n = %d, B = %d, p = %.4f, %.1f s\\n", nrow(d), 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--B", type=int, default=19, help="our bootstrap data sets")
+    parser.add_argument("--B", type=int, default=999, help="our bootstrap data sets")
     parser.add_argument("--flexmix-B", type=int, default=20)
-    parser.add_argument("--mixtools-B", type=int, default=3)
+    parser.add_argument("--mixtools-B", type=int, default=1)
     parser.add_argument("--dir", default="contamination_benchmark")
     args = parser.parse_args(argv)
     out = Path(args.dir).resolve()

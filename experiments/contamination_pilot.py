@@ -52,21 +52,33 @@ def wilson(hits: int, total: int, z: float = 1.96) -> list:
     return [(centre - half) / (1 + z * z / total), (centre + half) / (1 + z * z / total)]
 
 
-def draws(setting: Setting, n: int, truth: dict | None, M: int, seed: int):
-    """M data sets of size n (X fresh each): under H0 (truth None) or the setting's truth at n with
-    the given parameters replaced; and the null's log-likelihood of each."""
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(M, n, setting.dim, generator=g, dtype=torch.float64)
+def model_with(setting: Setting, n: int, truth: dict | None):
+    """The setting's true model at n with the parameters in ``truth`` replaced."""
     model = setting.true_model(n)
     with torch.no_grad():
         for name, value in (truth or {}).items():
             param = model.get_parameter(name)
             param.copy_(torch.as_tensor(value, dtype=param.dtype).expand_as(param))
+    return model
+
+
+def response(model, X, generator, null: bool) -> torch.Tensor:
+    """y (n,) at X (n, d): from the frozen component alone (H0) or from the whole model."""
     f0 = model.pretrained
     with torch.no_grad():
-        Y = torch.stack([model.sample(X[m], generator=g) if truth is not None
-                         else f0.density.sample(f0.mean(X[m]), f0.nu.expand(n), g) for m in range(M)])
-    return X, Y, torch.stack([f0(X[m], Y[m]).sum() for m in range(M)])
+        return f0.density.sample(f0.mean(X), f0.nu.expand(X.shape[0]), generator) if null else model.sample(X, generator=generator)
+
+
+def draws(setting: Setting, n: int, truth: dict | None, M: int, seed: int):
+    """M data sets of size n (X fresh each): under H0 (truth None) or the setting's truth at n with
+    the given parameters replaced; and the null's log-likelihood of each."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(M, n, setting.dim, generator=g, dtype=torch.float64)
+    model = model_with(setting, n, truth)
+    f0 = model.pretrained
+    Y = torch.stack([response(model, X[m], g, truth is None) for m in range(M)])
+    with torch.no_grad():
+        return X, Y, torch.stack([f0(X[m], Y[m]).sum() for m in range(M)])
 
 
 def statistics(estimator: Estimator, X, Y, null_loglik, capped: bool) -> dict:

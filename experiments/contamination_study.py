@@ -20,15 +20,15 @@ non-distinguishable one's (Gaussian), X ~ N(0, I_8).
   delta where power reaches 0.8 per n and its slope in n, each with a bootstrap interval.
 - ``analyze``: experiments/contamination/calibration.md, power.md, power.png, delta.png from the JSONs.
 
-Each cell is saved as it finishes (calibration.json, power.json in experiments/contamination/), so a
-rerun skips finished cells. Work is spread over ``--workers`` processes of one torch thread each."""
+Calibration is saved every 10 data sets and power a cell at a time (calibration.json, power.json in
+experiments/contamination/), so a rerun does only what is missing. Work is spread over ``--workers`` processes of one torch thread each."""
 import argparse
 import json
 import math
 import os
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from scipy import stats
 
-from contamination_pilot import wilson
+from contamination_pilot import model_with, response, wilson
 from softmoe_torch import Estimator
 from softmoe_torch.lrt import contamination_test, with_variance_floor
 from softmoe_torch.settings.configs import CONF_DIR, register_resolvers
@@ -70,14 +70,10 @@ def draw(setting: Setting, n: int, truth: dict | None, index: int, tag: str):
     n with the given parameters replaced; and the null's log-likelihood."""
     g = torch.Generator().manual_seed(data_seed(17, f"{setting.name}/{tag}", n, index))
     X = torch.randn(n, setting.dim, generator=g, dtype=torch.float64)
-    model = setting.true_model(n)
+    model = model_with(setting, n, truth)
+    y = response(model, X, g, truth is None)
     with torch.no_grad():
-        for name, value in (truth or {}).items():
-            param = model.get_parameter(name)
-            param.copy_(torch.as_tensor(value, dtype=param.dtype).expand_as(param))
-        f0 = model.pretrained
-        y = model.sample(X, generator=g) if truth is not None else f0.density.sample(f0.mean(X), f0.nu.expand(n), g)
-        return X, y, float(f0(X, y).sum())
+        return X, y, float(model.pretrained(X, y).sum())
 
 
 def _init_worker():
@@ -132,21 +128,28 @@ def save(path: Path, data: dict):
 
 
 def calibrate(args, pool):
+    """Each cell's data sets 0..M-1, saved chunk by chunk: a rerun tests only the data sets not yet in
+    calibration.json (so a cell stopped early keeps, and reports, the M it reached)."""
     path = HERE / "calibration.json"
     done = load(path)
     for name in SETTINGS:
         for n in (1000, 10_000):
             key = f"{name}/{n}"
-            if key in done:
+            cell = done.setdefault(key, {"setting": name, "n": n, "B": args.B, "rows": [], "seconds": 0.0})
+            todo = sorted(set(range(args.M)) - {r["index"] for r in cell["rows"]})
+            if not todo:
                 continue
             t0 = time.perf_counter()
-            jobs = [pool.submit(calibration_task, name, n, part, args.B, args.naive) for part in chunks(list(range(args.M)), 10)]
-            rows = sorted((r for j in jobs for r in j.result()), key=lambda r: r["index"])
-            done[key] = {"setting": name, "n": n, "M": args.M, "B": args.B, "rows": rows, "seconds": time.perf_counter() - t0,
-                         "load_average": os.getloadavg()[0]}
-            save(path, done)
-            print(f"{key}: size at 0.05 {np.mean([r['pvalue'] <= 0.05 for r in rows]):.3f}, "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+            jobs = [pool.submit(calibration_task, name, n, part, args.B, args.naive) for part in chunks(todo, 10)]
+            for job in as_completed(jobs):
+                cell["rows"] = sorted(cell["rows"] + job.result(), key=lambda r: r["index"])
+                cell["seconds"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                cell["load_average"] = os.getloadavg()[0]
+                save(path, done)
+            rows = cell["rows"]
+            print(f"{key}: size at 0.05 {np.mean([r['pvalue'] <= 0.05 for r in rows]):.3f} over {len(rows)}, "
+                  f"{cell['seconds']:.0f} s", flush=True)
 
 
 def tau_for_mass(m: float, n: int, beta_norm: float = 1.0) -> float:
@@ -173,8 +176,8 @@ def alternatives(name: str, n: int) -> dict:
 def power(args, pool):
     path = HERE / "power.json"
     done = load(path)
-    for name in SETTINGS:
-        for n in (1000, 10_000, 100_000):
+    for n in (1000, 10_000, 100_000):
+        for name in SETTINGS:
             key = f"{name}/{n}"
             if key in done:
                 continue
