@@ -49,7 +49,7 @@ def wilson(hits: int, total: int, z: float = 1.96) -> list:
     """Wilson's 95% interval of a binomial proportion."""
     p = hits / total
     centre, half = (p + z * z / (2 * total)), z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return [(centre - half) / (1 + z * z / total), (centre + half) / (1 + z * z / total)]
+    return [max(0.0, (centre - half) / (1 + z * z / total)), min(1.0, (centre + half) / (1 + z * z / total))]
 
 
 def model_with(setting: Setting, n: int, truth: dict | None):
