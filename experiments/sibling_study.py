@@ -20,6 +20,7 @@ Each run resumes where it stopped (the run command's own resume)."""
 import argparse
 import csv
 import json
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from softmoe_torch.study.metrics import bootstrap_slope, fit_power_law
+from softmoe_torch.study.report import error_table
 
 HERE = Path(__file__).resolve().parent / "sibling"
 BASE = ["setting=softmax_gaussian_moe", "fit=newton", "init=near_truth_shrinking", "progress=false"]
@@ -59,16 +61,6 @@ def rows_of(name: str) -> list:
         return list(csv.DictReader(fh))
 
 
-def table(rows: list, column: str):
-    """(sizes (S,), errors (S, R))."""
-    sizes = sorted({int(r["n"]) for r in rows})
-    reps = sorted({int(r["rep"]) for r in rows})
-    out = np.full((len(sizes), len(reps)), np.nan)
-    for r in rows:
-        out[sizes.index(int(r["n"])), reps.index(int(r["rep"]))] = float(r[column])
-    return np.array(sizes), out
-
-
 def slope_line(sizes, errors) -> str:
     s = bootstrap_slope(sizes, errors)
     return f"{s['slope']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
@@ -81,7 +73,7 @@ def over_analysis(name: str) -> list:
              "| quantity | mean, all sizes | median, all sizes | mean from the 6th size (n >= 2e4) | mean from the 11th (n >= 3.4e4) | mean at n = 1e4 | mean at 1e5 |",
              "|---|---|---|---|---|---|---|"]
     for q in ("d2", "d2_fixed", "d1", "d1_fixed"):
-        sizes, err = table(rows, f"err_{q}")
+        sizes, err = error_table(rows, q)
         median = fit_power_law(sizes, np.median(err, axis=1))[0]
         lines.append(f"| {q} | {slope_line(sizes, err)} | {median:.3f} | {slope_line(sizes[5:], err[5:])} | "
                      f"{slope_line(sizes[10:], err[10:])} | {np.mean(err[0]):.3g} | {np.mean(err[-1]):.3g} |")
@@ -91,13 +83,13 @@ def over_analysis(name: str) -> list:
               "| group | fits | mean d2_fixed at n = 1e4 | at 1e5 | slope of the mean | mean d2 at 1e5 |", "|---|---|---|---|---|---|"]
     for label, keep in (("reference cell shared", reference_shared), ("reference alone in its cell", ~reference_shared)):
         sub = [r for r, k in zip(rows, keep) if k]
-        if len({r["n"] for r in sub}) < 2 or not sub:
+        if len({r["n"] for r in sub}) < 2:
             continue
-        sizes, err = table(sub, "err_d2_fixed")
-        _, d2 = table(sub, "err_d2")
+        sizes, err = error_table(sub, "d2_fixed")
+        _, d2 = error_table(sub, "d2")
         lines.append(f"| {label} | {len(sub)} | {np.nanmean(err[0]):.3g} | {np.nanmean(err[-1]):.3g} | "
                      f"{fit_power_law(sizes, np.nanmean(err, axis=1))[0]:.3f} | {np.nanmean(d2[-1]):.3g} |")
-    sizes, err = table(rows, "err_d2_fixed")
+    sizes, err = error_table(rows, "d2_fixed")
     top = np.sort(err[0])[::-1]
     lines += ["", f"At n = 1e4 the largest 2 of {err.shape[1]} values of d2_fixed carry {top[:2].sum() / top.sum():.0%} of its mean "
               f"(largest {top[0]:.3g}, median {np.median(err[0]):.3g}).", ""]
@@ -107,15 +99,13 @@ def over_analysis(name: str) -> list:
 def partial_run(name: str) -> list:
     """Slopes of a run stopped before its end (no slopes.json), over the sizes it completed."""
     rows = rows_of(name)
-    counts = {}
-    for r in rows:
-        counts[int(r["n"])] = counts.get(int(r["n"]), 0) + 1
+    counts = Counter(int(r["n"]) for r in rows)
     full = {n for n, k in counts.items() if k == max(counts.values())}
     rows = [r for r in rows if int(r["n"]) in full]
     lines = [f"## {name} (stopped early: {len(rows)} fits, the {len(full)} sizes it completed, n = {min(full)}..{max(full)})", "",
              "| quantity | slope [95% CI] |", "|---|---|"]
     for q in LOSSES:
-        lines.append(f"| {q} | {slope_line(*table(rows, f'err_{q}'))} |")
+        lines.append(f"| {q} | {slope_line(*error_table(rows, q))} |")
     return [*lines, ""]
 
 
@@ -158,7 +148,7 @@ def figure():
     for ax, name in zip(axes[0], names):
         rows = rows_of(name)
         for q, color in zip(LOSSES, ("C0", "C1", "C2", "C3")):
-            sizes, err = table(rows, f"err_{q}")
+            sizes, err = error_table(rows, q)
             slope = fit_power_law(sizes, np.mean(err, axis=1))[0]
             ax.plot(sizes, np.mean(err, axis=1), "o-", ms=3, color=color, label=f"{q} mean ({slope:+.2f})")
             ax.plot(sizes, np.median(err, axis=1), ":", color=color, label=f"{q} median")
