@@ -1,6 +1,6 @@
 # One EM fit of a softmax-gated Gaussian mixture of linear experts with R's flexmix (FLXMRglm experts,
 # FLXPmultinom gate): the field's reference estimator, used as an oracle by tests/test_flexmix.py and
-# timed beside softmoe_torch by experiments/moe_flexmix_benchmark.py.
+# timed beside softmoe_torch by experiments/sibling/moe_flexmix_benchmark.py.
 #
 #   Rscript experiments/flexmix/fit_moe.R DATA.csv START.csv OUT.txt [TOL]
 #

@@ -1,7 +1,7 @@
 """A two-layer MLP prompt expert, written as a user would write one: outside the package, selected
 from the command line (see the README, "Extending"):
 
-    PYTHONPATH=experiments python -m softmoe_torch.fit data=FILE setting=distinguishable \\
+    PYTHONPATH=experiments/examples python -m softmoe_torch.fit data=FILE setting=distinguishable \\
         setting.prompt.expert._target_=mlp_expert.MLPExpert ++setting.prompt.expert.hidden=4
 
 An expert is any ``nn.Module`` whose ``forward`` maps x (n, d) to means (n,); its parameters are

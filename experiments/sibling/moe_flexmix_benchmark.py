@@ -7,14 +7,13 @@ exactly those posteriors; Newton starts there). Times are of the fit call alone 
 ``system.time`` inside R; ours ``FitResults.seconds``), each repeated; R's start-up and file
 reading are not counted, nor Python's; the allocator is set as the command-line entries set it. Needs Rscript with flexmix (Debian: r-base-core r-cran-flexmix).
 
-    python experiments/moe_flexmix_benchmark.py [--sizes 10000 100000] [--repeats 5] [--threads 1]
-    python experiments/moe_flexmix_benchmark.py --write-data DIR --sizes 100000   # the files, for whole-process timing
-    python experiments/moe_flexmix_benchmark.py --ours DIR/d100000.csv               # one fit of ours, from the truth
+    python experiments/sibling/moe_flexmix_benchmark.py [--sizes 10000 100000] [--repeats 5] [--threads 1]
+    python experiments/sibling/moe_flexmix_benchmark.py --write-data DIR --sizes 100000   # the files, for whole-process timing
+    python experiments/sibling/moe_flexmix_benchmark.py --ours DIR/d100000.csv               # one fit of ours, from the truth
 
 Writes experiments/sibling/flexmix_benchmark.json and .md."""
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from softmoe_torch import AffineExpert, Component, Estimator, Gaussian, MixtureOfExperts, SoftmaxGate
-from softmoe_torch.estimation.device import keep_freed_memory
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+from softmoe_torch import AffineExpert, Component, Estimator, Gaussian, MixtureOfExperts, SoftmaxGate  # noqa: E402
+from softmoe_torch.estimation.device import keep_freed_memory  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-SCRIPT = HERE / "flexmix" / "fit_moe.R"
-OUT = HERE / "sibling"
+OUT = Path(__file__).resolve().parent  # experiments/sibling/
+SCRIPT = studykit.ROOT / "experiments" / "flexmix" / "fit_moe.R"  # shared with tests/test_flexmix.py
 BOUNDS = {"real": 100.0, "positive": [1e-6, 1e3]}  # setting=softmax_gaussian_moe's box
 
 
@@ -75,10 +76,6 @@ def flexmix(data_csv: Path, post_csv: Path, tol: float) -> dict:
     return {"seconds": values["seconds"], "process_seconds": wall, "loglik": values["loglik"], "iterations": int(values["iter"])}
 
 
-def load_average() -> list:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -100,7 +97,7 @@ def main(argv=None):
         res = fit_ours(torch.as_tensor(table[:, :1]), torch.as_tensor(table[:, 1]), "newton")
         print(f"loglik {float(res.loglik[0]):.10f} seconds {res.seconds:.4f} status {res.status[0]}")
         return
-    out = {"load_average_before": load_average(), "threads": args.threads, "flexmix_tol": args.tol, "sizes": {}}
+    out = {"load_average_before": studykit.load_average(), "threads": args.threads, "flexmix_tol": args.tol, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             X, y = data(n)
@@ -112,7 +109,7 @@ def main(argv=None):
                                 "status": r.status[0]} for r in fits]
             out["sizes"][str(n)] = row
             print(n, {k: round(float(np.median([r["seconds"] for r in v])), 4) for k, v in row.items()}, flush=True)
-    out["load_average_after"] = load_average()
+    out["load_average_after"] = studykit.load_average()
     OUT.mkdir(exist_ok=True)
     (OUT / "flexmix_benchmark.json").write_text(json.dumps(out, indent=1))
     lines = ["# One K = 2 fit of the sibling model: flexmix against softmoe_torch (same data, same start)", "",

@@ -1,9 +1,9 @@
-"""The science study (experiments/paper/REPORT.md, "Science"): every run goes through the public
+"""The science study (experiments/science/README.md; verdicts in experiments/paper/REPORT.md, "Science"): every run goes through the public
 ``python -m softmoe_torch.run`` command as a Hydra multirun; this script only lists the runs,
 launches them (two at a time, one per core) and analyses their results.csv files.
 
-    python experiments/science.py run [--only q1,q2,q3] [--jobs 2]   # resumable: reruns skip finished fits
-    python experiments/science.py analyze                              # figures, slopes.json, tables.md
+    python experiments/science/science.py run [--only q1,q2,q3] [--jobs 2]   # resumable: reruns skip finished fits
+    python experiments/science/science.py analyze                              # figures, slopes.json, tables.md
 
 Q1  Does the paper's EM, as it was likely run (parameter-change stopping rule), give its slopes?
 Q2  Where do the slow rates appear (noise level nu0, sample sizes up to 1e6, Hellinger distance)?
@@ -16,7 +16,6 @@ import csv
 import gzip
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -24,12 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from softmoe_torch.study.metrics import bootstrap_slope
-from softmoe_torch.settings.paper import PAPER_PARAMS
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+from softmoe_torch.settings.paper import PAPER_PARAMS  # noqa: E402
+from softmoe_torch.study.report import error_table  # noqa: E402
 
-HERE = Path(__file__).resolve().parent / "science"
+HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
 CASES = "nondistinguishable_eta,nondistinguishable_nu"
 # The paper's EM as it was likely run: plain EM (no acceleration), stopped when the largest change of
@@ -72,8 +73,7 @@ EXPERIMENTS = {
 
 def command(name: str) -> list:
     """The public run command of one experiment (a Hydra multirun into RUNS/<name>)."""
-    return [sys.executable, "-m", "softmoe_torch.run", "-m", *EXPERIMENTS[name][1], "progress=false",
-            f"hydra.sweep.dir={RUNS / name}", "hydra.sweep.subdir=${hydra:job.num}"]
+    return studykit.run_command([*EXPERIMENTS[name][1], "progress=false"], sweep_dir=RUNS / name)
 
 
 def run(names: list, jobs: int):
@@ -86,8 +86,7 @@ def run(names: list, jobs: int):
 
     def one(name):
         start = time.perf_counter()
-        with open(RUNS / f"{name}.log", "a") as log:
-            rc = subprocess.call(command(name), stdout=log, stderr=subprocess.STDOUT, env=env)
+        rc = studykit.launch(command(name), log=RUNS / f"{name}.log", env=env)
         seconds = time.perf_counter() - start
         print(f"{name}: exit {rc} after {seconds:.0f} s (log: {RUNS / name}.log)", flush=True)
         if rc == 0:
@@ -109,44 +108,29 @@ QUANTITIES = (*PAPER_PARAMS, "hellinger")
 LABELS = {"beta": "beta", "exp_tau": "exp(tau)", "eta": "eta", "nu": "nu", "hellinger": "Hellinger"}
 
 
-def column(q: str) -> str:
-    """results.csv's column of quantity q: err_<param> for the paper's four, else q itself."""
-    return q if q == "hellinger" else f"err_{q}"
-
-
 def load_runs() -> list:
     """Every finished job: dict(experiment, question, job, overrides {key: value}, rows [dict])."""
     runs = []
     for name, (question, _) in EXPERIMENTS.items():
         for job in sorted((RUNS / name).glob("[0-9]*"), key=lambda p: int(p.name)):
-            if not (job / "results.csv").exists():
-                continue
-            pairs = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-            over = dict(p.lstrip("+~").split("=", 1) if "=" in p else (p.lstrip("+~"), None) for p in pairs)
-            with open(job / "results.csv", newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            runs.append(dict(experiment=name, question=question, job=int(job.name), overrides=over, rows=rows))
+            rows = studykit.read_results(job)
+            if rows:
+                runs.append(dict(experiment=name, question=question, job=int(job.name), overrides=studykit.read_overrides(job), rows=rows))
     return runs
 
 
-def errors_table(rows: list, key: str):
-    """Sizes (S,) and the (S, R) array of column ``key`` (NaN where missing)."""
-    ns = sorted({int(r["n"]) for r in rows})
-    reps = sorted({int(r["rep"]) for r in rows})
-    table = np.full((len(ns), len(reps)), np.nan)
-    for r in rows:
-        table[ns.index(int(r["n"])), reps.index(int(r["rep"]))] = float(r[key] or "nan")
-    return np.array(ns), table
+def errors_table(rows: list, q: str):
+    """Sizes (S,) and the (S, R) errors of quantity q, by the package's error_table (failed fits NaN);
+    the Hellinger distance's column, 'hellinger', is read as if it were err_hellinger."""
+    if q == "hellinger":
+        rows = [{**r, "err_hellinger": r["hellinger"]} for r in rows]
+    return error_table(rows, q)
 
 
-def slope(rows: list, key: str, n_from: float = 0) -> dict | None:
-    """Bootstrap slope (95% CI) of log mean ``key`` on log n over sizes >= n_from; None if absent."""
-    ns, table = errors_table(rows, key)
-    keep = ns >= n_from
-    if keep.sum() < 3 or not np.isfinite(table[keep]).any():
-        return None
-    out = bootstrap_slope(ns[keep], table[keep])
-    return {k: round(v, 3) for k, v in out.items() if k != "intercept"}
+def slope(rows: list, q: str, n_from: float = 0) -> dict | None:
+    """Bootstrap slope (95% CI) of log mean error of q on log n over sizes >= n_from; None if absent."""
+    out = studykit.window_slope(*errors_table(rows, q), lo=n_from)
+    return None if out is None else {k: round(v, 3) for k, v in out.items() if k not in ("intercept", "sizes")}
 
 
 def run_summary(run: dict) -> dict:
@@ -155,7 +139,7 @@ def run_summary(run: dict) -> dict:
     statuses = [r["status"] for r in rows]
     gap_truth = np.array([float(r["mean_loglik"]) - float(r["loglik_truth"]) for r in rows])
     return {
-        "slopes": {q: s for q in QUANTITIES if (s := slope(rows, column(q)))},
+        "slopes": {q: s for q in QUANTITIES if (s := slope(rows, q))},
         "fits": len(rows), "converged": sum(r["converged"] == "True" for r in rows),
         "max_iter": statuses.count("max_iter"), "at_bound": sum(bool(r["at_bound"]) for r in rows),
         "below_truth": int((gap_truth < -1e-9).sum()),
@@ -197,12 +181,8 @@ def paired(em_rows: list, mle_rows: list) -> dict:
             "median_moved_em": float(np.median(moved)), "median_moved_mle": float(np.median(moved_mle))}
 
 
-def fmt(s: dict | None) -> str:
-    return "—" if s is None else f"{s['slope']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}]"
-
-
-def _mean_curve(rows, key):
-    ns, table = errors_table(rows, key)
+def _mean_curve(rows, q):
+    ns, table = errors_table(rows, q)
     return ns, np.nanmean(table, axis=1)
 
 
@@ -215,8 +195,8 @@ def figure_q1(runs, plt):
             ax = axes[i, j]
             for exp, style, label in (("q1_mle", "o-", "newton"), ("q1_em", "s--", "EM, param change < 1e-6")):
                 for run in pick(runs, exp, setting=case):
-                    ns, mean = _mean_curve(run["rows"], f"err_{q}")
-                    s = slope(run["rows"], f"err_{q}")
+                    ns, mean = _mean_curve(run["rows"], q)
+                    s = slope(run["rows"], q)
                     ax.loglog(ns, mean, style, ms=3, label=f"{label}: {s['slope']:+.2f}")
             ax.set_title(f"{case}: {LABELS[q]}", fontsize=9)
             ax.legend(fontsize=7)
@@ -240,7 +220,7 @@ def figure_q1_sensitivity(runs, plt):
                 pts = []
                 for sc in scales:
                     found = pick(runs, exp, setting=case, init__scale=sc)
-                    if found and (s := slope(found[0]["rows"], f"err_{q}")):
+                    if found and (s := slope(found[0]["rows"], q)):
                         pts.append((sc, s))
                 if pts:
                     x = np.array([p[0] for p in pts])
@@ -249,7 +229,7 @@ def figure_q1_sensitivity(runs, plt):
                     ax.errorbar(x * (1.06 if marker == "o" else 1), y, yerr=err, fmt=marker + "-", capsize=3, label=label)
             for tol, colour in (("1e-4", "tab:red"), ("1e-8", "tab:green")):
                 found = pick(runs, "q1_eps_em", setting=case, fit__tol=tol)
-                if found and (s := slope(found[0]["rows"], f"err_{q}")):
+                if found and (s := slope(found[0]["rows"], q)):
                     ax.errorbar([0.1 * 0.94], [s["slope"]], yerr=[[s["slope"] - s["ci_low"]], [s["ci_high"] - s["slope"]]],
                                 fmt="^", color=colour, capsize=3, label=f"EM, eps {tol} (scale 0.1)")
             ax.set_xscale("log")
@@ -271,7 +251,7 @@ def figure_q2_noise(runs, plt):
         ax = axes[0, i]
         found = sorted(pick(runs, "q2_noise", setting=case), key=lambda r: float(r["overrides"]["setting.pretrained.nu"]))
         for k, q in enumerate(QUANTITIES):
-            pts = [(float(r["overrides"]["setting.pretrained.nu"]), slope(r["rows"], column(q)))
+            pts = [(float(r["overrides"]["setting.pretrained.nu"]), slope(r["rows"], q))
                    for r in found]
             pts = [(nu, p) for nu, p in pts if p is not None]
             if not pts:
@@ -297,8 +277,8 @@ def figure_q2_large_n(runs, plt):
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * max(len(found), 1), 4.2), squeeze=False)
     for ax, run in zip(axes[0], found):
         for q in QUANTITIES:
-            ns, mean = _mean_curve(run["rows"], column(q))
-            last = slope(run["rows"], column(q), n_from=ns.max() / 10)
+            ns, mean = _mean_curve(run["rows"], q)
+            last = slope(run["rows"], q, n_from=ns.max() / 10)
             ax.loglog(ns, mean, "o-", ms=3, label=f"{LABELS[q]}: last decade {last['slope']:+.2f}")
         ax.set_title(f"{run['overrides']['setting']}, nu0 = {run['overrides']['setting.pretrained.nu']}", fontsize=9)
         ax.set_xlabel("n")
@@ -320,7 +300,7 @@ def figure_q3(runs, plt):
             if not found:
                 continue
             for j, q in enumerate(PAPER_PARAMS):
-                s = slope(found[0]["rows"], f"err_{q}")
+                s = slope(found[0]["rows"], q)
                 if s:
                     ax.errorbar(j + 0.12 * k - 0.3, s["slope"], yerr=[[s["slope"] - s["ci_low"]], [s["ci_high"] - s["slope"]]],
                                 fmt="o", color=f"C{k}", capsize=2, label=label if j == 3 else None)
@@ -349,8 +329,8 @@ def table(runs: list, n_from_decade: bool = False) -> list:
         s = run_summary(run)
         if n_from_decade:
             n_from = s["sizes"][1] / 10
-            s["slopes"] = {q: x for q in QUANTITIES if (x := slope(run["rows"], column(q), n_from))}
-        cells = [label(run), *(fmt(s["slopes"].get(q)) for q in QUANTITIES),
+            s["slopes"] = {q: x for q in QUANTITIES if (x := slope(run["rows"], q, n_from))}
+        cells = [label(run), *(studykit.fmt(s["slopes"].get(q)) for q in QUANTITIES),
                  f"{s['converged']}/{s['fits']}", str(s["max_iter"]), str(s["at_bound"]), str(s["below_truth"]), f"{s['median_iter']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -365,7 +345,7 @@ def analyze():
 
     runs = load_runs()
     if not runs:
-        sys.exit(f"no finished runs under {RUNS}: run `python experiments/science.py run` first")
+        sys.exit(f"no finished runs under {RUNS}: run `python experiments/science/science.py run` first")
     have = {r["experiment"] for r in runs}
     figures = {"q1_em_vs_mle": (figure_q1, {"q1_em", "q1_mle"}),
                "q1_sensitivity": (figure_q1_sensitivity, {"q1_scale_em", "q1_scale_mle"}),
@@ -379,7 +359,7 @@ def analyze():
     summary = {f"{r['experiment']}/{r['job']}": {"overrides": r["overrides"], **run_summary(r)} for r in runs}
     walls = json.loads((HERE / "wall_seconds.json").read_text()) if (HERE / "wall_seconds.json").exists() else {}
     lines = ["# Science study: slopes (95% bootstrap CIs over replications) and fit statuses", "",
-             "Generated by `python experiments/science.py analyze`; every run's command is in EXPERIMENTS there.",
+             "Generated by `python experiments/science/science.py analyze`; every run's command is in EXPERIMENTS there.",
              "'below truth': fits whose log-likelihood is below the true parameters' (the MLE was not found).", ""]
     for name in EXPERIMENTS:
         found = [r for r in runs if r["experiment"] == name]

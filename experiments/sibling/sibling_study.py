@@ -3,10 +3,10 @@ of Experts", NeurIPS 2023) through the run command: a softmax-gated mixture of t
 experts fitted with K = 2 (exact), 3 and 4 (over-specified) components; Voronoi losses D1, D2 with
 and without the infimum over the gate's translation, and per-part errors, against n.
 
-    python experiments/sibling_study.py run        # the three studies (newton; 40 replications)
-    python experiments/sibling_study.py protocol   # K = 2 moved toward the sibling code's protocol, step by step
+    python experiments/sibling/sibling_study.py run        # the three studies (newton; 40 replications)
+    python experiments/sibling/sibling_study.py protocol   # K = 2 moved toward the sibling code's protocol, step by step
     (either takes more run overrides, e.g. workers=1)
-    python experiments/sibling_study.py analyze    # experiments/sibling/summary.md and figures
+    python experiments/sibling/sibling_study.py analyze    # experiments/sibling/summary.md and losses.png
 
 ``run``: exact K = 2 over 20 log-spaced sizes 1e2..1e5 (one start), K = 3 and 4 over 20 sizes
 1e4..1e5 with 5 starts each (init=near_truth_shrinking: every true component a cell of at least
@@ -18,19 +18,20 @@ slope: its translation infimum, the mean against the median over replications, t
 kept in the fit (the sibling code's n0), and the fits whose reference cell holds several atoms.
 Each run resumes where it stopped (the run command's own resume)."""
 import argparse
-import csv
 import json
-from collections import Counter
-import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from softmoe_torch.study.metrics import bootstrap_slope, fit_power_law
-from softmoe_torch.study.report import error_table
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+from softmoe_torch.study.metrics import fit_power_law  # noqa: E402
+from softmoe_torch.study.report import error_table  # noqa: E402
 
-HERE = Path(__file__).resolve().parent / "sibling"
+HERE = Path(__file__).resolve().parent
 BASE = ["setting=softmax_gaussian_moe", "fit=newton", "init=near_truth_shrinking", "progress=false"]
 STUDIES = {
     "exact_k2": [*BASE, "sweep=sibling_exact"],
@@ -51,18 +52,18 @@ def run(runs: dict, extra: list):
     for name, overrides in runs.items():
         overrides = [*overrides, *extra]
         print(f"{name}: python -m softmoe_torch.run {' '.join(o if len(o) < 80 else o[:60] + '...]' for o in overrides)}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "softmoe_torch.run", *overrides, f"hydra.run.dir={HERE / name}"])
-        if proc.returncode != 0:
-            sys.exit(proc.returncode)
+        rc = studykit.launch(studykit.run_command(overrides, run_dir=HERE / name))
+        if rc != 0:
+            sys.exit(rc)
 
 
 def rows_of(name: str) -> list:
-    with open(HERE / name / "results.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return studykit.read_results(HERE / name)
 
 
-def slope_line(sizes, errors) -> str:
-    s = bootstrap_slope(sizes, errors)
+def slope_line(sizes, errors, n_from: float = 0) -> str:
+    """The bootstrap slope [95% CI] over the sizes >= n_from."""
+    s = studykit.window_slope(sizes, errors, lo=n_from)
     return f"{s['slope']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
 
@@ -75,8 +76,8 @@ def over_analysis(name: str) -> list:
     for q in ("d2", "d2_fixed", "d1", "d1_fixed"):
         sizes, err = error_table(rows, q)
         median = fit_power_law(sizes, np.median(err, axis=1))[0]
-        lines.append(f"| {q} | {slope_line(sizes, err)} | {median:.3f} | {slope_line(sizes[5:], err[5:])} | "
-                     f"{slope_line(sizes[10:], err[10:])} | {np.mean(err[0]):.3g} | {np.mean(err[-1]):.3g} |")
+        lines.append(f"| {q} | {slope_line(sizes, err)} | {median:.3f} | {slope_line(sizes, err, sizes[5])} | "
+                     f"{slope_line(sizes, err, sizes[10])} | {np.mean(err[0]):.3g} | {np.mean(err[-1]):.3g} |")
     reference_shared = np.array([int(r["cells"].split("+")[0]) > 1 for r in rows])
     lines += ["", f"Fits whose reference cell (the true reference component's) holds several atoms: {reference_shared.sum()} of "
               f"{len(rows)}. D2 without the translation infimum by group:", "",

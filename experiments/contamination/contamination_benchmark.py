@@ -3,7 +3,7 @@ flexmix's LR_test (a k = 1 vs 2 ungated Gaussian regression mixture, parametric 
 mixtools' boot.comp (the same comparison, mix.type = "regmix"). Neither has a frozen component or
 an input-dependent gate: they answer a weaker question; what is compared is the cost of a refit.
 
-    python experiments/contamination_benchmark.py [--n 10000] [--B 999] [--flexmix-B 20] [--mixtools-B 1] [--dir DIR]
+    python experiments/contamination/contamination_benchmark.py [--n 10000] [--B 999] [--flexmix-B 20] [--mixtools-B 1] [--dir DIR]
 
 writes DIR/data.csv (n draws under H0 of the distinguishable setting: X ~ N(0, I_8), y = tanh(x_1)
 + Laplace noise of variance 0.001), DIR/flexmix.R and DIR/mixtools.R, and prints the three

@@ -13,26 +13,29 @@ unconditional Monte Carlo test with B = M) against a few alternatives.
   (tau* = -9, -8), and the non-distinguishable one (Gaussian f0) at n = 1e3 against tau* = -7, -5
   and against eta* = eta0 (1 + delta), delta = 0.05, 0.1, 0.2 at the setting's tau*.
 
-    python experiments/contamination_pilot.py [--compare floors|iterations] [--M 60] [--reps 40]
+    python experiments/contamination/contamination_pilot.py [--compare floors|iterations] [--M 60] [--reps 40]
 
 Writes experiments/contamination/pilot[_iterations].json and .md. A pilot: M and the replications
 are small and its intervals wide; the calibration and power studies are not this."""
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
-from softmoe_torch import Estimator
-from softmoe_torch.lrt import with_variance_floor
-from softmoe_torch.settings.configs import CONF_DIR, register_resolvers
-from softmoe_torch.settings.setting import Setting
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+from studykit import model_with, response, wilson  # noqa: E402
+from softmoe_torch import Estimator  # noqa: E402
+from softmoe_torch.lrt import with_variance_floor  # noqa: E402
+from softmoe_torch.settings.setting import Setting  # noqa: E402
 
-HERE = Path(__file__).resolve().parent / "contamination"
+HERE = Path(__file__).resolve().parent
 E1 = [1.0] + [0.0] * 7
 CELLS = {  # comparison -> [(setting, n, {label: truth overrides})]
     "floors": [("distinguishable", 1000, {"tau*=-7": {"gate.tau": -7.0}, "tau*=-6": {"gate.tau": -6.0}})],
@@ -43,30 +46,6 @@ CELLS = {  # comparison -> [(setting, n, {label: truth overrides})]
                                           **{f"delta={d:g}": {"prompts.0.expert.eta": [1 + d, *E1[1:]]} for d in (0.05, 0.1, 0.2)}}),
     ],
 }
-
-
-def wilson(hits: int, total: int, z: float = 1.96) -> list:
-    """Wilson's 95% interval of a binomial proportion."""
-    p = hits / total
-    centre, half = (p + z * z / (2 * total)), z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return [max(0.0, (centre - half) / (1 + z * z / total)), min(1.0, (centre + half) / (1 + z * z / total))]
-
-
-def model_with(setting: Setting, n: int, truth: dict | None):
-    """The setting's true model at n with the parameters in ``truth`` replaced."""
-    model = setting.true_model(n)
-    with torch.no_grad():
-        for name, value in (truth or {}).items():
-            param = model.get_parameter(name)
-            param.copy_(torch.as_tensor(value, dtype=param.dtype).expand_as(param))
-    return model
-
-
-def response(model, X, generator, null: bool) -> torch.Tensor:
-    """y (n,) at X (n, d): from the frozen component alone (H0) or from the whole model."""
-    f0 = model.pretrained
-    with torch.no_grad():
-        return f0.density.sample(f0.mean(X), f0.nu.expand(X.shape[0]), generator) if null else model.sample(X, generator=generator)
 
 
 def draws(setting: Setting, n: int, truth: dict | None, M: int, seed: int):
@@ -142,14 +121,12 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=40, help="data sets per alternative")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    register_resolvers()
     out = {"compare": args.compare, "M": args.M, "reps": args.reps, "procedure": "newton", "cells": []}
     lines = [f"# Contamination test pilot: the alternative's fit ({args.compare}); {args.M} H0 data sets, {args.reps} per alternative", "",
              "The critical value is the H0 pool's 95% quantile; the statistic is clamped at 0 for the MLE and raw for a "
              "capped fit; seconds on one thread.", ""]
     for name, n, alternatives in CELLS[args.compare]:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            setting = Setting(compose("config", overrides=[f"setting={name}"]).setting)
+        setting = studykit.setting_of(name)
         result = run_cell(setting, n, alternatives, args.compare, args.M, args.reps)
         out["cells"].append({"setting": name, "n": n, "alternatives": alternatives, "choices": result})
         lines += [f"## {name}, n = {n}", "", *table(result, args.M), ""]

@@ -4,9 +4,9 @@ default EM at the two largest sizes. Every run goes through the public ``python 
 command; this script lists the runs, launches them one after another (each uses every core) and
 analyses their results.csv files.
 
-    python experiments/large_n.py run [--only NAME,...] [--reps R]   # resumable: a rerun skips finished fits,
-                                                                     # one with a larger R adds replications
-    python experiments/large_n.py analyze                            # fits.csv.gz, slopes.json, tables.md, figure
+    python experiments/large_n/large_n.py run [--only NAME,...] [--reps R]   # resumable: a rerun skips finished fits,
+                                                                             # one with a larger R adds replications
+    python experiments/large_n/large_n.py analyze                            # fits.csv.gz, slopes.json, tables.md, figure
 
 Runs go to experiments/large_n/runs/<name>/ (git-ignored), with a log per invocation and
 <name>.usage.json (per invocation: the command, wall seconds, peak memory summed over the command's
@@ -16,20 +16,20 @@ import csv
 import gzip
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmark import LAUNCHER, load_average
-from science import errors_table, fmt
-from softmoe_torch.settings.paper import PAPER_PARAMS
-from softmoe_torch.study.metrics import bootstrap_slope
-from softmoe_torch.settings.setting import Setting
-from softmoe_torch.study.sweep import columns
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+from softmoe_torch.settings.paper import PAPER_PARAMS  # noqa: E402
+from softmoe_torch.settings.setting import Setting  # noqa: E402
+from softmoe_torch.study.report import error_table  # noqa: E402
+from softmoe_torch.study.sweep import columns  # noqa: E402
 
-HERE = Path(__file__).resolve().parent / "large_n"
+HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
 CASES = ("nondistinguishable_eta", "nondistinguishable_nu")
 SWEEP = dict(n_min=10_000, n_max=10_000_000, num_sizes=15, reps=40)
@@ -52,8 +52,7 @@ NAMES = [f"{case}_{method}" for method in ("newton", "em") for case in CASES]
 
 
 def command(name: str, reps: int = SWEEP["reps"]) -> list:
-    return [sys.executable, "-m", "softmoe_torch.run", *overrides(name, reps), "progress=false",
-            f"hydra.run.dir={RUNS / name}"]
+    return studykit.run_command([*overrides(name, reps), "progress=false"], run_dir=RUNS / name)
 
 
 def run(names: list, reps: int):
@@ -61,15 +60,11 @@ def run(names: list, reps: int):
     each invocation's record is added to <name>.usage.json."""
     RUNS.mkdir(parents=True, exist_ok=True)
     for name in names:
-        before = load_average()
+        before = studykit.load_average()
         usage, log = RUNS / f"{name}.usage.json", RUNS / f"{name}.log"
-        one = RUNS / f"{name}.last.json"
-        subprocess.run([sys.executable, "-c", LAUNCHER, str(one), str(log.with_suffix(f".{len(_records(usage))}.log")),
-                        *command(name, reps)], check=True)
-        record = json.loads(one.read_text())
-        record.update(command=" ".join(["python", *command(name, reps)[1:]]), load_before=before, load_after=load_average())
+        record = studykit.measured(command(name, reps), log.with_suffix(f".{len(_records(usage))}.log"))
+        record.update(command=" ".join(["python", *command(name, reps)[1:]]), load_before=before, load_after=studykit.load_average())
         usage.write_text(json.dumps([*_records(usage), record], indent=1))
-        one.unlink()
         print(f"{name}: exit {record['returncode']} after {record['wall_seconds']:.0f} s, "
               f"peak {record['tree_kib'] / 2**20:.1f} GiB", flush=True)
         if record["returncode"] != 0:
@@ -91,27 +86,19 @@ WINDOW = 5  # sizes in a local slope (0.86 of a decade)
 
 def load(name: str) -> list:
     """The rows of run ``name``'s results.csv, [] if it has none."""
-    path = RUNS / name / "results.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return studykit.read_results(RUNS / name)
 
 
-def slope_over(rows: list, key: str, lo: float, hi: float) -> dict | None:
-    """Bootstrap slope (95% CI over replications) of log mean ``key`` on log n, sizes in [lo, hi]."""
-    ns, table = errors_table(rows, key)
-    keep = (ns >= lo * 0.999) & (ns <= hi * 1.001)
-    if keep.sum() < 3:
-        return None
-    out = bootstrap_slope(ns[keep], table[keep])
-    return {"slope": out["slope"], "ci_low": out["ci_low"], "ci_high": out["ci_high"], "sizes": int(keep.sum())}
+def slope_over(rows: list, q: str, lo: float, hi: float) -> dict | None:
+    """Bootstrap slope (95% CI over replications) of log mean error of q on log n, sizes in [lo, hi]."""
+    out = studykit.window_slope(*error_table(rows, q), lo=lo, hi=hi)
+    return None if out is None else {k: out[k] for k in ("slope", "ci_low", "ci_high", "sizes")}
 
 
-def local_slopes(rows: list, key: str) -> list:
+def local_slopes(rows: list, q: str) -> list:
     """[(geometric mean n of the window, slope dict)] over windows of WINDOW consecutive sizes."""
-    ns, _ = errors_table(rows, key)
-    return [(float(np.exp(np.log(ns[i:i + WINDOW]).mean())), slope_over(rows, key, ns[i], ns[i + WINDOW - 1]))
+    ns, _ = error_table(rows, q)
+    return [(float(np.exp(np.log(ns[i:i + WINDOW]).mean())), slope_over(rows, q, ns[i], ns[i + WINDOW - 1]))
             for i in range(len(ns) - WINDOW + 1)]
 
 
@@ -152,7 +139,7 @@ def figure(results: dict, plt):
         reps = len({r["rep"] for r in rows})
         for j, q in enumerate(PAPER_PARAMS):
             ax = axes[i, j]
-            pts = [(n, s) for n, s in local_slopes(rows, f"err_{q}") if s]
+            pts = [(n, s) for n, s in local_slopes(rows, q) if s]
             x = np.array([n for n, _ in pts])
             ax.plot(x, [s["slope"] for _, s in pts], "o-", ms=3, color="tab:blue", label=f"local slope ({WINDOW} sizes)")
             ax.fill_between(x, [s["ci_low"] for _, s in pts], [s["ci_high"] for _, s in pts], color="tab:blue", alpha=0.2)
@@ -181,7 +168,7 @@ def tables(results: dict, usage: dict) -> str:
         rows = results[case]["rows"]
         lines += [f"## {case} ({len({r['rep'] for r in rows})} replications)", "", "| error | " + " | ".join(RANGES) + " | theory |", "|---|" + "---|" * (len(RANGES) + 1)]
         for q in PAPER_PARAMS:
-            cells = [fmt(results[case]["slopes"][q][r]) for r in RANGES]
+            cells = [studykit.fmt(results[case]["slopes"][q][r]) for r in RANGES]
             lines.append(f"| {LABELS[q]} | " + " | ".join(cells) + f" | {THEORY[q]:+.3f} |")
         statuses = {}
         for r in rows:
@@ -189,9 +176,9 @@ def tables(results: dict, usage: dict) -> str:
         lines += ["", f"Fits: {len(rows)}; statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())), "",
                   "Local slopes (window of 5 sizes; centre n):", "", "| centre n | " + " | ".join(LABELS[q] for q in PAPER_PARAMS) + " |",
                   "|---|" + "---|" * len(PAPER_PARAMS)]
-        local = {q: local_slopes(rows, f"err_{q}") for q in PAPER_PARAMS}
+        local = {q: local_slopes(rows, q) for q in PAPER_PARAMS}
         for k, (n, _) in enumerate(local[PAPER_PARAMS[0]]):
-            lines.append(f"| {n:.3g} | " + " | ".join(fmt(local[q][k][1]) for q in PAPER_PARAMS) + " |")
+            lines.append(f"| {n:.3g} | " + " | ".join(studykit.fmt(local[q][k][1]) for q in PAPER_PARAMS) + " |")
         lines += ["", "Share of fits with a parameter on a bound, per n:", "",
                   "| n | share | parameters |", "|---|---|---|"]
         lines += [f"| {n} | {v['share']:.3f} | {' '.join(v['params']) or '-'} |" for n, v in results[case]["bound_share"].items()]
@@ -226,10 +213,10 @@ def analyze():
     for case in CASES:
         rows = load(f"{case}_newton")
         if not rows:
-            sys.exit(f"no results for {case}_newton under {RUNS}: run `python experiments/large_n.py run` first")
+            sys.exit(f"no results for {case}_newton under {RUNS}: run `python experiments/large_n/large_n.py run` first")
         results[case] = {"rows": rows, "bound_share": bound_share(rows), "em_check": em_check(case),
-                         "slopes": {q: {r: slope_over(rows, f"err_{q}", *RANGES[r]) for r in RANGES} for q in PAPER_PARAMS},
-                         "local": {q: local_slopes(rows, f"err_{q}") for q in PAPER_PARAMS}}
+                         "slopes": {q: {r: slope_over(rows, q, *RANGES[r]) for r in RANGES} for q in PAPER_PARAMS},
+                         "local": {q: local_slopes(rows, q) for q in PAPER_PARAMS}}
     usage = {name: _records(RUNS / f"{name}.usage.json") for name in NAMES if (RUNS / f"{name}.usage.json").exists()}
     figure(results, plt).savefig(HERE / "local_slopes.png", dpi=110)
     (HERE / "tables.md").write_text(tables(results, usage))

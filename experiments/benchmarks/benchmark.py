@@ -1,10 +1,10 @@
-"""Benchmark softmoe_torch's fitting methods against numpy/scipy peers (experiments/baseline_scipy.py).
+"""Benchmark softmoe_torch's fitting methods against numpy/scipy peers (experiments/benchmarks/baseline_scipy.py).
 
-    python experiments/benchmark.py [--sizes 1000 10000 100000] [--reps 40] [--settings ...]
+    python experiments/benchmarks/benchmark.py [--sizes 1000 10000 100000] [--reps 40] [--settings ...]
         [--methods em em_newton em_torch direct newton] [--peers baseline scipy_bfgs numpy_newton]
-        [--baseline-reps 3] [--em-torch-budget 300] [--threads T] [--quick] [--out experiments/benchmark.json]
-    python experiments/benchmark.py --scale [--max-n 10000000] [--scale-sizes ...] [--figure experiments/scaling.png]
-    python experiments/benchmark.py --protocol [--protocol-sweep paper|tiny] [--settings ...] [--protocol-fits em newton]
+        [--baseline-reps 3] [--em-torch-budget 300] [--threads T] [--quick] [--out experiments/benchmarks/benchmark.json]
+    python experiments/benchmarks/benchmark.py --scale [--max-n 10000000] [--scale-sizes ...] [--figure experiments/benchmarks/scaling.png]
+    python experiments/benchmarks/benchmark.py --protocol [--protocol-sweep paper|tiny] [--settings ...] [--protocol-fits em newton]
 
 Three modes; each writes its own section ('table', 'scale', 'protocol') of the JSON file --out,
 keeping the sections other runs wrote there, and each section records the machine, the threads,
@@ -60,7 +60,6 @@ both stacks (torch, OpenMP, OpenBLAS/MKL) through the environment for workers an
 alike; on a busy machine prefer --threads 1. Ratios are what count on a shared machine.
 """
 import argparse
-import csv
 import json
 import os
 import platform
@@ -76,11 +75,16 @@ from pathlib import Path
 
 import numpy as np
 
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+
 # torch, hydra, matplotlib and softmoe_torch are imported inside the functions that use them, so
 # that a peer worker (which imports this module) measures numpy/scipy's memory only.
-import baseline_scipy as bs
+bs = studykit.study_module(__file__, "baseline_scipy")  # the numpy/scipy peers, beside this script
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = studykit.ROOT
 ALL_SETTINGS = ["distinguishable", "nondistinguishable_eta", "nondistinguishable_nu"]
 TORCH_METHODS = ["em", "em_newton", "em_torch", "direct", "newton"]
 PEERS = {"baseline": bs.fit_em_scipy, "scipy_bfgs": bs.fit_direct_bfgs, "numpy_newton": bs.fit_newton}
@@ -88,57 +92,9 @@ BASELINE, STRONG_PEERS = "baseline", ("scipy_bfgs", "numpy_newton")
 WARMUP_N = 256
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 NAMES = {"beta": "gate.beta", "tau": "gate.tau", "eta": "prompts.0.expert.eta", "nu": "prompts.0.nu"}
-# Runs a command and writes its wall seconds, exit code and peak RSS (wait4) as JSON; being small
-# and started afresh, its child's ru_maxrss does not include this script's memory.
-LAUNCHER = """import json, os, subprocess, sys, time
-out, log, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
-
-
-def tree_rss_kib(root):
-    # resident KiB summed over root and its descendants (Linux /proc), sampled
-    parent, rss = {}, {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                parent[int(entry)], rss[int(entry)] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, grew = {root}, True
-    while grew:
-        new = {p for p, pp in parent.items() if pp in tree} - tree
-        tree, grew = tree | new, bool(new)
-    return sum(rss.get(p, 0) for p in tree)
-
-
-with open(log, "w") as fh:
-    t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    peak = 0
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
-        if os.path.isdir("/proc"):
-            peak = max(peak, tree_rss_kib(child.pid))
-        time.sleep(0.5)
-    wall = time.perf_counter() - t0
-child.returncode = os.waitstatus_to_exitcode(status)
-with open(out, "w") as fh:
-    json.dump({"wall_seconds": wall, "returncode": child.returncode, "maxrss": usage.ru_maxrss, "tree_kib": peak}, fh)
-"""
-
-
 def _compose(setting: str, fit: str = "em"):
     """The Hydra config for ``setting=<setting> fit=<fit>``."""
-    from hydra import compose, initialize_config_dir
-
-    from softmoe_torch.settings.configs import CONF_DIR, register_resolvers
-
-    register_resolvers()  # used by conf/setting
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"setting={setting}", f"fit={fit}"])
+    return studykit.compose([f"setting={setting}", f"fit={fit}"])
 
 
 def _reset_peak():
@@ -549,23 +505,20 @@ def print_scale(section):
 
 def protocol_command(setting: str, fit: str, sweep: str, run_dir: Path) -> list:
     """The promised command for one setting and fit."""
-    return [sys.executable, "-m", "softmoe_torch.run", f"setting={setting}", f"fit={fit}", f"sweep={sweep}",
-            "progress=false", "monitor.tensorboard=false", f"hydra.run.dir={run_dir}"]
+    return studykit.run_command([f"setting={setting}", f"fit={fit}", f"sweep={sweep}", "progress=false",
+                                 "monitor.tensorboard=false"], run_dir=run_dir)
 
 
 def _protocol_run(setting: str, fit: str, sweep: str) -> dict:
-    """Run the command through LAUNCHER in a temporary directory; wall, peak RSS and statuses."""
+    """Run the command through studykit.measured in a temporary directory; wall, peak RSS and statuses."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cmd = protocol_command(setting, fit, sweep, tmp / "run")
-        subprocess.run([sys.executable, "-c", LAUNCHER, str(tmp / "usage.json"), str(tmp / "log.txt"), *cmd],
-                       cwd=ROOT, check=True)
-        usage = json.loads((tmp / "usage.json").read_text())
+        usage = studykit.measured(cmd, tmp / "log.txt")
         if usage["returncode"] != 0:
             tail = (tmp / "log.txt").read_text()[-3000:]
             raise RuntimeError(f"{' '.join(cmd)} exited with {usage['returncode']}:\n{tail}")
-        with open(tmp / "run" / "results.csv", newline="") as fh:
-            results = list(csv.DictReader(fh))
+        results = studykit.read_results(tmp / "run")
     statuses = _status_counts(r["status"] for r in results)
     command = " ".join(["python", *cmd[1:-1], "hydra.run.dir=<tmp>"])
     return {"setting": setting, "fit": fit, "sweep": sweep, "command": command,
@@ -595,14 +548,6 @@ def print_protocol(section):
 
 
 # ---------------------------------------------------------------- driver
-
-
-def load_average() -> list:
-    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return list(os.getloadavg())
 
 
 def machine_info() -> dict:
@@ -636,11 +581,11 @@ def parse_args(argv=None):
     p.add_argument("--scale-sizes", type=int, nargs="+", help="default: 1e4, 1e5, 1e6 (and 1e7 with --max-n)")
     p.add_argument("--max-n", type=int, default=10**6, help="largest default scale size")
     p.add_argument("--scale-methods", nargs="+", default=["newton", "em"], choices=TORCH_METHODS)
-    p.add_argument("--figure", default=str(ROOT / "experiments" / "scaling.png"), help="the scaling figure (PNG)")
+    p.add_argument("--figure", default=str(HERE / "scaling.png"), help="the scaling figure (PNG)")
     p.add_argument("--protocol-sweep", default="paper", choices=["paper", "tiny"])
     p.add_argument("--protocol-fits", nargs="+", default=["em", "newton"], choices=TORCH_METHODS)
     p.add_argument("--threads", type=int, help="threads for both stacks (default: the libraries' own)")
-    p.add_argument("--out", default=str(ROOT / "experiments" / "benchmark.json"))
+    p.add_argument("--out", default=str(HERE / "benchmark.json"))
     p.add_argument("--quick", action="store_true", help="sizes 1000 3000, reps 4, baseline-reps 1, first setting only")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -668,12 +613,12 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if k not in ("worker", "out", "scale", "protocol")}
-    section = {"machine": machine_info(), "config": config, "load_before": load_average(),
+    section = {"machine": machine_info(), "config": config, "load_before": studykit.load_average(),
                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     began = time.perf_counter()
     run, show = MODES[args.mode]
     for progress in run(args):  # written after every step, so a long run keeps its progress
-        section.update(progress, wall_seconds=time.perf_counter() - began, load_after=load_average())
+        section.update(progress, wall_seconds=time.perf_counter() - began, load_after=studykit.load_average())
         _write_section(out, args.mode, section)
     show(section)
     print(f"\nload average (1, 5, 15 min) before {section['load_before']}, after {section['load_after']}; "

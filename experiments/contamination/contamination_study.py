@@ -3,9 +3,9 @@
 refits counted conservatively), for the distinguishable setting's f0 (Laplace) and the
 non-distinguishable one's (Gaussian), X ~ N(0, I_8).
 
-    python experiments/contamination_study.py calibrate [--M 1000] [--B 99] [--naive 200]
-    python experiments/contamination_study.py power [--reps 200] [--null 300]
-    python experiments/contamination_study.py analyze
+    python experiments/contamination/contamination_study.py calibrate [--M 1000] [--B 99] [--naive 200]
+    python experiments/contamination/contamination_study.py power [--reps 200] [--null 300]
+    python experiments/contamination/contamination_study.py analyze
 
 - ``calibrate``: per setting and n in {1e3, 1e4}, M data sets drawn under H0, each tested by
   ``contamination_test`` itself with B bootstrap refits: the empirical size at alpha = 0.05 and
@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,18 +34,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from scipy import stats
 
-from contamination_pilot import model_with, response, wilson
-from softmoe_torch import Estimator
-from softmoe_torch.lrt import contamination_test, with_variance_floor
-from softmoe_torch.settings.configs import CONF_DIR, register_resolvers
-from softmoe_torch.settings.setting import Setting
-from softmoe_torch.study.simulate import data_seed
-from softmoe_torch.test import procedure
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+from studykit import model_with, response, setting_of, wilson  # noqa: E402
+from softmoe_torch import Estimator  # noqa: E402
+from softmoe_torch.lrt import contamination_test, with_variance_floor  # noqa: E402
+from softmoe_torch.settings.configs import register_resolvers  # noqa: E402
+from softmoe_torch.settings.setting import Setting  # noqa: E402
+from softmoe_torch.study.simulate import data_seed  # noqa: E402
+from softmoe_torch.test import procedure  # noqa: E402
 
-HERE = Path(__file__).resolve().parent / "contamination"
+HERE = Path(__file__).resolve().parent
 SETTINGS = ("distinguishable", "nondistinguishable_eta")
 FREE_PARAMETERS = 18  # beta (8), tau, eta (8), nu
 MASSES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # expected contaminated observations n E[s(x)]
@@ -52,16 +55,9 @@ DELTA_1000 = 0.08  # the pilot's delta of power 0.8 at n = 1e3; the grid at n is
 DELTA_STEPS = (0.25, 0.5, 0.7071, 1.0, 1.4142, 2.0, 4.0)
 
 
-def setting_of(name: str) -> Setting:
-    register_resolvers()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return Setting(compose("config", overrides=[f"setting={name}"]).setting)
-
-
 def test_procedure(setting: Setting) -> Estimator:
     """The test command's estimator for this setting (conf/test_data.yaml's defaults)."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("test_data", overrides=[f"setting={setting.name}", "data=none"])
+    cfg = studykit.compose([f"setting={setting.name}", "data=none"], "test_data")
     return procedure(cfg, setting.model())
 
 

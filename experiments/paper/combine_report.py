@@ -1,8 +1,8 @@
 """Combine the three paper settings' outputs into one report.
 
-    python experiments/combine_report.py RUNS_DIR OUT_DIR
+    python experiments/paper/combine_report.py RUNS_DIR OUT_DIR
 
-RUNS_DIR holds one run directory per setting (as written by experiments/reproduce.sh) and
+RUNS_DIR holds one run directory per setting (as written by experiments/paper/reproduce.sh) and
 wall_seconds.txt; OUT_DIR receives REPORT.md and one small PNG per setting. Everything of an existing
 REPORT.md from the line KEEP on (the science study's sections, written by hand) is kept."""
 import json
@@ -65,5 +65,5 @@ def main(runs: Path, out: Path):
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python experiments/combine_report.py RUNS_DIR OUT_DIR")
+        sys.exit("usage: python experiments/paper/combine_report.py RUNS_DIR OUT_DIR")
     main(Path(sys.argv[1]), Path(sys.argv[2]))

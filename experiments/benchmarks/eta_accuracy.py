@@ -2,19 +2,19 @@
 it shows after every batch, and prints its error against the true remaining time at 25/50/75%
 of the work (n summed over fits).
 
-    python experiments/eta_accuracy.py fit=direct sweep.reps=10 [more overrides]"""
+    python experiments/benchmarks/eta_accuracy.py fit=direct sweep.reps=10 [more overrides]"""
 import json
 import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from softmoe_torch.study.progress import WorkBar
-from softmoe_torch.study.sweep import batch_plan, run_study, validate
-
-CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+from softmoe_torch.study.progress import WorkBar  # noqa: E402
+from softmoe_torch.study.sweep import batch_plan, run_study, validate  # noqa: E402
 
 
 class Recorder(WorkBar):
@@ -31,8 +31,7 @@ class Recorder(WorkBar):
 
 
 def main(overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["monitor.tensorboard=false", *overrides])
+    cfg = studykit.compose(["monitor.tensorboard=false", *overrides])
     plan = validate(cfg)
     workers, todo = batch_plan(plan, [(n, plan.reps) for n in plan.sizes])  # as run_study plans it
     bar = Recorder([(n, len(reps)) for n, reps in todo], cfg.setting.name, workers)
@@ -52,4 +51,6 @@ def main(overrides):
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit(__doc__)
     main(sys.argv[1:])

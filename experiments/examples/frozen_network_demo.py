@@ -7,7 +7,7 @@
 3. fit (beta, tau, eta, nu) with the package from random starts, print estimates with standard
    errors, and plot data, pre-trained mean, fitted predictive mean and gate probability.
 
-    python experiments/frozen_network_demo.py [--plot experiments/frozen_network_demo.png]
+    python experiments/examples/frozen_network_demo.py [--plot experiments/examples/frozen_network_demo.png]
 """
 import argparse
 import tempfile
