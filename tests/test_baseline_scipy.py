@@ -1,4 +1,4 @@
-"""Tests for the numpy/scipy EM baseline in experiments/baseline_scipy.py."""
+"""Tests for the numpy/scipy EM baseline in experiments/benchmarks/baseline_scipy.py."""
 
 import importlib.util
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.optimize import check_grad
 
-_PATH = Path(__file__).resolve().parents[1] / "experiments" / "baseline_scipy.py"
+_PATH = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "baseline_scipy.py"
 _spec = importlib.util.spec_from_file_location("baseline_scipy", _PATH)
 bs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bs)

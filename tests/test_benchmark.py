@@ -1,4 +1,4 @@
-"""End-to-end tests of experiments/benchmark.py: the --quick table, a tiny --scale run and a tiny
+"""End-to-end tests of experiments/benchmarks/benchmark.py: the --quick table, a tiny --scale run and a tiny
 --protocol run (about a minute together on a busy 2-core machine)."""
 import json
 import math
@@ -13,7 +13,7 @@ PEERS = ("baseline", "scipy_bfgs", "numpy_newton")
 
 def _bench(*flags, out):
     """Run the benchmark with one thread per stack (fair and fast on a busy machine); its JSON and stdout."""
-    cmd = [sys.executable, str(ROOT / "experiments" / "benchmark.py"), *flags, "--threads", "1", "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "experiments" / "benchmarks" / "benchmark.py"), *flags, "--threads", "1", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout

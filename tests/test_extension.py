@@ -81,7 +81,7 @@ def user_dir(tmp_path, monkeypatch):
     """A folder outside the package with the user's modules, on sys.path (as PYTHONPATH would)."""
     d = tmp_path / "user"
     d.mkdir()
-    shutil.copy(ROOT / "experiments" / "mlp_expert.py", d / "user_mlp.py")
+    shutil.copy(ROOT / "experiments" / "examples" / "mlp_expert.py", d / "user_mlp.py")
     (d / "bad_experts.py").write_text(BAD_EXPERTS)
     monkeypatch.syspath_prepend(str(d))
     yield d
@@ -330,7 +330,7 @@ def test_hand_built_mixture_rejects_a_trainable_pretrained_component():
 @pytest.mark.slow
 def test_frozen_network_demo_runs_in_under_a_minute(tmp_path):
     start = time.perf_counter()
-    demo = ROOT / "experiments" / "frozen_network_demo.py"
+    demo = ROOT / "experiments" / "examples" / "frozen_network_demo.py"
     proc = subprocess.run([sys.executable, str(demo), "--plot", str(tmp_path / "d.png")],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -16,8 +16,8 @@ from softmoe_torch.study.diagnostics import loglik_at_truth, moved_from_start
 from softmoe_torch.settings.setting import Setting
 from softmoe_torch.study.sweep import validate
 
-sys.path.insert(0, str(ROOT / "experiments"))
-import science  # noqa: E402
+sys.path[:0] = [str(ROOT / "experiments" / "science"), str(ROOT / "experiments" / "paper")]
+import science  # noqa: E402 (experiments/science/science.py)
 
 
 def _pair(compose_cfg, n_fit=100000, setting="nondistinguishable_eta", extra=()):
