@@ -5,12 +5,12 @@ from .estimation.driver import FitOptions
 from .estimation.estimator import Estimator
 from .model.experts import AffineExpert, GELUExpert, IndexExpert, LinearExpert, MLPExpert, ReLUExpert, SigmoidExpert, TanhExpert
 from .model.gates import ConstantGate, SoftmaxGate
-from .model.mixture import Component, ContaminatedMoE, MixtureOfExperts
+from .model.mixture import Component, ContaminatedMoE, Mixture, MixtureOfExperts
 from .estimation.results import FitResults
 
 __all__ = [
     "Estimator", "FitResults", "FitOptions", "ConvergenceWarning",
     "Density", "Gaussian", "Laplace", "StudentT",
     "IndexExpert", "TanhExpert", "SigmoidExpert", "GELUExpert", "ReLUExpert", "LinearExpert", "AffineExpert", "MLPExpert",
-    "SoftmaxGate", "ConstantGate", "Component", "ContaminatedMoE", "MixtureOfExperts",
+    "SoftmaxGate", "ConstantGate", "Component", "Mixture", "ContaminatedMoE", "MixtureOfExperts",
 ]

@@ -7,13 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .model.names import PAPER_NAMES
 
-INIT_ARRAYS = {  # array in the file -> trainable parameter of a K = 1 model
-    "init_beta": "gate.beta",
-    "init_tau": "gate.tau",
-    "init_eta": "prompts.0.expert.eta",
-    "init_nu": "prompts.0.nu",
-}
+INIT_ARRAYS = {f"init_{k}": name for k, name in PAPER_NAMES.items()}  # array in the file -> parameter of a K = 1 model
 
 
 def _read_csv(path: Path):

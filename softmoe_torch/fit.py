@@ -25,26 +25,27 @@ from .data import INIT_ARRAYS, load_data
 from .estimation.device import keep_freed_memory, resolve_device, resolve_dtype
 from .estimation.estimator import Estimator
 from .model.mixture import ContaminatedMoE
+from .model.names import PAPER_NAMES, expert_prefix, variance_name
 from .settings.setting import load_setting
-from .study.sweep import fit_options
+from .study.config_checks import fit_options
 
 
 def named(values: dict) -> dict:
     """{parameter name: tensor} of one fit -> JSON-ready beta, tau, eta, nu. For K = 1 prompt:
     beta (d,), tau and nu numbers, eta (q,) if the prompt expert's only parameter is eta, else
     ``expert``: {its parameter name: values}; for K > 1 each entry is a list over the prompts."""
-    K = values["gate.tau"].numel()
+    K = values[PAPER_NAMES["tau"]].numel()
     experts = []
     for k in range(K):
-        prefix = f"prompts.{k}.expert."
+        prefix = expert_prefix(k)
         experts.append({n[len(prefix):]: v.tolist() for n, v in values.items() if n.startswith(prefix)})
     one = (lambda xs: xs[0]) if K == 1 else (lambda xs: xs)
-    out = {"beta": one(values["gate.beta"].tolist()), "tau": one(values["gate.tau"].tolist())}
+    out = {"beta": one(values[PAPER_NAMES["beta"]].tolist()), "tau": one(values[PAPER_NAMES["tau"]].tolist())}
     if all(list(e) == ["eta"] for e in experts):
         out["eta"] = one([e["eta"] for e in experts])
     else:
         out["expert"] = one(experts)
-    out["nu"] = one([values[f"prompts.{k}.nu"].item() for k in range(K)])
+    out["nu"] = one([values[variance_name(k)].item() for k in range(K)])
     return out
 
 
@@ -111,7 +112,8 @@ def main(cfg: DictConfig) -> None:
     register_resolvers()
     keep_freed_memory()
     result = fit_file(cfg, cfg.out)
-    frozen = "the pre-trained component is frozen" if cfg.setting.get("kind") != "moe" else "every component is trainable"
+    contaminated = isinstance(result["results"].spec, ContaminatedMoE)
+    frozen = "the pre-trained component is frozen" if contaminated else "every component is trainable"
     print(f"{result['setting']} (d = {cfg.setting.dim}): fitted from {result['starts']}; {frozen}")
     print(result["results"].summary())
     for w in result["warnings"]:

@@ -1,4 +1,4 @@
-"""One table of bad inputs to `run` and `fit`: each gives one line naming the problem and the fix
+"""One table of bad inputs to `run`, `fit` and `bootstrap_test`: each gives one line naming the problem and the fix
 ('error: ...', exit 2; 'interrupted: ...', exit 130 for Ctrl-C), no traceback, and leaves every
 file already written as it was. Cases run in-process what the commands run (the output-path
 check, Hydra's composition, the entry function); two run the real commands in a subprocess."""
@@ -8,14 +8,17 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from conftest import CONF, run_cli
+from softmoe_torch import bootstrap_test as test_cli
 from softmoe_torch import cli
 from softmoe_torch import fit as fit_cli
 from softmoe_torch import run as run_cli_module
+from softmoe_torch.lrt import contamination_test, prompts_test, with_variance_floor
 from softmoe_torch.study import sweep
 
 TINY = ["sweep=tiny", "fit=direct", "progress=false"]
@@ -107,6 +110,12 @@ RUN_CASES = {  # id: (overrides, setup(run_dir, files) or None, message)
     "fingerprint cut off": ([], lambda d: damage(d, "fingerprint.json", ""), "fingerprint.json is not valid JSON"),
     "other configuration": (["init.scale=0.3"], None, "holds results of another configuration (different init)"),
     "other dtype": (["dtype=float32"], None, "holds results of another configuration (different dtype)"),
+    "moe inputs unknown": (["setting=softmax_gaussian_moe", "setting.x=sobol"], None, "setting.x must be one of"),
+    "moe one component": (["setting=softmax_gaussian_moe", "setting.n_components=1"], None,
+                          "setting.n_components must be at least 2"),
+    "moe components text": (["setting=softmax_gaussian_moe", "setting.n_components=many"], None,
+                            "setting.n_components must be an integer"),
+    "setting kind unknown": (["++setting.kind=hmm"], None, "setting.kind must be one of contaminated, moe, got 'hmm'"),
 }
 
 FIT_CASES = {  # id: (data file name or None, extra overrides, message)
@@ -127,6 +136,22 @@ FIT_CASES = {  # id: (data file name or None, extra overrides, message)
     "fit tol text": ("good.npz", ["fit.tol=abc"], "fit.tol must be a number"),
     "out is a directory": ("good.npz", ["out={a_dir}"], "is a directory; choose a file path for out"),
     "out under a file": ("good.npz", ["out={a_file}/r.json"], "is a file, not a directory"),
+    "moe with one component": ("good.npz", ["setting=softmax_gaussian_moe", "setting.n_components=1"],
+                               "setting.n_components must be at least 2"),
+    "moe components fractional": ("good.npz", ["setting=softmax_gaussian_moe", "setting.n_components=2.5"],
+                                  "setting.n_components must be an integer"),
+}
+
+TEST_CASES = {  # the bootstrap test's face: id: (extra overrides, message); the data file is good.npz
+    "kind no config offers": (["test.kind=wald"], "test.kind must be one of contamination, prompts, got 'wald'"),
+    "B text": (["test.B=many"], "test.B must be an integer"),
+    "seed fractional": (["test.seed=1.5"], "test.seed must be an integer"),
+    "iterations text": (["test.iterations=ten"], "test.iterations must be an integer"),
+    "iterations zero": (["test.iterations=0"], "test.iterations must be at least 1"),
+    "floor text": (["test.variance_floor=low"], "variance floor ratio must be a number in (0, 1), got 'low'"),
+    "extra text": (["test=prompts", "test.extra=one"], "test.extra must be an integer"),
+    "a mixture of experts": (["setting=softmax_gaussian_moe"], "this command takes contaminated settings"),
+    "out is a directory": (["out={a_dir}"], "is a directory; choose a file path for out"),
 }
 
 
@@ -149,7 +174,7 @@ def assert_kept(before, folder):
 def call(module, argv, capsys):
     """In-process `python -m module argv` -> (exit code, stdout, stderr): the path check of
     cli.entry, then the config as Hydra composes it, then the function under @hydra.main."""
-    config_name = "fit_data" if module is fit_cli else "config"
+    config_name = {fit_cli: "fit_data", test_cli: "test_data"}.get(module, "config")
     with pytest.raises(SystemExit) as exit_info:
         cli.check_path_overrides(argv)
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -207,6 +232,27 @@ def test_bad_fit_input(case, workspace, monkeypatch, capsys):
     assert_kept(before, root)
 
 
+@pytest.mark.parametrize("case", TEST_CASES)
+def test_bad_bootstrap_test_input(case, workspace, monkeypatch, capsys):
+    root, files = workspace
+    overrides, message = TEST_CASES[case]
+    (root / "result.json").write_text("{}")
+    before = snapshot(root)
+    argv = [f"data={files['good.npz']}", "setting=distinguishable", f"out={root / 'result.json'}", "progress=false",
+            "test.B=19", *(o.format(a_dir=files["a_dir"]) for o in overrides)]
+    code, _, err = call(test_cli, argv, capsys)
+    assert_one_line(code, err, message)
+    assert_kept(before, root)
+
+
+def test_the_old_name_of_the_bootstrap_test_runs_it(tmp_path):
+    """python -m softmoe_torch.test is kept for one release: the same command, the same checks."""
+    files = make_files(tmp_path)
+    proc = run_cli("softmoe_torch.test", f"data={files['good.npz']}", "setting=distinguishable", "test.B=10",
+                   f"out={tmp_path / 'r.json'}", cwd=tmp_path)
+    assert_one_line(proc.returncode, proc.stderr, "B must be an integer of at least 19")
+
+
 def test_ctrl_c_in_a_run_keeps_finished_fits(workspace, monkeypatch, capsys):
     root, _ = workspace
     before = snapshot(root)
@@ -247,7 +293,7 @@ def test_real_commands_check_output_paths_first(tmp_path, module, args):
 
 
 def test_the_table_is_large_enough():
-    assert len(RUN_CASES) + len(FIT_CASES) + 2 >= 30
+    assert len(RUN_CASES) + len(FIT_CASES) + len(TEST_CASES) + 2 >= 50
 
 
 # The same rule for the Python API: a mistake is one ValueError or IndexError whose message names
@@ -286,7 +332,42 @@ API_CASES = {  # name -> (call(Estimator, model, X, y, fitted results), error cl
                    "X must be numeric"),
     "y of another length": (lambda E, m, X, y, res: E(m, "newton").fit(X, y[:10]), ValueError,
                             "expected X (R, n, d) and y (R, n), got (1, 300, 8) and (1, 10)"),
+    "not a mixture": (lambda E, m, X, y, res: E(torch.nn.Linear(8, 1), "newton"), ValueError,
+                      "the model must be a mixture of softmoe_torch.model.mixture"),
+    "nothing to fit": (lambda E, m, X, y, res: E(_moe(frozen=True), "newton"), ValueError,
+                       "the model has no trainable parameters (every component and the gate frozen)"),
+    "a gate for other components": (lambda E, m, X, y, res: E(_moe(components=3), "newton").fit(X, y), ValueError,
+                                    "the gate gives 2 weights but the mixture has 3 components"),
+    "a mixture of one component": (lambda E, m, X, y, res: _moe(components=1), ValueError,
+                                   "a mixture of experts needs at least 2 components, got 1"),
+    "a seed as text": (lambda E, m, X, y, res: E(m, "newton", seed="a"), ValueError, "seed must be an integer, got 'a'"),
+    "a negative init_scale": (lambda E, m, X, y, res: E(m, "newton", init_scale=-1.0), ValueError,
+                              "init_scale must be a number of at least 0"),
+    "clone with an unknown setting": (lambda E, m, X, y, res: E(m, "newton").clone(tolerance=1e-8), ValueError,
+                                      "unknown setting(s) tolerance; an estimator takes model, method"),
+    "clone with a bad option": (lambda E, m, X, y, res: E(m, "newton").clone(max_iter=2.5), ValueError,
+                                "fit.max_iter must be an integer"),
+    "contamination test of a model": (lambda E, m, X, y, res: contamination_test(m, X, y, B=19), ValueError,
+                                      "estimator must be an Estimator (e.g. Estimator(model, 'newton')), got ContaminatedMoE"),
+    "contamination test of a general mixture": (lambda E, m, X, y, res: contamination_test(E(_moe(), "newton"), X, y, B=19),
+                                                ValueError, "estimator's model is a MixtureOfExperts; these tests need a ContaminatedMoE"),
+    "variance floor of a general mixture": (lambda E, m, X, y, res: with_variance_floor(E(_moe(), "newton"), 0.1), ValueError,
+                                            "these tests need a ContaminatedMoE"),
+    "a bootstrap seed as text": (lambda E, m, X, y, res: contamination_test(E(m, "newton"), X, y, B=19, seed="0"), ValueError,
+                                 "seed must be an integer, got '0'"),
+    "a fractional B": (lambda E, m, X, y, res: contamination_test(E(m, "newton"), X, y, B=19.5), ValueError,
+                       "B must be an integer of at least 19"),
+    "a prompts test of equal models": (lambda E, m, X, y, res: prompts_test(E(m, "newton"), E(m, "newton"), X, y, B=19),
+                                       ValueError, "the alternative must have more prompts than the null to be nested"),
 }
+
+
+def _moe(components: int = 2, frozen: bool = False):
+    """A general mixture of affine Gaussian experts (d = 8) under a softmax gate for 2 components."""
+    from softmoe_torch import AffineExpert, Component, Gaussian, MixtureOfExperts, SoftmaxGate
+
+    gate = SoftmaxGate(8).double().requires_grad_(not frozen)
+    return MixtureOfExperts([Component(AffineExpert(8).double(), Gaussian(), frozen=frozen) for _ in range(components)], gate)
 
 
 @pytest.fixture(scope="module")

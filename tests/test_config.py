@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from softmoe_torch.settings.setting import Setting, load_setting
-from softmoe_torch.study.sweep import fit_options, sample_sizes
+from softmoe_torch.study.config_checks import fit_options, sample_sizes
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("setting", "fit", "init", "sweep", "monitor")}

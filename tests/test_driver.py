@@ -9,7 +9,7 @@ import softmoe_torch.estimation.driver as driver
 from softmoe_torch.estimation.convergence import Contract, ConvergenceWarning
 from softmoe_torch.estimation.driver import METHOD_DEFAULTS, FitOptions, fit_batch
 from softmoe_torch.estimation.init import near_truth
-from softmoe_torch.settings.paper import paper_view
+from softmoe_torch.metrics.parameters import paper_view
 from softmoe_torch.settings.setting import Setting
 from softmoe_torch.study.simulate import simulate
 

@@ -20,7 +20,7 @@ from softmoe_torch import Component, ContaminatedMoE, Gaussian, MLPExpert, Softm
 from softmoe_torch.estimation.convergence import ConvergenceWarning
 from softmoe_torch.estimation.driver import FitOptions, fit_batch
 from softmoe_torch.estimation.init import random_start
-from softmoe_torch.settings.paper import param_errors
+from softmoe_torch.metrics.parameters import param_errors
 from softmoe_torch.settings.setting import Setting
 from softmoe_torch.estimation.params import ParamSpace
 from softmoe_torch.study.simulate import simulate

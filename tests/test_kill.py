@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from softmoe_torch.settings.setting import Setting
-from softmoe_torch.study.sweep import Results, columns
+from softmoe_torch.study.store import Results, columns
 
 REPS, SIZES = 2, 40
 ARGS = ["fit=direct", "progress=false", "monitor.tensorboard=false", f"sweep.reps={REPS}",

@@ -214,7 +214,7 @@ FAST = ["test.B=19", "init.n_init=1", "fit.max_iter=60", "progress=false"]
 def test_cli_writes_the_result_and_the_histogram(tmp_path):
     data_file = _csv(tmp_path / "d.csv", 300, contaminated=True)
     out = tmp_path / "res" / "t.json"
-    proc = run_cli("softmoe_torch.test", f"data={data_file}", "setting=distinguishable", *FAST,
+    proc = run_cli("softmoe_torch.bootstrap_test", f"data={data_file}", "setting=distinguishable", *FAST,
                    "test.unconverged=as_fitted", f"out={out}")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -227,7 +227,7 @@ def test_cli_writes_the_result_and_the_histogram(tmp_path):
 def test_cli_prompts_test(tmp_path):
     data_file = _csv(tmp_path / "d.csv", 200, contaminated=True)
     out = tmp_path / "p.json"
-    proc = run_cli("softmoe_torch.test", f"data={data_file}", "setting=distinguishable", "test=prompts", *FAST, f"out={out}")
+    proc = run_cli("softmoe_torch.bootstrap_test", f"data={data_file}", "setting=distinguishable", "test=prompts", *FAST, f"out={out}")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["test"] == "prompts 1 vs 2"
 
@@ -241,7 +241,7 @@ def test_cli_prompts_test(tmp_path):
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     data_file = _csv(tmp_path / "d.csv", 60, contaminated=False)
-    proc = run_cli("softmoe_torch.test", f"data={data_file}", "setting=distinguishable", "progress=false", *args,
+    proc = run_cli("softmoe_torch.bootstrap_test", f"data={data_file}", "setting=distinguishable", "progress=false", *args,
                    f"out={tmp_path / 'x.json'}")
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x.json").exists()

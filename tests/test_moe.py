@@ -15,7 +15,7 @@ from softmoe_torch.estimation.degeneracy import degeneracy, trainable_sizes
 from softmoe_torch.estimation.inference import load_params
 from softmoe_torch.estimation.init import spread_truth
 from softmoe_torch.settings.moe import QUANTITIES
-from softmoe_torch.settings.voronoi import atoms, theory_slope, voronoi_errors, voronoi_loss
+from softmoe_torch.metrics.voronoi import atoms, theory_slope, voronoi_errors, voronoi_loss
 from softmoe_torch.settings.setting import load_setting
 
 

@@ -12,7 +12,7 @@ from softmoe_torch.study.monitor import Monitor
 from softmoe_torch.study.progress import WorkBar, per_fit_seconds
 from softmoe_torch.run import run_experiment
 from softmoe_torch.settings.setting import Setting, load_setting
-from softmoe_torch.study.sweep import Results, columns
+from softmoe_torch.study.store import Results, columns
 
 SWEEP = ["fit=direct", "progress=false", "sweep.reps=2", "sweep.sizes=[300,400,500,600,700]"]
 

@@ -11,10 +11,10 @@ import torch
 from scipy import integrate
 
 from conftest import ROOT
-from softmoe_torch.study.distance import hellinger
+from softmoe_torch.metrics.hellinger import hellinger
 from softmoe_torch.study.diagnostics import loglik_at_truth, moved_from_start
 from softmoe_torch.settings.setting import Setting
-from softmoe_torch.study.sweep import validate
+from softmoe_torch.study.config_checks import validate
 
 sys.path[:0] = [str(ROOT / "experiments" / "science"), str(ROOT / "experiments" / "paper")]
 import science  # noqa: E402 (experiments/science/science.py)

@@ -22,11 +22,13 @@ CONSTANT_GATE = ["setting.gate._target_=softmoe_torch.model.gates.ConstantGate",
 # only units of a lower layer (the faces may also use each other), and no module is on an import cycle.
 LAYERS = {
     **dict.fromkeys(["errors", "model"], 0),
-    **dict.fromkeys(["estimation", "settings"], 1),
-    **dict.fromkeys(["study", "lrt"], 2),
-    **dict.fromkeys(["cli", "data", "run", "fit", "test", "__init__"], 3),  # the faces
+    "estimation": 1,
+    "metrics": 2,  # measures of error: below settings and study
+    "settings": 3,
+    **dict.fromkeys(["study", "lrt"], 4),
+    **dict.fromkeys(["cli", "data", "run", "fit", "bootstrap_test", "test", "__init__"], 5),  # the faces
 }
-FACES = 3
+FACES = 5
 
 
 @pytest.mark.parametrize("path", SETTINGS, ids=lambda p: p.stem)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import one_line
 from .acceleration import Anderson, squarem_cycle
 from .convergence import Contract, rounding, warn_unconverged
+from .inputs import as_batch
 from .objective import GenericObjective, fused_supported, make_objective
 from .optim import STRATEGIES, SolverOptions, minimize, torch_lbfgs_one
 from .params import ParamSpace
@@ -150,29 +150,6 @@ class BatchFit:
             converged=where(self.converged, other.converged), status=pick(self.status, other.status),
             trace=pick(self.trace, other.trace), at_bound=pick(self.at_bound, other.at_bound),
             seconds=self.seconds + other.seconds, n_evals=self.n_evals + other.n_evals, solver=self.solver, fused=self.fused)
-
-
-def as_batch(X, Y):
-    """X (n, d) or (R, n, d), Y (n,) or (R, n) -> X (R, n, d), Y (R, n)."""
-    if X.dim() == 2:
-        X, Y = X.unsqueeze(0), Y.unsqueeze(0)
-    if X.dim() != 3 or Y.shape != X.shape[:2]:
-        raise ValueError(f"expected X (R, n, d) and y (R, n), got {tuple(X.shape)} and {tuple(Y.shape)}")
-    return X, Y
-
-
-def check_columns(model, X: torch.Tensor):
-    """Raise a one-line ValueError unless ``model`` takes X's rows (..., d): a wrong number of
-    columns is named here, not left to a matrix product deep inside a fit."""
-    x = X.reshape(-1, X.shape[-1])[:1]
-    try:
-        with torch.no_grad():
-            model.log_prob(x, torch.zeros(1, dtype=X.dtype, device=X.device))
-    except RuntimeError as err:
-        declared = {p.shape[-1] for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("beta", "eta")}
-        wanted = f"the model takes {declared.pop()}" if len(declared) == 1 else f"the model cannot take them ({one_line(err)})"
-        raise ValueError(f"X has {X.shape[-1]} columns but {wanted}; pass X with the model's columns, "
-                         f"or build the model for d = {X.shape[-1]}") from None
 
 
 class _Counted:

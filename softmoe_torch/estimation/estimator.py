@@ -7,13 +7,14 @@ The caller's model is the specification (structure, frozen pre-trained component
 mutated. Without a start, ``n_init`` random starts are run and the best fit of each replication
 is kept."""
 import copy
+import dataclasses
 
-import numpy as np
 import torch
 
 from .device import resolve_device, resolve_dtype
-from .driver import FitOptions, as_batch, check_columns, fit_best_of
+from .driver import FitOptions, fit_best_of
 from .init import starting_points
+from .inputs import check_model, fit_data
 from .results import FitResults
 
 
@@ -36,6 +37,11 @@ class Estimator:
             n_init = 5 if init == "random" else 1
         if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
             raise ValueError(f"n_init must be an integer of at least 1, got {n_init!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale >= 0:
+            raise ValueError(f"init_scale must be a number of at least 0, got {init_scale!r}")
+        check_model(model)
         self.options = options or FitOptions.for_method(method, **fit_options)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -49,10 +55,7 @@ class Estimator:
         parameters it leaves out start from the policy's first start. ``replications`` (R numbers,
         default 0..R-1) seed each data set's starts, so that a data set fitted alone, as number r,
         starts where it starts in any batch that numbers it r."""
-        X, Y = as_batch(self._tensor(X, "X"), self._tensor(y, "y"))
-        if X.shape[1] < 2:
-            raise ValueError(f"need at least 2 observations per data set, got n = {X.shape[1]}")
-        check_columns(self.spec, X)
+        X, Y = fit_data(self.spec, X, y, self.dtype, self.device)
         numbers = list(range(Y.shape[0])) if replications is None else [int(r) for r in replications]
         if len(numbers) != Y.shape[0]:
             raise ValueError(f"replications has {len(numbers)} numbers for {Y.shape[0]} data sets; give one per data set")
@@ -63,18 +66,24 @@ class Estimator:
         fit = fit_best_of(self.spec, X, Y, starts, self.options)
         return FitResults(self.spec, fit, X, Y)
 
-    def _tensor(self, a, what: str) -> torch.Tensor:
-        array = a if isinstance(a, torch.Tensor) else np.asarray(a)
-        try:
-            t = torch.as_tensor(array)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what} must be numeric, got an array of {array.dtype}; convert it to floats first") from None
-        if not t.is_floating_point() and t.dtype != torch.long and t.dtype != torch.int:
-            raise ValueError(f"{what} must be numeric, got {t.dtype}")
-        t = t.to(dtype=self.dtype, device=self.device)
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{what} must be finite (found NaN or inf)")
-        return t
+    def clone(self, **changes) -> "Estimator":
+        """The same estimator with some settings changed: any argument of ``Estimator`` (``model``,
+        ``method``, ``init``, ``n_init``, ``seed``, ``truth``, ``init_scale``, ``device``, ``dtype``) or
+        any ``FitOptions`` field (``max_iter``, ``bounds``, ...). A new ``method`` starts from that
+        method's defaults; otherwise the options are this estimator's with the changes."""
+        arguments = dict(model=self.spec, method=self.method, init=self.init, n_init=self.n_init, seed=self.seed,
+                         truth=self.truth, init_scale=self.init_scale, device=str(self.device),
+                         dtype=str(self.dtype).removeprefix("torch."))
+        fields = {f.name for f in dataclasses.fields(FitOptions)} - {"method"}
+        unknown = sorted(set(changes) - set(arguments) - fields)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; an estimator takes {', '.join(arguments)} "
+                             f"and the fit options {', '.join(sorted(fields))}")
+        options = {k: changes.pop(k) for k in list(changes) if k in fields}
+        arguments.update(changes)
+        if arguments["method"] != self.method:
+            return Estimator(**arguments, **options)
+        return Estimator(**arguments, options=dataclasses.replace(self.options, **options))
 
     def _with_start(self, base: dict, start: dict, R: int) -> dict:
         out = dict(base)

@@ -18,7 +18,7 @@ import torch
 
 from ..model.densities import Density
 from ..model.gates import ConstantGate, SoftmaxGate
-from ..model.mixture import _Mixture
+from ..model.mixture import Mixture
 from .evaluation import BLOCK, Blocked, Evaluation, defines_derivatives, rows, sample_blocks
 from .params import ParamSpace
 
@@ -44,7 +44,7 @@ def _fusable_component(component) -> bool:
 def mixture_fused_supported(model) -> bool:
     """Whether ``MixtureFusedObjective`` can evaluate ``model``: a softmax or constant gate, all its
     parameters trainable; every component frozen or fused-capable (see ``_fusable_component``)."""
-    if not isinstance(model, _Mixture) or type(model.gate) not in (SoftmaxGate, ConstantGate):
+    if not isinstance(model, Mixture) or type(model.gate) not in (SoftmaxGate, ConstantGate):
         return False
     return all(p.requires_grad for p in model.gate.parameters()) and all(_fusable_component(c) for c in model.components)
 

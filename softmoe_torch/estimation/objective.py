@@ -21,9 +21,12 @@ from ..model.densities import Density
 from ..model.experts import IndexExpert
 from ..model.gates import ConstantGate, SoftmaxGate
 from ..model.mixture import ContaminatedMoE
+from ..model.names import PAPER_NAMES
 from .evaluation import BLOCK, Blocked, Evaluation, defines_derivatives, rows, sample_blocks
 from .fused_mixture import MixtureFusedObjective, mixture_fused_supported
 from .params import ParamSpace, batched_log_joint
+
+BETA, TAU, ETA, NU = (PAPER_NAMES[k] for k in ("beta", "tau", "eta", "nu"))  # the fused K = 1 path's parameters
 
 
 class GenericObjective:
@@ -53,7 +56,7 @@ def paper_fused_supported(model) -> bool:
     if not isinstance(model, ContaminatedMoE) or len(model.prompts) != 1:
         return False
     prompt, gate = model.prompts[0], model.gate
-    expected = {"prompts.0.expert.eta", "prompts.0.nu", "gate.tau"} | ({"gate.beta"} if isinstance(gate, SoftmaxGate) else set())
+    expected = {ETA, NU, TAU} | ({BETA} if isinstance(gate, SoftmaxGate) else set())
     return (
         isinstance(prompt.expert, IndexExpert)
         and defines_derivatives(type(prompt.expert))
@@ -79,15 +82,15 @@ class FusedObjective(Blocked):
         prompt = model.prompts[0]
         self.activation = type(prompt.expert).activation_derivatives
         self.density = prompt.density
-        self.has_beta = "gate.beta" in space.slices
+        self.has_beta = BETA in space.slices
         with torch.no_grad():
             R, n, d = X.shape
             self.L0 = model.pretrained(X.reshape(R * n, d), Y.reshape(R * n)).reshape(R, n)
 
     def _split(self, theta):
         sl = self.space.slices
-        beta = theta[:, sl["gate.beta"]] if self.has_beta else None
-        return beta, theta[:, sl["gate.tau"]], theta[:, sl["prompts.0.expert.eta"]], theta[:, sl["prompts.0.nu"]]
+        beta = theta[:, sl[BETA]] if self.has_beta else None
+        return beta, theta[:, sl[TAU]], theta[:, sl[ETA]], theta[:, sl[NU]]
 
     def _block(self, u, theta, d1, d2, idx, k: int, order: int, resp) -> Evaluation:
         """The evaluation over block k of the samples (means over that block)."""
@@ -121,10 +124,10 @@ class FusedObjective(Blocked):
         g = u.new_zeros(u.shape[0], p)
         gx = torch.bmm(torch.stack([la, lm * h1], 1), X) / n  # (m, 2, d)
         if self.has_beta:
-            g[:, sl["gate.beta"]] = gx[:, 0]
-        g[:, sl["gate.tau"]] = la.mean(-1, keepdim=True)
-        g[:, sl["prompts.0.expert.eta"]] = gx[:, 1]
-        g[:, sl["prompts.0.nu"]] = lv.mean(-1, keepdim=True)
+            g[:, sl[BETA]] = gx[:, 0]
+        g[:, sl[TAU]] = la.mean(-1, keepdim=True)
+        g[:, sl[ETA]] = gx[:, 1]
+        g[:, sl[NU]] = lv.mean(-1, keepdim=True)
         grad = -g * d1
         if order == 1:
             return Evaluation(loss, grad, None, out_resp)
@@ -135,7 +138,7 @@ class FusedObjective(Blocked):
         lmv, lvv = zero * L1m * L1v + r * L1mv, zero * L1v * L1v + r * L1vv
         w_ee, w_ae = lmm * h1 * h1 + lm * h2, lam * h1
         H = u.new_zeros(u.shape[0], p, p)
-        b, t, e, v = sl.get("gate.beta"), sl["gate.tau"], sl["prompts.0.expert.eta"], sl["prompts.0.nu"]
+        b, t, e, v = sl.get(BETA), sl[TAU], sl[ETA], sl[NU]
 
         def put(rows, cols, block):  # a block and its mirror image
             H[:, rows, cols] = block

@@ -12,7 +12,8 @@ import torch
 
 from ..model.mixture import ContaminatedMoE
 from .degeneracy import degeneracy, trainable_sizes
-from .driver import BatchFit, check_columns
+from .driver import BatchFit
+from .inputs import as_tensor, model_inputs
 from .inference import aic, bic, load_params, observed_information, wald_covariance
 
 
@@ -57,17 +58,17 @@ class FitResults:
     def predict(self, X, r: int = 0) -> torch.Tensor:
         """E[y | x] under replication r's fit; X (n, d) -> (n,)."""
         with torch.no_grad():
-            return self._fitted(r).predictive_mean(self._as_x(X, columns=True))
+            return self._fitted(r).predictive_mean(self._inputs(X))
 
     def gate_probs(self, X, r: int = 0) -> torch.Tensor:
         """Gate weights, column 0 the reference (pre-trained) component; X (n, d) -> (n, K)."""
         with torch.no_grad():
-            return self._fitted(r).gate_probs(self._as_x(X, columns=True))
+            return self._fitted(r).gate_probs(self._inputs(X))
 
     def responsibilities(self, X, y, r: int = 0) -> torch.Tensor:
         """Posterior component probabilities given (x, y); X (n, d), y (n,) -> (n, K)."""
         with torch.no_grad():
-            return self._fitted(r).responsibilities(self._as_x(X, columns=True), self._as_x(y))
+            return self._fitted(r).responsibilities(self._inputs(X), as_tensor(y, "y", self.X.dtype, self.X.device, finite=False))
 
     def covariance(self, r: int = 0) -> torch.Tensor:
         """Inverse observed information at replication r's estimate, (p, p) over the flattened
@@ -162,13 +163,9 @@ class FitResults:
             self._models[r] = self.model(r)
         return self._models[r]
 
-    def _as_x(self, a, columns: bool = False):
-        """An array as a tensor of the fit's dtype and device; with ``columns``, checked to be inputs
-        (n, d) of the model."""
-        t = torch.as_tensor(a, dtype=self.X.dtype, device=self.X.device)
-        if columns:
-            check_columns(self.spec, t)
-        return t
+    def _inputs(self, X) -> torch.Tensor:
+        """X (n, d) as a tensor of the fit's dtype and device, checked to be inputs of the model."""
+        return model_inputs(self.spec, X, self.X.dtype, self.X.device)
 
     def _replication_index(self, r) -> int:
         """r as an index of the R fits (negative counts from the end); a one-line IndexError otherwise."""

@@ -25,7 +25,7 @@ procedure whose statistic 2 (loglik after K iterations - loglik of the null) the
 calibrates exactly as it does the MLE's (it is not clamped; reaching the cap is not a failure).
 Under "no contamination" the alternative's supremum is a spike on the box's boundary that the
 optimizer approaches for hundreds of iterations; the capped statistic never goes there and costs
-20-40x less (experiments/contamination_pilot.py compares the two). ``iterations=None``: the MLE
+20-40x less (experiments/contamination/contamination_pilot.py compares the two). ``iterations=None``: the MLE
 (the estimator's own stopping rule)."""
 import dataclasses
 import time
@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ..estimation.convergence import ConvergenceWarning
 from ..estimation.driver import CHUNK
 from ..estimation.estimator import Estimator
+from ..model.mixture import ContaminatedMoE
 from .results import BootstrapTest
 
 RULES = ("conservative", "as_fitted")
@@ -49,7 +50,8 @@ def contamination_test(estimator: Estimator, X, y, B: int = 999, seed: int = 0, 
     model (its prompts and gate), fitted by at most ``iterations`` iterations (None: to
     convergence). X (n, d), y (n,)."""
     start = time.perf_counter()
-    _check(B, unconverged, iterations)
+    _check(B, seed, unconverged, iterations)
+    _check_contaminated(estimator, "estimator")
     estimator = _capped(estimator, iterations)
     observed = _fit(estimator, X, y)
     X0, Y0 = observed.X[0], observed.Y[0]
@@ -70,7 +72,9 @@ def prompts_test(null_estimator: Estimator, estimator: Estimator, X, y, B: int =
     sets are drawn from the fitted H0 at the observed X and both models are refitted on each; a
     refit of either that fails or (by the rule) stops unconverged counts as LR*_b >= LR."""
     start = time.perf_counter()
-    _check(B, unconverged, iterations)
+    _check(B, seed, unconverged, iterations)
+    _check_contaminated(null_estimator, "null_estimator")
+    _check_contaminated(estimator, "estimator")
     K0, K1 = len(null_estimator.spec.prompts), len(estimator.spec.prompts)
     if K1 <= K0:
         raise ValueError(f"the alternative must have more prompts than the null to be nested; got {K1} against {K0}")
@@ -93,6 +97,7 @@ def with_variance_floor(estimator: Estimator, ratio: float) -> Estimator:
     """The same procedure with every prompt's variance bounded below by ``ratio`` times the
     pre-trained component's (the constrained MLE of Hathaway, 1985): a spike on a few
     observations can then gain at most about log(1 / ratio) / 2 per observation."""
+    _check_contaminated(estimator, "estimator")
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         raise ValueError(f"the variance floor ratio must be a number in (0, 1), got {ratio!r}")
     spec, options = estimator.spec, estimator.options
@@ -105,18 +110,11 @@ def with_variance_floor(estimator: Estimator, ratio: float) -> Estimator:
     if not floor < high:
         raise ValueError(f"the variance floor {floor:g} is not below the variances' upper bound {high:g}")
     bounds.update({f"prompts.{k}.nu": [floor, high] for k in range(len(spec.prompts))})
-    return _with_options(estimator, bounds=bounds)
-
-
-def _with_options(estimator: Estimator, **changes) -> Estimator:
-    """The same estimator with some of its ``FitOptions`` changed."""
-    return Estimator(estimator.spec, estimator.method, init=estimator.init, n_init=estimator.n_init, seed=estimator.seed,
-                     truth=estimator.truth, init_scale=estimator.init_scale, device=str(estimator.device),
-                     dtype=str(estimator.dtype).removeprefix("torch."), options=dataclasses.replace(estimator.options, **changes))
+    return estimator.clone(bounds=bounds)
 
 
 def _capped(estimator: Estimator, iterations: int | None) -> Estimator:
-    return estimator if iterations is None else _with_options(estimator, max_iter=iterations)
+    return estimator if iterations is None else estimator.clone(max_iter=iterations)
 
 
 def _fit(estimator: Estimator, X, y):
@@ -127,7 +125,18 @@ def _fit(estimator: Estimator, X, y):
         return estimator.fit(X, y, replications=[0])
 
 
-def _check(B, unconverged, iterations):
+def _check_contaminated(estimator, name: str):
+    """A one-line ValueError unless ``estimator`` is an Estimator of a contaminated mixture."""
+    if not isinstance(estimator, Estimator):
+        raise ValueError(f"{name} must be an Estimator (e.g. Estimator(model, 'newton')), got {type(estimator).__name__}")
+    if not isinstance(estimator.spec, ContaminatedMoE):
+        raise ValueError(f"{name}'s model is a {type(estimator.spec).__name__}; these tests need a ContaminatedMoE "
+                         "(a frozen pre-trained component and its prompts)")
+
+
+def _check(B, seed, unconverged, iterations):
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     if isinstance(B, bool) or not isinstance(B, int) or B < 19:
         raise ValueError(f"B must be an integer of at least 19 (the smallest p-value is 1/(B+1), and 0.05 needs "
                          f"B >= 19), got {B!r}")

@@ -36,9 +36,11 @@ class Component(nn.Module):
         return self.density.log_prob(y, self.mean(x), self.nu)
 
 
-class _Mixture(nn.Module):
-    """What every mixture of experts computes from its ``components`` (a sequence of
-    ``Component``s, 0 the gate's reference) and its ``gate`` (x (n, d) -> log-weights (n, K))."""
+class Mixture(nn.Module):
+    """The base class of every mixture of experts: what it computes from its ``components`` (a
+    sequence of ``Component``s, 0 the gate's reference) and its ``gate`` (x (n, d) -> log-weights
+    (n, K)). A new mixture family subclasses it, sets ``components`` and ``gate`` and names its
+    components (``component_names``); the estimator fits any ``Mixture``."""
 
     def log_joint(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (n, d), y (n,) -> log w_k(x) + log f_k(y | x), shape (n, K)."""
@@ -84,10 +86,10 @@ class _Mixture(nn.Module):
 
     def component_names(self) -> list:
         """The parameter-name prefix of each component, in gate-column order."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must name its components (component_names)")
 
 
-class MixtureOfExperts(_Mixture):
+class MixtureOfExperts(Mixture):
     """p(y | x) = sum_k w_k(x) f_k(y | h_k(x), nu_k), k = 0..K-1: every component frozen or
     trainable; ``gate`` maps x (n, d) to log-weights (n, K) with component 0 the reference (its
     logit fixed at 0, which identifies the softmax gate), e.g. ``SoftmaxGate(d, n_prompts=K - 1)``.
@@ -105,7 +107,7 @@ class MixtureOfExperts(_Mixture):
         return [f"components.{k}" for k in range(len(self.components))]
 
 
-class ContaminatedMoE(_Mixture):
+class ContaminatedMoE(Mixture):
     """p(y | x) = w_0(x) f0(y | h0(x), nu0) + sum_k w_k(x) f_k(y | h_k(x), nu_k): the mixture of
     experts whose reference component 0 is frozen and known.
 

@@ -1,4 +1,5 @@
-"""Where the packaged Hydra configs live, and the OmegaConf resolvers they use.
+"""Where the packaged Hydra configs live, the OmegaConf resolvers they use, and the check of a
+config value that must be a number (``config_number``).
 
 ``conf/`` sits at the top level of the repository; a wheel installs it as ``softmoe_torch/conf``.
 ``register_resolvers()`` must run before a setting's values are read (the entries and ``Setting``
@@ -7,6 +8,8 @@ import math
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from ..errors import UserError
 
 
 def conf_dir() -> Path:
@@ -31,3 +34,14 @@ def register_resolvers() -> None:
     for name, fn in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def config_number(value, key: str, kind=float, minimum=None):
+    """A config value as int or float; UserError naming ``key`` if it is not one (or below minimum)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"{key} must be {what}, got {value!r}; write {key}=<{what.split()[-1]}>")
+    if minimum is not None and value < minimum:
+        raise UserError(f"{key} must be at least {minimum}, got {value!r}")
+    return kind(value)

@@ -3,17 +3,17 @@ are all trainable, of one family (``component.expert``, ``component.density``), 
 gate with component 0 as its reference, and (optionally) a true model of k* components
 (``truth.components``, ``truth.gate``) from which data are simulated. K = n_components may exceed
 k* (an over-specified fit). Its results columns are the Voronoi losses and per-part errors of
-``voronoi.py``, with ``sibling_slopes`` (by K) the sibling code's published slopes."""
+``softmoe_torch.metrics.voronoi``, with ``sibling_slopes`` (by K) the sibling code's published slopes."""
 from collections import Counter
 
 import torch
 from omegaconf import DictConfig
 
 from .build import instantiate_node, load_values
-from .configs import register_resolvers
+from .configs import config_number, register_resolvers
 from .module_checks import check_experts
 from ..model.mixture import Component, MixtureOfExperts
-from .voronoi import atoms, theory_slope, voronoi_errors
+from ..metrics.voronoi import atoms, theory_slope, voronoi_errors
 
 INPUTS = ("uniform", "grid")
 QUANTITIES = ("d1", "d1_fixed", "d2", "d2_fixed", "mass", "gate_slope", "expert_slope", "expert_bias", "variance")
@@ -39,9 +39,7 @@ class MoESetting:
         self.cfg = cfg
         self.name = cfg.name
         self.dim = int(cfg.dim)
-        self.n_components = int(cfg.n_components)
-        if self.n_components < 2:
-            raise ValueError(f"setting.n_components must be at least 2, got {self.n_components}")
+        self.n_components = config_number(cfg.n_components, "setting.n_components", int, 2)
         truth = cfg.get("truth")
         self.n_true = len(truth.components) if truth is not None and truth.get("components") else None
         if cfg.get("x", "uniform") not in INPUTS:

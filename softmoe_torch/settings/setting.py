@@ -9,10 +9,11 @@ import torch
 from omegaconf import DictConfig
 
 from .build import build_model, build_pretrained
-from .configs import register_resolvers
+from .configs import config_number, register_resolvers
 from ..model.mixture import Component, ContaminatedMoE
 from .moe import MoESetting
-from .paper import LABELS, PAPER_PARAMS, param_errors, reported_params
+from ..metrics.parameters import PAPER_PARAMS, param_errors
+from .paper import LABELS, reported_params
 from .truth import true_params
 
 
@@ -32,9 +33,7 @@ class Setting:
         self.cfg = cfg
         self.name = cfg.name
         self.dim = int(cfg.dim)
-        self.n_prompts = int(cfg.get("n_prompts", 1))
-        if self.n_prompts < 1:
-            raise ValueError(f"setting.n_prompts must be at least 1, got {self.n_prompts}")
+        self.n_prompts = config_number(cfg.get("n_prompts", 1), "setting.n_prompts", int, 1)
         self._truth = {}
 
     def pretrained(self) -> Component:
@@ -85,10 +84,12 @@ class Setting:
         return dict(self.cfg.get("paper_slopes") or {})
 
 
+SETTING_KINDS = {"contaminated": Setting, "moe": MoESetting}  # setting.kind -> its handle; a new kind registers here
+
+
 def load_setting(cfg: DictConfig):
-    """The handle on a ``setting`` node: ``MoESetting`` for ``kind: moe``, else ``Setting`` (a
-    contaminated mixture)."""
+    """The handle on a ``setting`` node, by its ``kind`` (default contaminated, see SETTING_KINDS)."""
     kind = cfg.get("kind", "contaminated")
-    if kind not in ("contaminated", "moe"):
-        raise ValueError(f"setting.kind must be contaminated or moe, got {kind!r}")
-    return MoESetting(cfg) if kind == "moe" else Setting(cfg)
+    if kind not in SETTING_KINDS:
+        raise ValueError(f"setting.kind must be one of {', '.join(SETTING_KINDS)}, got {kind!r}")
+    return SETTING_KINDS[kind](cfg)

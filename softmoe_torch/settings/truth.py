@@ -10,6 +10,7 @@ its state dict in ``truth.expert_checkpoint``, else its own initialization under
 import torch
 from omegaconf import DictConfig
 
+from ..model.names import expert_prefix, variance_name
 from .build import build_gate, build_prompt_expert, load_values
 from .checkpoints import load_checkpoint
 
@@ -50,7 +51,7 @@ def true_params(cfg: DictConfig, n: int) -> dict:
     expert = {k: v * (1 + float(t.perturb.eta) * shrink) for k, v in true_expert(cfg).items()}
     nu = float(t.nu) * (1 + float(t.perturb.nu) * shrink)
     return {
-        "prompts.0.nu": torch.tensor(nu, dtype=torch.float64),
-        **{f"prompts.0.expert.{k}": v for k, v in expert.items()},
+        variance_name(0): torch.tensor(nu, dtype=torch.float64),
+        **{f"{expert_prefix(0)}{k}": v for k, v in expert.items()},
         **{f"gate.{k}": v for k, v in true_gate(cfg).items()},
     }

@@ -1,12 +1,12 @@
 """Per-fit diagnostics of a simulated sweep, beside the parameter errors: is the MLE found
 (log-likelihood at the estimate minus at the truth), how far the fit moved from its start, and
-how far the fitted conditional density is from the true one (Hellinger, ``distance.py``)."""
+how far the fitted conditional density is from the true one (Hellinger, ``softmoe_torch.metrics.hellinger``)."""
 import copy
 import math
 
 import torch
 
-from .distance import hellinger_batch
+from ..metrics.hellinger import hellinger_batch
 from ..model.mixture import ContaminatedMoE
 
 X_SEED = 20250101  # the fixed x sample of the Hellinger distance: the same for every fit and n

@@ -1,28 +1,6 @@
-"""Empirical convergence rates: power-law slopes of errors on n, with bootstrap CIs."""
-import numpy as np
+"""Moved to ``softmoe_torch.metrics.rates``; this import path is kept for one release (it warns)."""
+import warnings
 
+from ..metrics.rates import *  # noqa: F403 (the moved module's public names)
 
-def fit_power_law(ns, mean_errors):
-    """Least-squares line through (log n, log mean error): returns (slope, intercept)."""
-    slope, intercept = np.polyfit(np.log(np.asarray(ns, float)), np.log(np.asarray(mean_errors, float)), 1)
-    return float(slope), float(intercept)
-
-
-def bootstrap_slope(ns, errors, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
-    """Slope of log(mean error) on log n with a percentile bootstrap CI over replications.
-
-    errors (S, R): S sample sizes by R replications (NaN for failed fits, ignored).
-    Resamples replication indices with replacement, the same draw for every sample size.
-    Returns dict(slope, ci_low, ci_high, intercept)."""
-    errors = np.asarray(errors, float)
-    slope, intercept = fit_power_law(ns, np.nanmean(errors, axis=1))
-    rng = np.random.default_rng(seed)
-    R = errors.shape[1]
-    idx = rng.integers(0, R, size=(n_boot, R))
-    boot_means = np.nanmean(errors[:, idx], axis=2)  # (S, n_boot)
-    logn = np.log(np.asarray(ns, float))
-    usable = np.isfinite(np.log(boot_means)).all(axis=0)  # a draw of only failed fits at some n has no slope
-    boots = np.polyfit(logn, np.log(boot_means[:, usable]), 1)[0] if usable.any() else np.array([np.nan])
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return {"slope": slope, "ci_low": float(lo), "ci_high": float(hi), "intercept": intercept}
-
+warnings.warn("softmoe_torch.study.metrics moved to softmoe_torch.metrics.rates", DeprecationWarning, stacklevel=2)

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .metrics import bootstrap_slope  # noqa: E402
+from ..metrics.rates import bootstrap_slope  # noqa: E402
 
 
 def error_table(rows, param: str):

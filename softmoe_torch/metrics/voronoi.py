@@ -1,0 +1,134 @@
+"""Voronoi losses between a fitted and a true mixing measure of a softmax-gated mixture of experts
+(Nguyen, Nguyen & Ho, NeurIPS 2023).
+
+A mixture of K components is the measure G = sum_i exp(b0_i) delta_(b1_i, a_i, c_i, v_i): gate
+intercept b0 and slope b1 (component 0, the gate's reference, has b0 = 0, b1 = 0), expert slope a,
+expert intercept c (0 for an expert without one) and variance v. Each fitted atom belongs to the
+Voronoi cell A_j of its nearest true atom (Euclidean distance over (b1, a, c, v)). With
+Delta = fitted - true atom and M_j = sum_{i in A_j} exp(b0_i):
+
+    D1 = sum_j |M_j - exp(b0*_j)| + sum_j sum_{i in A_j} exp(b0_i) (|Db1| + |Da| + |Dc| + |Dv|)
+    D2 = sum_j |M_j - exp(b0*_j)| + sum_{j: |A_j| = 1} (the same linear terms)
+         + sum_{j: |A_j| > 1} sum_{i in A_j} exp(b0_i) (|Db1|^r + |Dc|^r + |Da|^(r/2) + |Dv|^(r/2)),
+    r = rbar(|A_j|) = 4, 6 for cells of 2, 3 atoms (2 m beyond: the conjectured pattern),
+
+|.| the Euclidean norm of a vector. The softmax gate is the same under a common translation of all
+logits, (b0_i, b1_i) -> (b0_i + t0, b1_i + t1), so the losses are defined as the infimum over
+(t0, t1); the variants ``*_fixed`` take the parametrization as fitted (t = 0, both measures with
+logit 0 for component 0), which a fit whose reference component went to another true atom, or
+whose reference cell holds several atoms, never brings to zero. For fixed t1 a loss is piecewise
+linear and convex in lambda = exp(t0), so its minimum over t0 is found exactly among the
+breakpoints lambda = exp(b0*_j) / M_j (and lambda -> 0); t1 is found by Nelder-Mead from t1 = 0
+and from every alignment of a fitted with a true gate slope."""
+import numpy as np
+from scipy.optimize import minimize
+
+PARTS = ("gate_slope", "expert_slope", "expert_bias", "variance")
+
+
+def rbar(m: int) -> int:
+    """The exponent of a cell of m >= 2 atoms: 4 and 6 for 2 and 3 (Ho & Nguyen), 2 m beyond (conjectured)."""
+    return 2 * m
+
+
+def atoms(params: dict, names: list, r: int) -> dict:
+    """Replication r of ``params`` {name: (R, ...)} as atoms: intercept (K,), gate_slope (K, d),
+    expert_slope (K, q), expert_bias (K,), variance (K,); ``names`` the components' parameter prefixes."""
+    K = len(names)
+    tau = np.asarray(params["gate.tau"][r], float).reshape(-1)
+    beta = np.asarray(params["gate.beta"][r], float).reshape(K - 1, -1) if "gate.beta" in params else np.zeros((K - 1, 1))
+    expert = [np.asarray(params[f"{p}.expert.eta"][r], float).reshape(-1) for p in names]
+    bias = [float(params[f"{p}.expert.bias"][r]) if f"{p}.expert.bias" in params else 0.0 for p in names]
+    return {"intercept": np.concatenate([[0.0], tau]), "gate_slope": np.vstack([np.zeros((1, beta.shape[1])), beta]),
+            "expert_slope": np.vstack(expert), "expert_bias": np.array(bias),
+            "variance": np.array([float(params[f"{p}.nu"][r]) for p in names])}
+
+
+def _features(a: dict, t1) -> np.ndarray:
+    """(K, d + q + 2): the coordinates the cells are drawn in, the gate slopes translated by t1."""
+    return np.hstack([a["gate_slope"] + t1, a["expert_slope"], a["expert_bias"][:, None], a["variance"][:, None]])
+
+
+def _deltas(fit: dict, true: dict, cell: np.ndarray, t1) -> dict:
+    """Per fitted atom, the norm of each part's difference to its cell's true atom, (K,) each."""
+    return {"gate_slope": np.linalg.norm(fit["gate_slope"] + t1 - true["gate_slope"][cell], axis=1),
+            "expert_slope": np.linalg.norm(fit["expert_slope"] - true["expert_slope"][cell], axis=1),
+            "expert_bias": np.abs(fit["expert_bias"] - true["expert_bias"][cell]),
+            "variance": np.abs(fit["variance"] - true["variance"][cell])}
+
+
+def _cells(fit: dict, true: dict, t1) -> np.ndarray:
+    """The true atom (index) of each fitted atom's Voronoi cell, (K,)."""
+    f, t = _features(fit, t1), _features(true, 0.0)
+    return np.argmin(((f[:, None, :] - t[None, :, :]) ** 2).sum(-1), axis=1)
+
+
+def _atom_costs(kind: str, deltas: dict, sizes: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Each fitted atom's term before its weight exp(b0_i), (K,)."""
+    m = sizes[cell]
+    if kind == "d1":
+        return sum(deltas[p] for p in PARTS)
+    r = np.where(m > 1, 2.0 * m, 1.0)  # rbar(m) for m > 1; 1 (linear) for a cell of one
+    half = np.where(m > 1, r / 2, 1.0)
+    return deltas["gate_slope"] ** r + deltas["expert_bias"] ** r + deltas["expert_slope"] ** half + deltas["variance"] ** half
+
+
+def _at(kind: str, fit: dict, true: dict, t1, translate: bool):
+    """(loss, lambda, cell) at gate-slope translation t1, minimized over lambda = exp(t0) if ``translate``."""
+    cell = _cells(fit, true, t1)
+    sizes = np.bincount(cell, minlength=len(true["intercept"]))
+    w = np.exp(fit["intercept"])
+    mass = np.bincount(cell, weights=w, minlength=len(sizes))
+    target = np.exp(true["intercept"])
+    linear = float((w * _atom_costs(kind, _deltas(fit, true, cell, t1), sizes, cell)).sum())
+    value = lambda lam: float(np.abs(lam * mass - target).sum() + lam * linear)  # noqa: E731
+    if not translate:
+        return value(1.0), 1.0, cell
+    candidates = [target[j] / mass[j] for j in range(len(mass)) if mass[j] > 0] + [0.0]
+    lam = min(candidates, key=value)
+    return value(lam), lam, cell
+
+
+def voronoi_loss(kind: str, fit: dict, true: dict, translate: bool = True):
+    """(loss, t1, lambda) of ``kind`` 'd1' or 'd2' between two atom sets (see ``atoms``)."""
+    if not translate:
+        return _at(kind, fit, true, 0.0, False)[0], np.zeros(fit["gate_slope"].shape[1]), 1.0
+    d = fit["gate_slope"].shape[1]
+    objective = lambda t1: _at(kind, fit, true, t1, True)[0]  # noqa: E731
+    starts = [np.zeros(d)] + [true["gate_slope"][j] - fit["gate_slope"][i]
+                              for i in range(len(fit["intercept"])) for j in range(len(true["intercept"]))]
+    best = min(starts, key=objective)
+    found = minimize(objective, best, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 2000})
+    t1 = found.x if found.fun < objective(best) else best
+    loss, lam, _ = _at(kind, fit, true, t1, True)
+    return loss, t1, lam
+
+
+def voronoi_errors(fit: dict, true: dict, main: str) -> dict:
+    """Every loss and per-part error of one fit: d1, d1_fixed, d2, d2_fixed; and at the
+    translation minimizing ``main`` ('d1' or 'd2'): mass (max over cells of |M_j - exp(b0*_j)|), the
+    largest error of each part over the fitted atoms, and ``cells`` (atoms per true atom, '2+1')."""
+    out = {}
+    for kind in ("d1", "d2"):
+        out[kind] = voronoi_loss(kind, fit, true)[0]
+        out[f"{kind}_fixed"] = voronoi_loss(kind, fit, true, translate=False)[0]
+    _, t1, lam = voronoi_loss(main, fit, true)
+    cell = _cells(fit, true, t1)
+    masses = np.bincount(cell, weights=lam * np.exp(fit["intercept"]), minlength=len(true["intercept"]))
+    out["mass"] = float(np.abs(masses - np.exp(true["intercept"])).max())
+    out.update({p: float(v.max()) for p, v in _deltas(fit, true, cell, t1).items()})
+    out["cells"] = "+".join(str(c) for c in np.bincount(cell, minlength=len(true["intercept"])))
+    return out
+
+
+def theory_slope(quantity: str, largest_cell: int, exact: bool):
+    """The rate (exponent of n) the theory gives a quantity of ``voronoi_errors`` when the largest
+    Voronoi cell holds ``largest_cell`` atoms; None where it makes no claim (a *_fixed loss of an
+    over-specified fit need not vanish)."""
+    if quantity.endswith("_fixed") and not exact:
+        return None
+    base = quantity.removesuffix("_fixed")
+    if base in ("d2", "mass") or largest_cell == 1:
+        return -0.5
+    r = rbar(largest_cell)
+    return -1 / (2 * r) if base in ("d1", "gate_slope", "expert_bias") else -1 / r  # expert_slope, variance: -1/r
