@@ -4,10 +4,8 @@ launched command, reading what a run wrote, composing a setting, drawing data fr
 A study script (run as ``python experiments/<study>/<script>.py`` from the repository root) imports
 this module through a two-line prelude that puts experiments/ on sys.path; no study imports another.
 
-Statistics are not here: error tables come from ``softmoe_torch.study.report.error_table`` and slopes
-from ``softmoe_torch.study.metrics``; the two below the last rule (a slope over a window of sizes, the
-Wilson interval) wait to move into the package (``softmoe_torch.metrics``) and are written once until
-then. Nothing heavy is imported at module level: benchmark's numpy/scipy peer workers import this
+Statistics are not here: error tables come from ``softmoe_torch.study.report.error_table``, slopes
+(over a window of sizes too) and the Wilson interval from ``softmoe_torch.metrics``. Nothing heavy is imported at module level: benchmark's numpy/scipy peer workers import this
 module and must not load torch.
 """
 import csv
@@ -185,28 +183,3 @@ def response(model, X, generator, null: bool):
     f0 = model.pretrained
     with torch.no_grad():
         return f0.density.sample(f0.mean(X), f0.nu.expand(X.shape[0]), generator) if null else model.sample(X, generator=generator)
-
-
-# ----------------------------------------------------------------------------- statistics waiting for the package
-# Both are to move to softmoe_torch.metrics (rates.py for window_slope); then these lines import them.
-
-
-def window_slope(sizes, errors, lo: float = 0, hi: float = np.inf, min_sizes: int = 3, **bootstrap) -> dict | None:
-    """``softmoe_torch.study.metrics.bootstrap_slope`` over the sizes in [lo, hi] (0.1% slack at each
-    end, so a log-spaced size rounded to an integer stays in): sizes (S,), errors (S, R) as from
-    ``error_table``. None when fewer than ``min_sizes`` sizes are in the window or none of their
-    errors is finite; else bootstrap_slope's dict plus 'sizes', the number of sizes used."""
-    from softmoe_torch.study.metrics import bootstrap_slope
-
-    sizes, errors = np.asarray(sizes), np.asarray(errors, float)
-    keep = (sizes >= lo * 0.999) & (sizes <= hi * 1.001)
-    if keep.sum() < min_sizes or not np.isfinite(errors[keep]).any():
-        return None
-    return {**bootstrap_slope(sizes[keep], errors[keep], **bootstrap), "sizes": int(keep.sum())}
-
-
-def wilson(hits: int, total: int, z: float = 1.96) -> list:
-    """Wilson's 95% interval of a binomial proportion."""
-    p = hits / total
-    centre, half = (p + z * z / (2 * total)), z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return [max(0.0, (centre - half) / (1 + z * z / total)), min(1.0, (centre + half) / (1 + z * z / total))]

@@ -91,7 +91,6 @@ PEERS = {"baseline": bs.fit_em_scipy, "scipy_bfgs": bs.fit_direct_bfgs, "numpy_n
 BASELINE, STRONG_PEERS = "baseline", ("scipy_bfgs", "numpy_newton")
 WARMUP_N = 256
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-NAMES = {"beta": "gate.beta", "tau": "gate.tau", "eta": "prompts.0.expert.eta", "nu": "prompts.0.nu"}
 def _compose(setting: str, fit: str = "em"):
     """The Hydra config for ``setting=<setting> fit=<fit>``."""
     return studykit.compose([f"setting={setting}", f"fit={fit}"])
@@ -130,9 +129,8 @@ def _status_counts(statuses) -> dict:
 
 
 def _peer_start(start, r: int) -> dict:
-    """Replication r's starting point in baseline_scipy's format."""
-    return {"beta": start[NAMES["beta"]][r, 0], "tau": float(start[NAMES["tau"]][r, 0]),
-            "eta": start[NAMES["eta"]][r], "nu": float(start[NAMES["nu"]][r])}
+    """Replication r's starting point in baseline_scipy's format; ``start`` peer_start.npz's arrays."""
+    return {"beta": start["beta"][r, 0], "tau": float(start["tau"][r, 0]), "eta": start["eta"][r], "nu": float(start["nu"][r])}
 
 
 def _peer_record(peer: str, res: dict, max_iter: int) -> dict:
@@ -150,7 +148,7 @@ def _peer_record(peer: str, res: dict, max_iter: int) -> dict:
 def _peer_worker(job: dict) -> dict:
     """K = job['baseline_reps'] fits of one peer, replications 0..K-1, each timed on its own."""
     data, peer, fit = Path(job["data"]), job["peer"], PEERS[job["peer"]]
-    start = dict(np.load(data / "start.npz"))
+    start = dict(np.load(data / "peer_start.npz"))
     options = {BASELINE: {"tol": job["tol"], "max_iter": job["max_iter"]}}.get(peer, {})
     floor = _peak_mib()
 
@@ -186,6 +184,8 @@ def _torch_fit(model, X, Y, start, options, data_model=None) -> dict:
            "evaluations": res.n_evals, "status": res.status, "solver": res.solver, "fused": res.fused,
            "peak_mib": _peak_mib()}
     if data_model is not None:
+        from softmoe_torch.model.names import PAPER_NAMES as NAMES
+
         est = {k: res.params[v].numpy() for k, v in NAMES.items()}
         numpy_ll = [bs.mean_loglik(X[r].numpy(), Y[r].numpy(), beta=est["beta"][r, 0], tau=est["tau"][r, 0],
                                    eta=est["eta"][r], nu=est["nu"][r], **data_model) for r in range(m)]
@@ -283,9 +283,11 @@ def _peer_model(cfg) -> dict:
 
 
 def _write_data(cfg, n: int, R: int, tmp: Path):
-    """Simulate R data sets of size n and their near-truth starts into tmp (X.npy, Y.npy, start.npz)."""
+    """Simulate R data sets of size n and their near-truth starts into tmp (X.npy, Y.npy, start.npz;
+    peer_start.npz: the starts by the paper's names, for the numpy peers, which never load torch)."""
     import torch
 
+    from softmoe_torch.model.names import PAPER_NAMES
     from softmoe_torch.settings.setting import Setting
     from softmoe_torch.study.simulate import simulate
     from softmoe_torch.study.sweep import sweep_starts
@@ -296,6 +298,7 @@ def _write_data(cfg, n: int, R: int, tmp: Path):
     np.save(tmp / "X.npy", X.numpy())
     np.save(tmp / "Y.npy", Y.numpy())
     np.savez(tmp / "start.npz", **{k: v.numpy() for k, v in start.items()})
+    np.savez(tmp / "peer_start.npz", **{k: start[name].numpy() for k, name in PAPER_NAMES.items()})
 
 
 def _row(setting, n, mode, method, fit, floor, seconds=None, extrapolated=False) -> dict:

@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
 from softmoe_torch.study.progress import WorkBar  # noqa: E402
-from softmoe_torch.study.sweep import batch_plan, run_study, validate  # noqa: E402
+from softmoe_torch.study.config_checks import validate  # noqa: E402
+from softmoe_torch.study.sweep import batch_plan, run_study  # noqa: E402
 
 
 class Recorder(WorkBar):

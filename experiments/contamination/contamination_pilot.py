@@ -30,7 +30,8 @@ import torch
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
-from studykit import model_with, response, wilson  # noqa: E402
+from softmoe_torch.metrics.intervals import wilson  # noqa: E402
+from studykit import model_with, response  # noqa: E402
 from softmoe_torch import Estimator  # noqa: E402
 from softmoe_torch.lrt import with_variance_floor  # noqa: E402
 from softmoe_torch.settings.setting import Setting  # noqa: E402

@@ -39,7 +39,8 @@ from scipy import stats
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
-from studykit import model_with, response, setting_of, wilson  # noqa: E402
+from softmoe_torch.metrics.intervals import wilson  # noqa: E402
+from studykit import model_with, response, setting_of  # noqa: E402
 from softmoe_torch import Estimator  # noqa: E402
 from softmoe_torch.lrt import contamination_test, with_variance_floor  # noqa: E402
 from softmoe_torch.settings.configs import register_resolvers  # noqa: E402

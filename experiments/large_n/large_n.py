@@ -24,10 +24,11 @@ import numpy as np
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
-from softmoe_torch.settings.paper import PAPER_PARAMS  # noqa: E402
+from softmoe_torch.metrics.parameters import PAPER_PARAMS  # noqa: E402
+from softmoe_torch.metrics.rates import window_slope  # noqa: E402
 from softmoe_torch.settings.setting import Setting  # noqa: E402
 from softmoe_torch.study.report import error_table  # noqa: E402
-from softmoe_torch.study.sweep import columns  # noqa: E402
+from softmoe_torch.study.store import columns  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
@@ -91,7 +92,7 @@ def load(name: str) -> list:
 
 def slope_over(rows: list, q: str, lo: float, hi: float) -> dict | None:
     """Bootstrap slope (95% CI over replications) of log mean error of q on log n, sizes in [lo, hi]."""
-    out = studykit.window_slope(*error_table(rows, q), lo=lo, hi=hi)
+    out = window_slope(*error_table(rows, q), lo=lo, hi=hi)
     return None if out is None else {k: out[k] for k in ("slope", "ci_low", "ci_high", "sizes")}
 
 

@@ -27,7 +27,8 @@ import numpy as np
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
-from softmoe_torch.settings.paper import PAPER_PARAMS  # noqa: E402
+from softmoe_torch.metrics.parameters import PAPER_PARAMS  # noqa: E402
+from softmoe_torch.metrics.rates import window_slope  # noqa: E402
 from softmoe_torch.study.report import error_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -129,7 +130,7 @@ def errors_table(rows: list, q: str):
 
 def slope(rows: list, q: str, n_from: float = 0) -> dict | None:
     """Bootstrap slope (95% CI) of log mean error of q on log n over sizes >= n_from; None if absent."""
-    out = studykit.window_slope(*errors_table(rows, q), lo=n_from)
+    out = window_slope(*errors_table(rows, q), lo=n_from)
     return None if out is None else {k: round(v, 3) for k, v in out.items() if k not in ("intercept", "sizes")}
 
 

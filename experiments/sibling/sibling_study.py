@@ -28,7 +28,7 @@ import numpy as np
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
-from softmoe_torch.study.metrics import fit_power_law  # noqa: E402
+from softmoe_torch.metrics.rates import fit_power_law, window_slope  # noqa: E402
 from softmoe_torch.study.report import error_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -63,7 +63,7 @@ def rows_of(name: str) -> list:
 
 def slope_line(sizes, errors, n_from: float = 0) -> str:
     """The bootstrap slope [95% CI] over the sizes >= n_from."""
-    s = studykit.window_slope(sizes, errors, lo=n_from)
+    s = window_slope(sizes, errors, lo=n_from)
     return f"{s['slope']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
 
