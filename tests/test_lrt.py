@@ -245,3 +245,15 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
                    f"out={tmp_path / 'x.json'}")
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_clone_changes_only_what_it_is_given():
+    """Estimator.clone: the lrt's capped and floored procedures are the observed one with one change."""
+    from softmoe_torch import Estimator
+
+    est = Estimator(model(), "newton", n_init=3, seed=7, tol=1e-10)
+    capped = est.clone(max_iter=10)
+    assert (capped.method, capped.n_init, capped.seed, capped.options.tol, capped.options.max_iter) == ("newton", 3, 7, 1e-10, 10)
+    assert est.options.max_iter == 2000  # the original is untouched
+    em = est.clone(method="em", n_init=1)
+    assert em.options.method == "em" and em.options.tol == 1e-8 and em.n_init == 1 and em.seed == 7
