@@ -335,7 +335,7 @@ def test_frozen_network_demo_runs_in_under_a_minute(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert time.perf_counter() - start < 60 and (tmp_path / "d.png").is_file()
-    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("prompts.", "gate."))]
-    assert len(rows) == 4
+    rows = [line.split()[3:] for line in proc.stdout.splitlines() if line.startswith("against the truth:")]
+    assert len(rows) == 4 and {r[0] for r in rows} == {"prompts.0.nu", "prompts.0.expert.eta", "gate.beta", "gate.tau"}
     for _, est, se, truth in rows:  # every estimate within 4 standard errors of the truth
         assert abs(float(est) - float(truth)) < 4 * float(se)

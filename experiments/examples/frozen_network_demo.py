@@ -66,6 +66,7 @@ def task_b_setting(checkpoint: Path) -> Setting:
         "pretrained": {"expert": {"_target_": f"{TaskNet.__module__}.TaskNet"}, "checkpoint": str(checkpoint),
                        "density": gaussian, "nu": NOISE_A},
         "prompt": {"expert": {"_target_": "softmoe_torch.model.experts.TanhExpert", "dim": 1}, "density": gaussian},
+        "gate": {"_target_": "softmoe_torch.model.gates.SoftmaxGate", "dim": 1},
         "truth": TRUTH,
     }))
 
@@ -110,6 +111,8 @@ def main(argv=None) -> dict:
     print(res.summary())
     truth, se = setting.truth(args.n), res.se()
     out = {name: (est, se[name], truth[name]) for name, est in res.estimates().items()}
+    for name, (est, s, t) in out.items():
+        print(f"against the truth: {name} {float(est):.6g} {float(s):.4g} {float(t):.6g}")
     plot(res.model(), true_model, X[0], Y[0], args.plot)
     print(f"plot: {args.plot}")
     return out
