@@ -8,6 +8,7 @@ Statistics are not here: error tables come from ``softmoe_torch.study.report.err
 (over a window of sizes too) and the Wilson interval from ``softmoe_torch.metrics``. Nothing heavy is imported at module level: benchmark's numpy/scipy peer workers import this
 module and must not load torch.
 """
+
 import csv
 import json
 import os
@@ -15,8 +16,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root
 
@@ -31,8 +30,15 @@ def run_command(overrides: list, *, run_dir=None, sweep_dir=None) -> list:
         raise ValueError("give exactly one of run_dir and sweep_dir")
     if run_dir is not None:
         return [sys.executable, "-m", "softmoe_torch.run", *overrides, f"hydra.run.dir={run_dir}"]
-    return [sys.executable, "-m", "softmoe_torch.run", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}",
-            "hydra.sweep.subdir=${hydra:job.num}"]
+    return [
+        sys.executable,
+        "-m",
+        "softmoe_torch.run",
+        "-m",
+        *overrides,
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=${hydra:job.num}",
+    ]
 
 
 def launch(cmd: list, log=None, env=None) -> int:
@@ -148,7 +154,8 @@ def fmt(s: dict | None) -> str:
 
 def compose(overrides=(), config_name: str = "config"):
     """The Hydra config ``config_name`` of conf/ with ``overrides`` (the resolvers registered)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from softmoe_torch.settings.configs import CONF_DIR, register_resolvers
 
@@ -182,4 +189,8 @@ def response(model, X, generator, null: bool):
 
     f0 = model.pretrained
     with torch.no_grad():
-        return f0.density.sample(f0.mean(X), f0.nu.expand(X.shape[0]), generator) if null else model.sample(X, generator=generator)
+        return (
+            f0.density.sample(f0.mean(X), f0.nu.expand(X.shape[0]), generator)
+            if null
+            else model.sample(X, generator=generator)
+        )

@@ -1,16 +1,44 @@
 """softmoe_torch: maximum-likelihood estimation of mixtures of experts, softmax-contaminated ones first."""
+
 from .estimation.convergence import ConvergenceWarning
-from .model.densities import Density, Gaussian, Laplace, StudentT
 from .estimation.driver import FitOptions
 from .estimation.estimator import Estimator
-from .model.experts import AffineExpert, GELUExpert, IndexExpert, LinearExpert, MLPExpert, ReLUExpert, SigmoidExpert, TanhExpert
+from .estimation.results import FitResults
+from .model.densities import Density, Gaussian, Laplace, StudentT
+from .model.experts import (
+    AffineExpert,
+    GELUExpert,
+    IndexExpert,
+    LinearExpert,
+    MLPExpert,
+    ReLUExpert,
+    SigmoidExpert,
+    TanhExpert,
+)
 from .model.gates import ConstantGate, SoftmaxGate
 from .model.mixture import Component, ContaminatedMoE, Mixture, MixtureOfExperts
-from .estimation.results import FitResults
 
 __all__ = [
-    "Estimator", "FitResults", "FitOptions", "ConvergenceWarning",
-    "Density", "Gaussian", "Laplace", "StudentT",
-    "IndexExpert", "TanhExpert", "SigmoidExpert", "GELUExpert", "ReLUExpert", "LinearExpert", "AffineExpert", "MLPExpert",
-    "SoftmaxGate", "ConstantGate", "Component", "Mixture", "ContaminatedMoE", "MixtureOfExperts",
+    "Estimator",
+    "FitResults",
+    "FitOptions",
+    "ConvergenceWarning",
+    "Density",
+    "Gaussian",
+    "Laplace",
+    "StudentT",
+    "IndexExpert",
+    "TanhExpert",
+    "SigmoidExpert",
+    "GELUExpert",
+    "ReLUExpert",
+    "LinearExpert",
+    "AffineExpert",
+    "MLPExpert",
+    "SoftmaxGate",
+    "ConstantGate",
+    "Component",
+    "Mixture",
+    "ContaminatedMoE",
+    "MixtureOfExperts",
 ]

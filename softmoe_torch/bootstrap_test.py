@@ -1,6 +1,7 @@
 """Hydra entry: a parametric-bootstrap likelihood-ratio test on a user's data file.
 
-    python -m softmoe_torch.bootstrap_test data=FILE setting=NAME [test=contamination|prompts] [test.B=999] [fit=newton] [out=PATH]
+    python -m softmoe_torch.bootstrap_test data=FILE setting=NAME [test=contamination|prompts] [test.B=999]
+        [fit=newton] [out=PATH]
 
 ``test=contamination`` (default): is there a prompt at all? H0 the setting's frozen pre-trained
 component alone, H1 its contaminated model. ``test=prompts``: setting.n_prompts prompts against
@@ -10,6 +11,7 @@ procedure (``fit``, ``init``, the variance floor ``test.variance_floor``, the al
 (statistic, pvalue, B, n_failed, seconds, the bootstrap statistics, the refits' statuses) and a
 histogram beside it, prints the summary and the paths. Bad input gives one line and exit code 2.
 ``python -m softmoe_torch.test`` is the old name of this command (kept for one release)."""
+
 import json
 from pathlib import Path
 
@@ -19,12 +21,11 @@ from omegaconf import DictConfig
 from .cli import entry, one_line_errors
 from .data import load_data
 from .errors import UserError
+from .estimation.device import keep_freed_memory
 from .fit import build_estimator
 from .lrt import contamination_test, prompts_test, with_variance_floor
-from .estimation.device import keep_freed_memory
-from .settings.setting import Setting
 from .settings.configs import CONF_DIR, config_number, register_resolvers
-
+from .settings.setting import Setting
 
 
 def contamination(cfg: DictConfig, setting: Setting, X, y, options: dict):
@@ -53,15 +54,30 @@ def test_file(cfg: DictConfig):
     X, y, _ = load_data(cfg.data)
     cfg.setting.dim = X.shape[1]  # d is the data's
     iterations = cfg.test.get("iterations")
-    options = dict(B=config_number(cfg.test.B, "test.B", int), seed=config_number(cfg.test.seed, "test.seed", int),
-                   unconverged=cfg.test.unconverged, progress=bool(cfg.progress),
-                   iterations=None if iterations is None else config_number(iterations, "test.iterations", int, 1))
+    options = dict(
+        B=config_number(cfg.test.B, "test.B", int),
+        seed=config_number(cfg.test.seed, "test.seed", int),
+        unconverged=cfg.test.unconverged,
+        progress=bool(cfg.progress),
+        iterations=None if iterations is None else config_number(iterations, "test.iterations", int, 1),
+    )
     result = KINDS[kind](cfg, Setting(cfg.setting), X, y, options)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**result.to_dict(), "setting": cfg.setting.name, "data": str(cfg.data),
-                               "method": cfg.fit.method, "n_init": int(cfg.init.n_init), "iterations": options["iterations"],
-                               "variance_floor": cfg.test.variance_floor}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                **result.to_dict(),
+                "setting": cfg.setting.name,
+                "data": str(cfg.data),
+                "method": cfg.fit.method,
+                "n_init": int(cfg.init.n_init),
+                "iterations": options["iterations"],
+                "variance_floor": cfg.test.variance_floor,
+            },
+            indent=1,
+        )
+    )
     result.histogram(out.with_suffix(".png"))
     return result
 

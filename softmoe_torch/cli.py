@@ -1,5 +1,6 @@
 """Shared behaviour of the command-line entries: user errors become one line and exit code 2,
 an interrupt one line and exit code 130; output paths are checked before anything is written."""
+
 import functools
 import os
 import sys
@@ -26,7 +27,9 @@ def one_line_errors(func):
             print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt as err:
-            print(f"interrupted: {str(err) or 'stopped before writing a result; run the command again'}", file=sys.stderr)
+            print(
+                f"interrupted: {str(err) or 'stopped before writing a result; run the command again'}", file=sys.stderr
+            )
             sys.exit(130)
 
     return wrapper

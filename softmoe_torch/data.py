@@ -1,5 +1,6 @@
 """Reading a user's data file: ``.npz`` with X (n, d), y (n,) and optional init_* arrays, or
 ``.csv`` with a header x1..xd,y. Every problem is a one-line ``UserError``."""
+
 import csv
 import zipfile
 from pathlib import Path
@@ -26,7 +27,9 @@ def _read_csv(path: Path):
         rows = [(reader.line_num, row) for row in reader if row]
     for line, row in rows:
         if len(row) != d + 1:
-            raise UserError(f"{path} line {line}: {len(row)} values, but the header has {d + 1} columns; fix or remove that row")
+            raise UserError(
+                f"{path} line {line}: {len(row)} values, but the header has {d + 1} columns; fix or remove that row"
+            )
     try:
         values = np.array([[float(v) for v in row] for _, row in rows], dtype=float).reshape(-1, d + 1)
     except ValueError as err:
@@ -43,10 +46,16 @@ def _read_npz(path: Path):
             arrays = {k: z[k] for k in z.files}
     except ValueError as err:
         if "allow_pickle" not in str(err):
-            raise UserError(f"{path}: not a readable .npz file ({err}); write it with numpy.savez(path, X=X, y=y)") from None
-        raise UserError(f"{path}: holds Python objects, which are never unpickled; save numeric arrays X, y with numpy.savez") from None
+            raise UserError(
+                f"{path}: not a readable .npz file ({err}); write it with numpy.savez(path, X=X, y=y)"
+            ) from None
+        raise UserError(
+            f"{path}: holds Python objects, which are never unpickled; save numeric arrays X, y with numpy.savez"
+        ) from None
     except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(f"{path}: not a readable .npz file ({err}); write it with numpy.savez(path, X=X, y=y)") from None
+        raise UserError(
+            f"{path}: not a readable .npz file ({err}); write it with numpy.savez(path, X=X, y=y)"
+        ) from None
     missing = [k for k in ("X", "y") if k not in arrays]
     if missing:
         raise UserError(f"{path}: missing array(s) {', '.join(missing)}; a data file needs X (n, d) and y (n,)")

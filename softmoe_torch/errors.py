@@ -10,7 +10,6 @@ class Interrupted(KeyboardInterrupt):
     """A Ctrl-C whose message says what was kept and how to resume."""
 
 
-
 def one_line(err: Exception) -> str:
     """An exception's message with its lines joined (hydra's chained cause where there is one)."""
     lines = [ln.strip() for ln in str(err.__cause__ or err).splitlines()]

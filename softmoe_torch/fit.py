@@ -6,10 +6,12 @@ The setting names the frozen pre-trained component and the prompt family (or, fo
 ``kind: moe``, the family of every component); d is the data's; the start is random (best of
 ``init.n_init``) unless the file holds init_* arrays.
 Writes a JSON result (beta, tau, eta, nu, their standard errors ``se`` and 95% Wald intervals
-``ci95``; for a mixture of experts, ``estimates``, ``se`` and ``ci95`` by parameter name; loglik, aic, bic, mean_loglik, n_iter, converged, status, seconds, ``degenerate``: why
+``ci95``; for a mixture of experts, ``estimates``, ``se`` and ``ci95`` by parameter name; loglik, aic, bic,
+mean_loglik, n_iter, converged, status, seconds, ``degenerate``: why
 the fit is a spike on a few observations, [] if it is not) and prints its path; a prompt expert
 with parameters other than a single ``eta`` is reported under ``expert`` by its own parameter names.
 Bad input gives one line on stderr and exit code 2."""
+
 import json
 import warnings
 from pathlib import Path
@@ -19,13 +21,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from .cli import entry, one_line_errors
-from .errors import UserError
-from .settings.configs import CONF_DIR, register_resolvers
 from .data import INIT_ARRAYS, load_data
+from .errors import UserError
 from .estimation.device import keep_freed_memory, resolve_device, resolve_dtype
 from .estimation.estimator import Estimator
 from .model.mixture import ContaminatedMoE
 from .model.names import PAPER_NAMES, expert_prefix, variance_name
+from .settings.configs import CONF_DIR, register_resolvers
 from .settings.setting import load_setting
 from .study.config_checks import fit_options
 
@@ -38,7 +40,7 @@ def named(values: dict) -> dict:
     experts = []
     for k in range(K):
         prefix = expert_prefix(k)
-        experts.append({n[len(prefix):]: v.tolist() for n, v in values.items() if n.startswith(prefix)})
+        experts.append({n[len(prefix) :]: v.tolist() for n, v in values.items() if n.startswith(prefix)})
     one = (lambda xs: xs[0]) if K == 1 else (lambda xs: xs)
     out = {"beta": one(values[PAPER_NAMES["beta"]].tolist()), "tau": one(values[PAPER_NAMES["tau"]].tolist())}
     if all(list(e) == ["eta"] for e in experts):
@@ -52,8 +54,17 @@ def named(values: dict) -> dict:
 def build_estimator(cfg: DictConfig, model, truth: dict | None = None) -> Estimator:
     """The estimator that cfg's ``fit``, ``init``, ``seed``, ``device`` and ``dtype`` describe."""
     options = fit_options(cfg, resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
-    return Estimator(model, init=cfg.init.policy, n_init=int(cfg.init.get("n_init", 1)), seed=int(cfg.seed), truth=truth,
-                     init_scale=float(cfg.init.get("scale", 0.1)), device=cfg.device, dtype=cfg.dtype, options=options)
+    return Estimator(
+        model,
+        init=cfg.init.policy,
+        n_init=int(cfg.init.get("n_init", 1)),
+        seed=int(cfg.seed),
+        truth=truth,
+        init_scale=float(cfg.init.get("scale", 0.1)),
+        device=cfg.device,
+        dtype=cfg.dtype,
+        options=options,
+    )
 
 
 def fit_file(cfg: DictConfig, out_path) -> dict:
@@ -69,9 +80,13 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
     for name, value in init_values.items():  # arrays in the file override the policy
         if name not in trainable:
             key = next(k for k, v in INIT_ARRAYS.items() if v == name)
-            raise UserError(f"{cfg.data}: {key} sets {name}, which this model does not have; remove {key} from the file")
+            raise UserError(
+                f"{cfg.data}: {key} sets {name}, which this model does not have; remove {key} from the file"
+            )
         if np.size(value) != trainable[name].numel():
-            raise UserError(f"{cfg.data}: init value for {name} has {np.size(value)} entries, expected {trainable[name].numel()}")
+            raise UserError(
+                f"{cfg.data}: init value for {name} has {np.size(value)} entries, expected {trainable[name].numel()}"
+            )
         init_values[name] = np.reshape(value, tuple(trainable[name].shape))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -80,14 +95,26 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
     if isinstance(model, ContaminatedMoE):
         params = {**named(res.estimates()), "se": named(se), "ci95": {"lower": named(lower), "upper": named(upper)}}
     else:
-        params = {"estimates": _lists(res.estimates()), "se": _lists(se),
-                  "ci95": {"lower": _lists(lower), "upper": _lists(upper)}}
+        params = {
+            "estimates": _lists(res.estimates()),
+            "se": _lists(se),
+            "ci95": {"lower": _lists(lower), "upper": _lists(upper)},
+        }
     result = {
         **params,
-        "loglik": float(res.loglik[0]), "n_params": res.n_params, "aic": float(res.aic[0]), "bic": float(res.bic[0]),
-        "mean_loglik": float(res.mean_loglik[0]), "n_iter": int(res.n_iter[0]), "converged": bool(res.converged[0]),
-        "status": res.status[0], "seconds": res.seconds, "n": len(y), "setting": setting.name,
-        "method": cfg.fit.method, "solver": res.solver,
+        "loglik": float(res.loglik[0]),
+        "n_params": res.n_params,
+        "aic": float(res.aic[0]),
+        "bic": float(res.bic[0]),
+        "mean_loglik": float(res.mean_loglik[0]),
+        "n_iter": int(res.n_iter[0]),
+        "converged": bool(res.converged[0]),
+        "status": res.status[0],
+        "seconds": res.seconds,
+        "n": len(y),
+        "setting": setting.name,
+        "method": cfg.fit.method,
+        "solver": res.solver,
         "starts": "the file's init_* arrays" if init_values else f"best of {estimator.n_init} {policy} start(s)",
         "degenerate": res.degenerate[0],
         "warnings": [str(w.message) for w in caught],

@@ -4,6 +4,7 @@
 
 Writes results.csv, figure.png/pdf, slopes.json, report.md and TensorBoard events into the run
 directory (outputs/<setting>/<overrides>), resuming where a previous identical run stopped."""
+
 import time
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .cli import entry, one_line_errors
+from .estimation.device import keep_freed_memory, match_threads_to_job
 from .settings.configs import CONF_DIR, register_resolvers
 from .settings.setting import load_setting
-from .estimation.device import keep_freed_memory, match_threads_to_job
 from .study.monitor import Monitor
 from .study.report import record_run, terminal_table, write_report
 from .study.sweep import run_study
@@ -33,8 +34,14 @@ def run_experiment(cfg: DictConfig, out_dir) -> dict:
         runs = record_run(out_dir, time.perf_counter() - start)
         summary, fig = write_report(rows, load_setting(cfg.setting), out_dir, runs=runs, method=cfg.fit.method)
         if monitor and monitor.logged:  # a rerun with nothing to fit logs nothing again
-            hparams = {"setting": cfg.setting.name, "method": cfg.fit.method, "mstep": cfg.fit.mstep,
-                       "reps": int(cfg.sweep.reps), "seed": int(cfg.seed), "init": cfg.init.policy}
+            hparams = {
+                "setting": cfg.setting.name,
+                "method": cfg.fit.method,
+                "mstep": cfg.fit.mstep,
+                "reps": int(cfg.sweep.reps),
+                "seed": int(cfg.seed),
+                "init": cfg.init.policy,
+            }
             monitor.log_summary(summary, fig, hparams, step=len(rows))
     except KeyboardInterrupt:
         if out_dir.exists():

@@ -36,4 +36,6 @@ def run_cli(module, *args, cwd=ROOT, timeout=600):
     """Run `python -m module args...` as a user would; returns CompletedProcess."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,4 +1,5 @@
 """The EM accelerators on fixed-point maps whose answers are known."""
+
 import torch
 
 from softmoe_torch.estimation.acceleration import Anderson, squarem_cycle
@@ -35,6 +36,7 @@ def test_anderson_solves_a_linear_fixed_point_in_p_plus_one_maps():
 
 def fake_em(G, target):
     """An 'EM' on f(u) = -|u - target|^2 / 2 whose map is G; Evaluations with loss = -f."""
+
     def evaluate(u):
         return Evaluation(0.5 * ((u - target) ** 2).sum(1), u - target, None, u.clone())
 

@@ -2,6 +2,7 @@
 ('error: ...', exit 2; 'interrupted: ...', exit 130 for Ctrl-C), no traceback, and leaves every
 file already written as it was. Cases run in-process what the commands run (the output-path
 check, Hydra's composition, the entry function); two run the real commands in a subprocess."""
+
 import json
 import shutil
 import zipfile
@@ -9,11 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import CONF, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from conftest import CONF, run_cli
 from softmoe_torch import bootstrap_test as test_cli
 from softmoe_torch import cli
 from softmoe_torch import fit as fit_cli
@@ -104,17 +105,26 @@ RUN_CASES = {  # id: (overrides, setup(run_dir, files) or None, message)
     "plug-in checkpoint missing": (["++setting.pretrained.checkpoint=missing.pt"], None, "checkpoint"),
     "run dir is a file": (["hydra.run.dir={a_file}"], None, "is a file; choose a directory path for hydra.run.dir"),
     "run dir under a file": (["hydra.run.dir={a_file}/run"], None, "is a file, not a directory"),
-    "results.csv damaged": ([], lambda d: damage(d, "results.csv", (d / "results.csv").read_text().replace(",500,", ",5x0,", 1)),
-                            "bad n value '5x0'"),
+    "results.csv damaged": (
+        [],
+        lambda d: damage(d, "results.csv", (d / "results.csv").read_text().replace(",500,", ",5x0,", 1)),
+        "bad n value '5x0'",
+    ),
     "results.csv foreign": ([], lambda d: damage(d, "results.csv", "a,b\n1,2\n"), "has columns a,b"),
     "fingerprint cut off": ([], lambda d: damage(d, "fingerprint.json", ""), "fingerprint.json is not valid JSON"),
     "other configuration": (["init.scale=0.3"], None, "holds results of another configuration (different init)"),
     "other dtype": (["dtype=float32"], None, "holds results of another configuration (different dtype)"),
     "moe inputs unknown": (["setting=softmax_gaussian_moe", "setting.x=sobol"], None, "setting.x must be one of"),
-    "moe one component": (["setting=softmax_gaussian_moe", "setting.n_components=1"], None,
-                          "setting.n_components must be at least 2"),
-    "moe components text": (["setting=softmax_gaussian_moe", "setting.n_components=many"], None,
-                            "setting.n_components must be an integer"),
+    "moe one component": (
+        ["setting=softmax_gaussian_moe", "setting.n_components=1"],
+        None,
+        "setting.n_components must be at least 2",
+    ),
+    "moe components text": (
+        ["setting=softmax_gaussian_moe", "setting.n_components=many"],
+        None,
+        "setting.n_components must be an integer",
+    ),
     "setting kind unknown": (["++setting.kind=hmm"], None, "setting.kind must be one of contaminated, moe, got 'hmm'"),
 }
 
@@ -136,10 +146,16 @@ FIT_CASES = {  # id: (data file name or None, extra overrides, message)
     "fit tol text": ("good.npz", ["fit.tol=abc"], "fit.tol must be a number"),
     "out is a directory": ("good.npz", ["out={a_dir}"], "is a directory; choose a file path for out"),
     "out under a file": ("good.npz", ["out={a_file}/r.json"], "is a file, not a directory"),
-    "moe with one component": ("good.npz", ["setting=softmax_gaussian_moe", "setting.n_components=1"],
-                               "setting.n_components must be at least 2"),
-    "moe components fractional": ("good.npz", ["setting=softmax_gaussian_moe", "setting.n_components=2.5"],
-                                  "setting.n_components must be an integer"),
+    "moe with one component": (
+        "good.npz",
+        ["setting=softmax_gaussian_moe", "setting.n_components=1"],
+        "setting.n_components must be at least 2",
+    ),
+    "moe components fractional": (
+        "good.npz",
+        ["setting=softmax_gaussian_moe", "setting.n_components=2.5"],
+        "setting.n_components must be an integer",
+    ),
 }
 
 TEST_CASES = {  # the bootstrap test's face: id: (extra overrides, message); the data file is good.npz
@@ -211,8 +227,12 @@ def test_bad_run_input(case, workspace, monkeypatch, capsys):
     if setup:
         setup(root / "run")
     before = snapshot(root)
-    argv = [*TINY, "monitor.tensorboard=false", f"hydra.run.dir={root / 'run'}",
-            *(o.format(a_file=files["a_file"]) for o in overrides)]
+    argv = [
+        *TINY,
+        "monitor.tensorboard=false",
+        f"hydra.run.dir={root / 'run'}",
+        *(o.format(a_file=files["a_file"]) for o in overrides),
+    ]
     code, _, err = call(run_cli_module, argv, capsys)
     assert_one_line(code, err, message)
     assert_kept(before, root)
@@ -224,9 +244,13 @@ def test_bad_fit_input(case, workspace, monkeypatch, capsys):
     name, overrides, message = FIT_CASES[case]
     (root / "result.json").write_text("{}")  # an earlier result that must survive
     before = snapshot(root)
-    argv = [f"hydra.run.dir={root / 'fit_run'}", f"out={root / 'result.json'}", "setting=distinguishable",
-            *([] if name is None else [f"data={files.get(name, root / 'files' / name)}"]),
-            *(o.format(a_dir=files["a_dir"], a_file=files["a_file"]) for o in overrides)]
+    argv = [
+        f"hydra.run.dir={root / 'fit_run'}",
+        f"out={root / 'result.json'}",
+        "setting=distinguishable",
+        *([] if name is None else [f"data={files.get(name, root / 'files' / name)}"]),
+        *(o.format(a_dir=files["a_dir"], a_file=files["a_file"]) for o in overrides),
+    ]
     code, _, err = call(fit_cli, argv, capsys)
     assert_one_line(code, err, message)
     assert_kept(before, root)
@@ -238,8 +262,14 @@ def test_bad_bootstrap_test_input(case, workspace, monkeypatch, capsys):
     overrides, message = TEST_CASES[case]
     (root / "result.json").write_text("{}")
     before = snapshot(root)
-    argv = [f"data={files['good.npz']}", "setting=distinguishable", f"out={root / 'result.json'}", "progress=false",
-            "test.B=19", *(o.format(a_dir=files["a_dir"]) for o in overrides)]
+    argv = [
+        f"data={files['good.npz']}",
+        "setting=distinguishable",
+        f"out={root / 'result.json'}",
+        "progress=false",
+        "test.B=19",
+        *(o.format(a_dir=files["a_dir"]) for o in overrides),
+    ]
     code, _, err = call(test_cli, argv, capsys)
     assert_one_line(code, err, message)
     assert_kept(before, root)
@@ -248,8 +278,14 @@ def test_bad_bootstrap_test_input(case, workspace, monkeypatch, capsys):
 def test_the_old_name_of_the_bootstrap_test_runs_it(tmp_path):
     """python -m softmoe_torch.test is kept for one release: the same command, the same checks."""
     files = make_files(tmp_path)
-    proc = run_cli("softmoe_torch.test", f"data={files['good.npz']}", "setting=distinguishable", "test.B=10",
-                   f"out={tmp_path / 'r.json'}", cwd=tmp_path)
+    proc = run_cli(
+        "softmoe_torch.test",
+        f"data={files['good.npz']}",
+        "setting=distinguishable",
+        "test.B=10",
+        f"out={tmp_path / 'r.json'}",
+        cwd=tmp_path,
+    )
     assert_one_line(proc.returncode, proc.stderr, "B must be an integer of at least 19")
 
 
@@ -263,7 +299,9 @@ def test_ctrl_c_in_a_run_keeps_finished_fits(workspace, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "_fit_batch", interrupt)
     argv = [*TINY, "monitor.tensorboard=false", "sweep.sizes=[500,1000,2000]", f"hydra.run.dir={root / 'run'}"]
     code, _, err = call(run_cli_module, argv, capsys)
-    assert_one_line(code, err, f"kept 4 finished fits in {root / 'run' / 'results.csv'}; run the same command again", 130)
+    assert_one_line(
+        code, err, f"kept 4 finished fits in {root / 'run' / 'results.csv'}; run the same command again", 130
+    )
     assert_kept(before, root)
     assert len(json.loads((root / "run" / "runs.json").read_text())) == 2  # the interrupted run's time counts
 
@@ -275,16 +313,27 @@ def test_ctrl_c_in_a_fit_writes_nothing(workspace, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(fit_cli.Estimator, "fit", interrupt)
-    code, _, err = call(fit_cli, [f"data={files['good.npz']}", "setting=distinguishable", f"out={root / 'r.json'}",
-                                  f"hydra.run.dir={root / 'h'}"], capsys)
+    code, _, err = call(
+        fit_cli,
+        [
+            f"data={files['good.npz']}",
+            "setting=distinguishable",
+            f"out={root / 'r.json'}",
+            f"hydra.run.dir={root / 'h'}",
+        ],
+        capsys,
+    )
     assert_one_line(code, err, "stopped before writing a result", 130)
     assert not (root / "r.json").exists()
 
 
-@pytest.mark.parametrize("module,args", [
-    ("softmoe_torch.run", [*TINY, "hydra.run.dir={a_file}/run"]),
-    ("softmoe_torch.fit", ["data={good}", "setting=distinguishable", "out={a_file}/r.json"]),
-])
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        ("softmoe_torch.run", [*TINY, "hydra.run.dir={a_file}/run"]),
+        ("softmoe_torch.fit", ["data={good}", "setting=distinguishable", "out={a_file}/r.json"]),
+    ],
+)
 def test_real_commands_check_output_paths_first(tmp_path, module, args):
     files = make_files(tmp_path)
     proc = run_cli(module, *(a.format(a_file=files["a_file"], good=files["good.npz"]) for a in args), cwd=tmp_path)
@@ -304,61 +353,161 @@ def _model_and_data():
     from softmoe_torch import Component, ContaminatedMoE, Gaussian, Laplace, SoftmaxGate, TanhExpert
 
     e1 = torch.eye(8)[0]
-    model = ContaminatedMoE(Component(TanhExpert(8, eta=e1), Laplace(), nu=0.001, frozen=True),
-                            Component(TanhExpert(8, eta=-e1), Gaussian(), nu=0.001), SoftmaxGate(8, tau=1.0))
+    model = ContaminatedMoE(
+        Component(TanhExpert(8, eta=e1), Laplace(), nu=0.001, frozen=True),
+        Component(TanhExpert(8, eta=-e1), Gaussian(), nu=0.001),
+        SoftmaxGate(8, tau=1.0),
+    )
     X = torch.randn(300, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return model, X, model.double().sample(X, generator=torch.Generator().manual_seed(1))
 
 
 API_CASES = {  # name -> (call(Estimator, model, X, y, fitted results), error class, message)
-    "X with too few columns": (lambda E, m, X, y, res: E(m, "newton").fit(X[:, :7], y), ValueError,
-                               "X has 7 columns but the model takes 8; pass X with the model's columns, or build the model for d = 7"),
-    "X with too many columns": (lambda E, m, X, y, res: E(m, "newton").fit(np.hstack([X, X]), y), ValueError,
-                                "X has 16 columns but the model takes 8"),
-    "predict on other columns": (lambda E, m, X, y, res: res.predict(X[:3, :5]), ValueError, "X has 5 columns but the model takes 8"),
-    "gate_probs on other columns": (lambda E, m, X, y, res: res.gate_probs(np.zeros((2, 9))), ValueError, "X has 9 columns"),
-    "responsibilities on other columns": (lambda E, m, X, y, res: res.responsibilities(X[:3, :2], y[:3]), ValueError, "X has 2 columns"),
-    "summary of a replication that does not exist": (lambda E, m, X, y, res: res.summary(5), IndexError,
-                                                     "replication 5 does not exist: these results hold 1 fit(s), r = 0..0"),
-    "se of a replication that does not exist": (lambda E, m, X, y, res: res.se(1), IndexError, "replication 1 does not exist"),
-    "a replication given as a float": (lambda E, m, X, y, res: res.estimates(0.0), IndexError, "replication 0.0 does not exist"),
-    "replication() out of range": (lambda E, m, X, y, res: res.replication(-2), IndexError, "replication -2 does not exist"),
-    "a non-numeric tolerance": (lambda E, m, X, y, res: E(m, "newton", tol="abc"), ValueError, "fit.tol must be a number, got 'abc'"),
-    "a fractional max_iter": (lambda E, m, X, y, res: E(m, "em", max_iter=10.5), ValueError, "fit.max_iter must be an integer"),
-    "an unknown option": (lambda E, m, X, y, res: E(m, "newton", tolerance=1e-8), ValueError,
-                          "unknown fit option(s) tolerance; the options are mstep, tol,"),
-    "a fractional n_init": (lambda E, m, X, y, res: E(m, "newton", n_init=2.5), ValueError, "n_init must be an integer of at least 1, got 2.5"),
-    "text for X": (lambda E, m, X, y, res: E(m, "newton").fit(np.array([["a"] * 8] * 3), np.zeros(3)), ValueError,
-                   "X must be numeric"),
-    "y of another length": (lambda E, m, X, y, res: E(m, "newton").fit(X, y[:10]), ValueError,
-                            "expected X (R, n, d) and y (R, n), got (1, 300, 8) and (1, 10)"),
-    "not a mixture": (lambda E, m, X, y, res: E(torch.nn.Linear(8, 1), "newton"), ValueError,
-                      "the model must be a mixture of softmoe_torch.model.mixture"),
-    "nothing to fit": (lambda E, m, X, y, res: E(_moe(frozen=True), "newton"), ValueError,
-                       "the model has no trainable parameters (every component and the gate frozen)"),
-    "a gate for other components": (lambda E, m, X, y, res: E(_moe(components=3), "newton").fit(X, y), ValueError,
-                                    "the gate gives 2 weights but the mixture has 3 components"),
-    "a mixture of one component": (lambda E, m, X, y, res: _moe(components=1), ValueError,
-                                   "a mixture of experts needs at least 2 components, got 1"),
-    "a seed as text": (lambda E, m, X, y, res: E(m, "newton", seed="a"), ValueError, "seed must be an integer, got 'a'"),
-    "a negative init_scale": (lambda E, m, X, y, res: E(m, "newton", init_scale=-1.0), ValueError,
-                              "init_scale must be a number of at least 0"),
-    "clone with an unknown setting": (lambda E, m, X, y, res: E(m, "newton").clone(tolerance=1e-8), ValueError,
-                                      "unknown setting(s) tolerance; an estimator takes model, method"),
-    "clone with a bad option": (lambda E, m, X, y, res: E(m, "newton").clone(max_iter=2.5), ValueError,
-                                "fit.max_iter must be an integer"),
-    "contamination test of a model": (lambda E, m, X, y, res: contamination_test(m, X, y, B=19), ValueError,
-                                      "estimator must be an Estimator (e.g. Estimator(model, 'newton')), got ContaminatedMoE"),
-    "contamination test of a general mixture": (lambda E, m, X, y, res: contamination_test(E(_moe(), "newton"), X, y, B=19),
-                                                ValueError, "estimator's model is a MixtureOfExperts; these tests need a ContaminatedMoE"),
-    "variance floor of a general mixture": (lambda E, m, X, y, res: with_variance_floor(E(_moe(), "newton"), 0.1), ValueError,
-                                            "these tests need a ContaminatedMoE"),
-    "a bootstrap seed as text": (lambda E, m, X, y, res: contamination_test(E(m, "newton"), X, y, B=19, seed="0"), ValueError,
-                                 "seed must be an integer, got '0'"),
-    "a fractional B": (lambda E, m, X, y, res: contamination_test(E(m, "newton"), X, y, B=19.5), ValueError,
-                       "B must be an integer of at least 19"),
-    "a prompts test of equal models": (lambda E, m, X, y, res: prompts_test(E(m, "newton"), E(m, "newton"), X, y, B=19),
-                                       ValueError, "the alternative must have more prompts than the null to be nested"),
+    "X with too few columns": (
+        lambda E, m, X, y, res: E(m, "newton").fit(X[:, :7], y),
+        ValueError,
+        "X has 7 columns but the model takes 8; pass X with the model's columns, or build the model for d = 7",
+    ),
+    "X with too many columns": (
+        lambda E, m, X, y, res: E(m, "newton").fit(np.hstack([X, X]), y),
+        ValueError,
+        "X has 16 columns but the model takes 8",
+    ),
+    "predict on other columns": (
+        lambda E, m, X, y, res: res.predict(X[:3, :5]),
+        ValueError,
+        "X has 5 columns but the model takes 8",
+    ),
+    "gate_probs on other columns": (
+        lambda E, m, X, y, res: res.gate_probs(np.zeros((2, 9))),
+        ValueError,
+        "X has 9 columns",
+    ),
+    "responsibilities on other columns": (
+        lambda E, m, X, y, res: res.responsibilities(X[:3, :2], y[:3]),
+        ValueError,
+        "X has 2 columns",
+    ),
+    "summary of a replication that does not exist": (
+        lambda E, m, X, y, res: res.summary(5),
+        IndexError,
+        "replication 5 does not exist: these results hold 1 fit(s), r = 0..0",
+    ),
+    "se of a replication that does not exist": (
+        lambda E, m, X, y, res: res.se(1),
+        IndexError,
+        "replication 1 does not exist",
+    ),
+    "a replication given as a float": (
+        lambda E, m, X, y, res: res.estimates(0.0),
+        IndexError,
+        "replication 0.0 does not exist",
+    ),
+    "replication() out of range": (
+        lambda E, m, X, y, res: res.replication(-2),
+        IndexError,
+        "replication -2 does not exist",
+    ),
+    "a non-numeric tolerance": (
+        lambda E, m, X, y, res: E(m, "newton", tol="abc"),
+        ValueError,
+        "fit.tol must be a number, got 'abc'",
+    ),
+    "a fractional max_iter": (
+        lambda E, m, X, y, res: E(m, "em", max_iter=10.5),
+        ValueError,
+        "fit.max_iter must be an integer",
+    ),
+    "an unknown option": (
+        lambda E, m, X, y, res: E(m, "newton", tolerance=1e-8),
+        ValueError,
+        "unknown fit option(s) tolerance; the options are mstep, tol,",
+    ),
+    "a fractional n_init": (
+        lambda E, m, X, y, res: E(m, "newton", n_init=2.5),
+        ValueError,
+        "n_init must be an integer of at least 1, got 2.5",
+    ),
+    "text for X": (
+        lambda E, m, X, y, res: E(m, "newton").fit(np.array([["a"] * 8] * 3), np.zeros(3)),
+        ValueError,
+        "X must be numeric",
+    ),
+    "y of another length": (
+        lambda E, m, X, y, res: E(m, "newton").fit(X, y[:10]),
+        ValueError,
+        "expected X (R, n, d) and y (R, n), got (1, 300, 8) and (1, 10)",
+    ),
+    "not a mixture": (
+        lambda E, m, X, y, res: E(torch.nn.Linear(8, 1), "newton"),
+        ValueError,
+        "the model must be a mixture of softmoe_torch.model.mixture",
+    ),
+    "nothing to fit": (
+        lambda E, m, X, y, res: E(_moe(frozen=True), "newton"),
+        ValueError,
+        "the model has no trainable parameters (every component and the gate frozen)",
+    ),
+    "a gate for other components": (
+        lambda E, m, X, y, res: E(_moe(components=3), "newton").fit(X, y),
+        ValueError,
+        "the gate gives 2 weights but the mixture has 3 components",
+    ),
+    "a mixture of one component": (
+        lambda E, m, X, y, res: _moe(components=1),
+        ValueError,
+        "a mixture of experts needs at least 2 components, got 1",
+    ),
+    "a seed as text": (
+        lambda E, m, X, y, res: E(m, "newton", seed="a"),
+        ValueError,
+        "seed must be an integer, got 'a'",
+    ),
+    "a negative init_scale": (
+        lambda E, m, X, y, res: E(m, "newton", init_scale=-1.0),
+        ValueError,
+        "init_scale must be a number of at least 0",
+    ),
+    "clone with an unknown setting": (
+        lambda E, m, X, y, res: E(m, "newton").clone(tolerance=1e-8),
+        ValueError,
+        "unknown setting(s) tolerance; an estimator takes model, method",
+    ),
+    "clone with a bad option": (
+        lambda E, m, X, y, res: E(m, "newton").clone(max_iter=2.5),
+        ValueError,
+        "fit.max_iter must be an integer",
+    ),
+    "contamination test of a model": (
+        lambda E, m, X, y, res: contamination_test(m, X, y, B=19),
+        ValueError,
+        "estimator must be an Estimator (e.g. Estimator(model, 'newton')), got ContaminatedMoE",
+    ),
+    "contamination test of a general mixture": (
+        lambda E, m, X, y, res: contamination_test(E(_moe(), "newton"), X, y, B=19),
+        ValueError,
+        "estimator's model is a MixtureOfExperts; these tests need a ContaminatedMoE",
+    ),
+    "variance floor of a general mixture": (
+        lambda E, m, X, y, res: with_variance_floor(E(_moe(), "newton"), 0.1),
+        ValueError,
+        "these tests need a ContaminatedMoE",
+    ),
+    "a bootstrap seed as text": (
+        lambda E, m, X, y, res: contamination_test(E(m, "newton"), X, y, B=19, seed="0"),
+        ValueError,
+        "seed must be an integer, got '0'",
+    ),
+    "a fractional B": (
+        lambda E, m, X, y, res: contamination_test(E(m, "newton"), X, y, B=19.5),
+        ValueError,
+        "B must be an integer of at least 19",
+    ),
+    "a prompts test of equal models": (
+        lambda E, m, X, y, res: prompts_test(E(m, "newton"), E(m, "newton"), X, y, B=19),
+        ValueError,
+        "the alternative must have more prompts than the null to be nested",
+    ),
 }
 
 
@@ -367,7 +516,9 @@ def _moe(components: int = 2, frozen: bool = False):
     from softmoe_torch import AffineExpert, Component, Gaussian, MixtureOfExperts, SoftmaxGate
 
     gate = SoftmaxGate(8).double().requires_grad_(not frozen)
-    return MixtureOfExperts([Component(AffineExpert(8).double(), Gaussian(), frozen=frozen) for _ in range(components)], gate)
+    return MixtureOfExperts(
+        [Component(AffineExpert(8).double(), Gaussian(), frozen=frozen) for _ in range(components)], gate
+    )
 
 
 @pytest.fixture(scope="module")

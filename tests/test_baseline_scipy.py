@@ -52,8 +52,13 @@ def test_mstep_gradient_matches_finite_differences():
     y = rng.standard_normal(n)
     r = rng.random(n)
     theta = rng.standard_normal(2 * d + 2) * 0.5
-    f = lambda t: bs._neg_q(t, X, y, r)[0]
-    g = lambda t: bs._neg_q(t, X, y, r)[1]
+
+    def f(t):
+        return bs._neg_q(t, X, y, r)[0]
+
+    def g(t):
+        return bs._neg_q(t, X, y, r)[1]
+
     assert check_grad(f, g, theta) / np.linalg.norm(g(theta)) < 1e-5
 
 
@@ -64,8 +69,9 @@ def test_em_trace_is_nondecreasing():
     assert len(trace) == fit["n_iter"] + 1
     assert np.all(np.diff(trace) >= -1e-10)
     assert fit["mean_loglik"] == trace[-1]
-    final = bs.mean_loglik(X, y, beta=fit["beta"], tau=fit["tau"], eta=fit["eta"],
-                           nu=fit["nu"], eta0=ETA0, nu0=NU, f0="laplace")
+    final = bs.mean_loglik(
+        X, y, beta=fit["beta"], tau=fit["tau"], eta=fit["eta"], nu=fit["nu"], eta0=ETA0, nu0=NU, f0="laplace"
+    )
     assert np.isclose(final, fit["mean_loglik"], rtol=0, atol=1e-12)
 
 
@@ -85,8 +91,7 @@ def _torch_mean_loglik(theta, X, y, log_f0):
     a = X @ beta + tau
     m = torch.tanh(X @ eta)
     log_n1 = -0.5 * (np.log(2 * np.pi) + log_nu) - (y - m) ** 2 / (2 * torch.exp(log_nu))
-    log_p = torch.logaddexp(torch.nn.functional.logsigmoid(-a) + log_f0,
-                            torch.nn.functional.logsigmoid(a) + log_n1)
+    log_p = torch.logaddexp(torch.nn.functional.logsigmoid(-a) + log_f0, torch.nn.functional.logsigmoid(a) + log_n1)
     return log_p.mean()
 
 
@@ -98,8 +103,7 @@ def test_peer_gradient_and_hessian_match_autograd(f0):
     eta0 = rng.standard_normal(d)
     # overlapping components (nu = 0.05), so responsibilities are spread over (0, 1)
     y = np.tanh(X @ eta0) + 0.3 * rng.standard_normal(n)
-    theta = np.concatenate([0.5 * rng.standard_normal(d + 1), eta0 + 0.3 * rng.standard_normal(d),
-                            [np.log(0.05)]])
+    theta = np.concatenate([0.5 * rng.standard_normal(d + 1), eta0 + 0.3 * rng.standard_normal(d), [np.log(0.05)]])
     log_f0 = bs._LOG_F0[f0](y, np.tanh(X @ eta0), 0.05)
     p = bs._derivatives(theta, X, y, log_f0)
     assert 0.05 < p["r"].mean() < 0.95
@@ -145,8 +149,9 @@ def test_peers_reach_the_em_optimum():
     for fit in (bfgs, newton):
         assert np.isclose(fit["trace"][0], init_ll, rtol=0, atol=1e-14)
         assert len(fit["trace"]) == fit["n_iter"] + 1
-        at_estimates = bs.mean_loglik(X, y, beta=fit["beta"], tau=fit["tau"], eta=fit["eta"],
-                                      nu=fit["nu"], eta0=ETA0, nu0=NU, f0="laplace")
+        at_estimates = bs.mean_loglik(
+            X, y, beta=fit["beta"], tau=fit["tau"], eta=fit["eta"], nu=fit["nu"], eta0=ETA0, nu0=NU, f0="laplace"
+        )
         assert np.isclose(fit["mean_loglik"], at_estimates, rtol=0, atol=1e-14)
         # same optimum as EM: not below it (up to rounding), and no more than 1e-10 above
         assert -1e-12 <= fit["mean_loglik"] - em["mean_loglik"] < 1e-10

@@ -1,5 +1,6 @@
 """End-to-end tests of experiments/benchmarks/benchmark.py: the --quick table, a tiny --scale run and a tiny
 --protocol run (about a minute together on a busy 2-core machine)."""
+
 import json
 import math
 import subprocess
@@ -13,7 +14,15 @@ PEERS = ("baseline", "scipy_bfgs", "numpy_newton")
 
 def _bench(*flags, out):
     """Run the benchmark with one thread per stack (fair and fast on a busy machine); its JSON and stdout."""
-    cmd = [sys.executable, str(ROOT / "experiments" / "benchmarks" / "benchmark.py"), *flags, "--threads", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "benchmarks" / "benchmark.py"),
+        *flags,
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
@@ -23,8 +32,9 @@ def test_quick_table(tmp_path):
     report, stdout = _bench("--quick", out=tmp_path / "b.json")
     section = report["table"]
     rows = section["rows"]
-    assert {(r["method"], r["mode"]) for r in rows} == {(m, mode) for m in TORCH_METHODS + PEERS
-                                                       for mode in ("single", "batch")}
+    assert {(r["method"], r["mode"]) for r in rows} == {
+        (m, mode) for m in TORCH_METHODS + PEERS for mode in ("single", "batch")
+    }
     assert {r["n"] for r in rows} == {1000, 3000}
     assert section["machine"]["torch"] and section["machine"]["cpu_count"] >= 1
     assert len(section["load_before"]) == len(section["load_after"]) == 3
@@ -51,7 +61,9 @@ def test_quick_table(tmp_path):
 
 def test_tiny_scale(tmp_path):
     figure = tmp_path / "scaling.png"
-    report, stdout = _bench("--scale", "--scale-sizes", "1000", "3000", "--figure", str(figure), out=tmp_path / "b.json")
+    report, stdout = _bench(
+        "--scale", "--scale-sizes", "1000", "3000", "--figure", str(figure), out=tmp_path / "b.json"
+    )
     section = report["scale"]
     assert {(r["method"], r["n"]) for r in section["rows"]} == {(m, n) for m in ("newton", "em") for n in (1000, 3000)}
     assert all(r["seconds"] > 0 and r["peak_mib"] > 0 and r["status"] == "converged" for r in section["rows"])
@@ -63,8 +75,9 @@ def test_tiny_scale(tmp_path):
 def test_tiny_protocol(tmp_path):
     out = tmp_path / "b.json"
     out.write_text(json.dumps({"table": {"rows": []}}))  # another mode's section is kept
-    report, stdout = _bench("--protocol", "--protocol-sweep", "tiny", "--settings", "distinguishable",
-                            "--protocol-fits", "newton", out=out)
+    report, stdout = _bench(
+        "--protocol", "--protocol-sweep", "tiny", "--settings", "distinguishable", "--protocol-fits", "newton", out=out
+    )
     assert report["table"] == {"rows": []}
     (row,) = report["protocol"]["rows"]
     assert (row["setting"], row["fit"], row["sweep"]) == ("distinguishable", "newton", "tiny")

@@ -1,4 +1,5 @@
 """Every config option composes and instantiates (Hydra compose API)."""
+
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,10 @@ from softmoe_torch.settings.setting import Setting, load_setting
 from softmoe_torch.study.config_checks import fit_options, sample_sizes
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("setting", "fit", "init", "sweep", "monitor")}
+OPTIONS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("setting", "fit", "init", "sweep", "monitor")
+}
 MOE_SETTINGS = [s for s in OPTIONS["setting"] if "kind: moe" in (CONF / "setting" / f"{s}.yaml").read_text()]
 CONTAMINATED_SETTINGS = [s for s in OPTIONS["setting"] if s not in MOE_SETTINGS]
 
@@ -44,7 +48,7 @@ def test_every_setting_builds_its_model_and_truth(compose_cfg, setting):
 
 def test_settings_encode_the_paper(compose_cfg):
     """The paper's settings: eta*, nu* of each setting at n = 4096 (n^-1/8 = 1/sqrt(8))."""
-    n, shrink = 4096, 4096 ** -0.125
+    n, shrink = 4096, 4096**-0.125
     e1 = torch.eye(8, dtype=torch.float64)[0]
     expect = {
         "distinguishable": ("Laplace", -e1, 0.001),
@@ -58,7 +62,7 @@ def test_settings_encode_the_paper(compose_cfg):
         assert type(s.pretrained().density).__name__ == f0
         torch.testing.assert_close(s.truth(n)["prompts.0.expert.eta"], eta)
         assert float(s.truth(n)["prompts.0.nu"]) == pytest.approx(nu)
-        torch.testing.assert_close(s.truth(n)["gate.beta"][0], torch.full((8,), 8 ** -0.5, dtype=torch.float64))
+        torch.testing.assert_close(s.truth(n)["gate.beta"][0], torch.full((8,), 8**-0.5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("fit", OPTIONS["fit"])

@@ -1,4 +1,5 @@
 """Device and dtype selection; the CUDA path where a GPU exists."""
+
 import pytest
 import torch
 

@@ -38,6 +38,7 @@ built site, for docs/ pages: the results pages come from experiments/<study>/REA
 docs/hooks/studies.py), repository paths in backticks exist and are tracked, nothing points outside
 the repository, and no tracked file is git-ignored.
 """
+
 import contextlib
 import importlib.util
 import io
@@ -70,6 +71,7 @@ def rel(page: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- parsing
 
+
 def parse_info(info: str) -> dict:
     """`run tiny="sweep=tiny" file=x.py` -> {'run': True, 'tiny': 'sweep=tiny', 'file': 'x.py'}."""
     attrs = {}
@@ -82,8 +84,10 @@ def parse_info(info: str) -> dict:
 def blocks(page: Path) -> list:
     """[(lang, attrs, code, line)] for every fenced block of the page, in order."""
     text = page.read_text()
-    return [(m.group(1), parse_info(m.group(2)), m.group(3), text.count("\n", 0, m.start()) + 1)
-            for m in FENCE.finditer(text)]
+    return [
+        (m.group(1), parse_info(m.group(2)), m.group(3), text.count("\n", 0, m.start()) + 1)
+        for m in FENCE.finditer(text)
+    ]
 
 
 def kind(lang: str, attrs: dict) -> str:
@@ -106,10 +110,14 @@ def plan(page: Path) -> list:
     steps = []
     for lang, attrs, code, line in blocks(page):
         k = kind(lang, attrs)
-        assert k != "untested", f"{rel(page)}:{line}: ```{lang} block that is neither written, run nor marked ```console"
+        assert k != "untested", (
+            f"{rel(page)}:{line}: ```{lang} block that is neither written, run nor marked ```console"
+        )
         if k == "output":
-            assert steps and steps[-1][0] in ("python", "bash") and steps[-1][4] is None, \
-                f"{rel(page)}:{line}: a ```text block compares output: it must follow a run block (use ```console for illustration)"
+            assert steps and steps[-1][0] in ("python", "bash") and steps[-1][4] is None, (
+                f"{rel(page)}:{line}: a ```text block compares output: it must follow a run block "
+                "(use ```console for illustration)"
+            )
             steps[-1] = (*steps[-1][:4], (code, attrs, line))
         else:
             steps.append((k, attrs, code, line, None))
@@ -138,8 +146,8 @@ def _line_match(want: str, got: str, rtol: float, atol: float) -> bool:
 
 def output_matches(expected: str, printed: str, rtol: float = 1e-3, atol: float = 1e-9) -> bool:
     """Whether `printed` is what `expected` shows (see the module docstring); blank lines are ignored."""
-    want = [l.rstrip() for l in expected.splitlines() if l.strip()]
-    got = [l.rstrip() for l in printed.splitlines() if l.strip()]
+    want = [line.rstrip() for line in expected.splitlines() if line.strip()]
+    got = [line.rstrip() for line in printed.splitlines() if line.strip()]
 
     @lru_cache(maxsize=None)
     def match(i: int, j: int) -> bool:
@@ -153,8 +161,14 @@ def output_matches(expected: str, printed: str, rtol: float = 1e-3, atol: float 
 
 
 def test_output_comparison():
-    shown = "fit (em), n = 5000\nparameter  estimate\n...\ngate.tau  1.00118 [0.93, 1.07]\nstatus: converged after ... iterations\n"
-    printed = "fit (em), n = 5000\nparameter  estimate\nnu 0.001\neta -0.99\ngate.tau  1.001181 [0.930, 1.0700]\nstatus: converged after 22 iterations\n"
+    shown = (
+        "fit (em), n = 5000\nparameter  estimate\n...\ngate.tau  1.00118 [0.93, 1.07]\n"
+        "status: converged after ... iterations\n"
+    )
+    printed = (
+        "fit (em), n = 5000\nparameter  estimate\nnu 0.001\neta -0.99\ngate.tau  1.001181 [0.930, 1.0700]\n"
+        "status: converged after 22 iterations\n"
+    )
     assert output_matches(shown, printed)
     assert not output_matches(shown, printed.replace("1.001181", "1.01"))
     assert not output_matches(shown, printed.replace("em", "newton"))
@@ -162,6 +176,7 @@ def test_output_comparison():
 
 
 # -------------------------------------------------------------------------------------------- running
+
 
 @lru_cache(maxsize=None)
 def ci_script() -> str:
@@ -188,10 +203,12 @@ def check_pip_step(step: str, where: str):
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for word in shlex.split(step)[2:]:
         if word.startswith("torch=="):
-            assert f'"{word}"' in ci_script() or f" {word}" in ci_script(), f"{where}: {word} is not .ci/run's torch pin"
+            assert f'"{word}"' in ci_script() or f" {word}" in ci_script(), (
+                f"{where}: {word} is not .ci/run's torch pin"
+            )
         elif word.startswith("."):
             names = re.findall(r"\[(.*)\]", word)
-            for name in (names[0].split(",") if names else []):
+            for name in names[0].split(",") if names else []:
                 assert name in extras, f"{where}: pyproject.toml has no extra {name!r}"
 
 
@@ -221,7 +238,9 @@ def with_tiny(code: str, tiny: str) -> str:
 def _slurm() -> str | None:
     if not shutil.which("sbatch") or not shutil.which("sacct"):
         return "needs a SLURM cluster (no sbatch/sacct here)"
-    proc = subprocess.run(["bash", str(ROOT / "experiments" / "slurm" / "local_cluster.sh"), "status"], capture_output=True)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "experiments" / "slurm" / "local_cluster.sh"), "status"], capture_output=True
+    )
     return None if proc.returncode == 0 else "needs a SLURM cluster (none answers here)"
 
 
@@ -241,7 +260,9 @@ NEEDS = {"slurm": _slurm, "gpu": _gpu, "R": _r}
 
 def seed_folder(tmp: Path):
     """The repository's experiment scripts (not their results), so that `bash experiments/...` runs in tmp."""
-    tracked = subprocess.run(["git", "ls-files", "experiments"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "experiments"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
     for name in tracked:
         if name.endswith((".py", ".sh", ".R")) and (ROOT / name).is_file():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -260,10 +281,17 @@ def run_python(code: str, tmp: Path, name: str, namespace: dict) -> str:
 
 
 def run_bash(code: str, tmp: Path, where: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "MPLBACKEND": "Agg",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "0",
+        "MPLBACKEND": "Agg",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     proc = subprocess.run(["bash", "-e", "-c", code], cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{where} failed (exit {proc.returncode}):\n{code}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{where} failed (exit {proc.returncode}):\n{code}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc.stdout
 
 
@@ -314,7 +342,8 @@ def run_page(page: Path, tmp: Path) -> dict:
 
 @pytest.fixture
 def page_folder(tmp_path, monkeypatch):
-    """A fresh folder as working directory and on sys.path; one torch thread; modules imported from it forgotten after."""
+    """A fresh folder as working directory and on sys.path; one torch thread; modules imported from it
+    forgotten after."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -332,10 +361,14 @@ def page_folder(tmp_path, monkeypatch):
 @pytest.mark.parametrize("page", PAGES, ids=rel)
 def test_page_runs(page, page_folder):
     counts = run_page(page, page_folder)
-    print(f"{rel(page)}: {counts['blocks']} blocks, {counts['run']} run, {counts['compared']} outputs compared, "
-          f"{len(counts['skipped'])} skipped")
+    print(
+        f"{rel(page)}: {counts['blocks']} blocks, {counts['run']} run, {counts['compared']} outputs compared, "
+        f"{len(counts['skipped'])} skipped"
+    )
     if counts["skipped"]:
-        pytest.skip(f"{rel(page)}: the other {counts['run']} blocks ran and passed; skipped: " + "; ".join(counts["skipped"]))
+        pytest.skip(
+            f"{rel(page)}: the other {counts['run']} blocks ran and passed; skipped: " + "; ".join(counts["skipped"])
+        )
 
 
 # ------------------------------------------------------------------------------------ what pages point at
@@ -369,7 +402,9 @@ def study_files() -> dict:
 
 @lru_cache(maxsize=None)
 def tracked() -> tuple:
-    return tuple(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
+    return tuple(
+        subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)
@@ -377,10 +412,10 @@ def test_page_links(page):
     text = page.read_text()
     missing = []
     for target in linked_paths(text):
-        if page.parent == ROOT:                                   # the README: repository files
+        if page.parent == ROOT:  # the README: repository files
             assert "../" not in target, f"{rel(page)}: {target} points outside the repository"
             ok = (ROOT / target).exists()
-        else:                                                     # a docs page: the built site's files
+        else:  # a docs page: the built site's files
             resolved = os.path.normpath(page.parent.relative_to(DOCS) / target)
             assert not resolved.startswith(".."), f"{rel(page)}: {target} points outside docs/"
             ok = (DOCS / resolved).exists() or resolved in study_files()
@@ -388,9 +423,13 @@ def test_page_links(page):
             missing.append(target)
     assert not missing, f"{rel(page)}: links to missing files {missing}"
     paths = backticked_paths(text)
-    untracked = [p for p in paths if not any(t == p.rstrip("/") or t.startswith(p.rstrip("/") + "/") for t in tracked())]
+    untracked = [
+        p for p in paths if not any(t == p.rstrip("/") or t.startswith(p.rstrip("/") + "/") for t in tracked())
+    ]
     assert not untracked, f"{rel(page)}: repository paths that a clone lacks {untracked}"
-    assert not re.search(r"(?<![\w.])/(?:home|work|tmp|root|Users)/", text), f"{rel(page)}: an absolute path of one machine"
+    assert not re.search(r"(?<![\w.])/(?:home|work|tmp|root|Users)/", text), (
+        f"{rel(page)}: an absolute path of one machine"
+    )
     for line in _fences_removed(text).splitlines():
         if line.startswith("    ") and line.strip().startswith(COMMAND_WORDS) and not line.lstrip().startswith("- "):
             pytest.fail(f"{rel(page)}: a command in an indented block, which no test runs: {line.strip()!r}")
@@ -405,7 +444,9 @@ def test_readme_commands_are_ci_commands():
 
 
 def test_no_tracked_file_is_ignored():
-    proc = subprocess.run(["git", "ls-files", "-ci", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["git", "ls-files", "-ci", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert proc.stdout == ""
 
 
@@ -413,6 +454,11 @@ def test_site_builds_strict(tmp_path):
     """`mkdocs build --strict` passes (where the docs extra is installed)."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

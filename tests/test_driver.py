@@ -1,5 +1,6 @@
 """Properties of the fitting driver: monotone EM, frozen parts fixed, recovery, batched == single,
 and the convergence contract (every status, every method)."""
+
 import warnings
 
 import pytest
@@ -24,15 +25,25 @@ def problem(compose_cfg, name, n, R, seed=0, scale=0.1):
     return setting, model, X, Y, near_truth(model, setting.truth(n), R, scale, seed + 1)
 
 
-@pytest.mark.parametrize("mstep,accelerate", [("lbfgs", "anderson"), ("newton", "anderson"), ("lbfgs", "squarem"),
-                                              ("lbfgs", "none"), ("bfgs", "none"), ("torch_lbfgs", "none")])
+@pytest.mark.parametrize(
+    "mstep,accelerate",
+    [
+        ("lbfgs", "anderson"),
+        ("newton", "anderson"),
+        ("lbfgs", "squarem"),
+        ("lbfgs", "none"),
+        ("bfgs", "none"),
+        ("torch_lbfgs", "none"),
+    ],
+)
 @pytest.mark.parametrize("fused", [True, False])
 def test_em_never_lowers_the_likelihood(compose_cfg, mstep, accelerate, fused):
     _, model, X, Y, init = problem(compose_cfg, "nondistinguishable_eta", 300, 2, scale=0.3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # stopped early on purpose
-        res = fit_batch(model, X, Y, init, FitOptions(method="em", mstep=mstep, accelerate=accelerate, max_iter=9,
-                                                      fused=fused))
+        res = fit_batch(
+            model, X, Y, init, FitOptions(method="em", mstep=mstep, accelerate=accelerate, max_iter=9, fused=fused)
+        )
     assert res.fused == fused
     for trace in res.trace:
         steps = torch.diff(torch.tensor(trace))
@@ -61,19 +72,32 @@ def test_recovers_the_truth_in_the_distinguishable_setting(compose_cfg):
     assert abs(float(est["nu"] / truth["nu"]) - 1) < 0.05
 
 
-PAPER_STYLE_EM = {"warm_mstep": False, "mstep": "bfgs", "accelerate": "none", "rule": "params", "tol": 1e-6,
-                  "inner": {"max_iter": 200}}  # a fresh M-step solver each iteration, solved to convergence
+PAPER_STYLE_EM = {
+    "warm_mstep": False,
+    "mstep": "bfgs",
+    "accelerate": "none",
+    "rule": "params",
+    "tol": 1e-6,
+    "inner": {"max_iter": 200},
+}  # a fresh M-step solver each iteration, solved to convergence
 
 
 ANDERSON_PATH = 2  # iterations: see test_batched_fits_match_single_fits
 
 
-@pytest.mark.parametrize("method,name,extra", [("em", "distinguishable", {}), ("em_newton", "nondistinguishable_eta", {}),
-                                               ("em", "nondistinguishable_eta", {"accelerate": "squarem", "squarem_after": 0}),
-                                               ("em", "distinguishable", {"accelerate": "none"}),
-                                               ("direct", "nondistinguishable_eta", {}),
-                                               ("newton", "nondistinguishable_eta", {}), ("em_torch", "distinguishable", {}),
-                                               ("em", "distinguishable", PAPER_STYLE_EM)])
+@pytest.mark.parametrize(
+    "method,name,extra",
+    [
+        ("em", "distinguishable", {}),
+        ("em_newton", "nondistinguishable_eta", {}),
+        ("em", "nondistinguishable_eta", {"accelerate": "squarem", "squarem_after": 0}),
+        ("em", "distinguishable", {"accelerate": "none"}),
+        ("direct", "nondistinguishable_eta", {}),
+        ("newton", "nondistinguishable_eta", {}),
+        ("em_torch", "distinguishable", {}),
+        ("em", "distinguishable", PAPER_STYLE_EM),
+    ],
+)
 def test_batched_fits_match_single_fits(compose_cfg, method, name, extra):
     """Also with a fresh M-step solver per iteration (warm_mstep=False) once some replications stop.
     Equal up to float rounding (batched matmuls may sum in another order). Anderson's least-squares
@@ -87,8 +111,9 @@ def test_batched_fits_match_single_fits(compose_cfg, method, name, extra):
         single = fit_batch(model, X[r], Y[r], {k: v[r : r + 1] for k, v in init.items()}, opts)
         assert single.status[0] == batch.status[r]
         assert abs(int(single.n_iter[0]) - int(batch.n_iter[r])) <= (ANDERSON_PATH if anderson else 0)
-        assert float(single.mean_loglik[0]) == pytest.approx(float(batch.mean_loglik[r]), rel=0,
-                                                             abs=opts.tol if anderson else 1e-9 * abs(float(batch.mean_loglik[r])))
+        assert float(single.mean_loglik[0]) == pytest.approx(
+            float(batch.mean_loglik[r]), rel=0, abs=opts.tol if anderson else 1e-9 * abs(float(batch.mean_loglik[r]))
+        )
 
 
 @pytest.mark.parametrize("method", ["em", "newton"])
@@ -130,8 +155,10 @@ def test_a_failing_or_early_replication_does_not_change_the_others(compose_cfg):
 
 def test_every_method_reaches_the_same_optimum(compose_cfg):
     _, model, X, Y, init = problem(compose_cfg, "distinguishable", 5000, 2)
-    fits = {m: fit_batch(model, X, Y, init, FitOptions.for_method(m, tol=1e-12 if m.startswith("em") else 1e-13))
-            for m in ALL}
+    fits = {
+        m: fit_batch(model, X, Y, init, FitOptions.for_method(m, tol=1e-12 if m.startswith("em") else 1e-13))
+        for m in ALL
+    }
     fits["em_plain"] = fit_batch(model, X, Y, init, FitOptions.for_method("em", accelerate="none", tol=1e-12))
     fits["em_squarem"] = fit_batch(model, X, Y, init, FitOptions.for_method("em", accelerate="squarem", tol=1e-12))
     best = fits["newton"]
@@ -156,7 +183,9 @@ def test_converged_status_meets_the_contract(compose_cfg, method):
     opts = FitOptions.for_method(method)
     res = fit_batch(model, X, Y, init, opts)
     assert res.status == ["converged", "converged"]
-    for trace in res.trace:  # the last iteration changed the mean log-likelihood by less than tol (or the gradient was tiny)
+    for (
+        trace
+    ) in res.trace:  # the last iteration changed the mean log-likelihood by less than tol (or the gradient was tiny)
         assert abs(trace[-1] - trace[-2]) < opts.tol or method.startswith("em") is False
 
 

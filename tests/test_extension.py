@@ -1,5 +1,6 @@
 """Plug-ins from outside the package: user experts and densities, frozen pre-trained networks from
 a checkpoint or TorchScript, K prompts, and one-line errors for plug-in mistakes."""
+
 import csv
 import json
 import os
@@ -20,9 +21,9 @@ from softmoe_torch import Component, ContaminatedMoE, Gaussian, MLPExpert, Softm
 from softmoe_torch.estimation.convergence import ConvergenceWarning
 from softmoe_torch.estimation.driver import FitOptions, fit_batch
 from softmoe_torch.estimation.init import random_start
+from softmoe_torch.estimation.params import ParamSpace
 from softmoe_torch.metrics.parameters import param_errors
 from softmoe_torch.settings.setting import Setting
-from softmoe_torch.estimation.params import ParamSpace
 from softmoe_torch.study.simulate import simulate
 
 pytestmark = [
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MLP = ["setting.prompt.expert._target_=user_mlp.MLPExpert", "++setting.prompt.expert.hidden=2"]
 STUDENT_T = ["setting.prompt.density._target_=softmoe_torch.model.densities.StudentT", "++setting.prompt.density.df=5"]
 
-BAD_EXPERTS = '''
+BAD_EXPERTS = """
 import torch
 from torch import nn
 
@@ -72,8 +73,7 @@ class Branchy(Expert):  # a Python branch on a tensor value: fine alone, not und
     def forward(self, x):
         z = x @ self.w
         return z if z.sum().item() > 0 else -z
-'''
-
+"""
 
 
 @pytest.fixture
@@ -124,9 +124,22 @@ def test_external_expert_and_density_run_and_fit_as_subprocesses(tmp_path, user_
     path = os.pathsep.join(p for p in (str(user_dir), os.environ.get("PYTHONPATH")) if p)  # keep the tree under test
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "softmoe_torch.run", "sweep=tiny", "fit=direct", *MLP, *STUDENT_T, "progress=false",
-         "monitor.tensorboard=false", f"hydra.run.dir={work / 'run'}"],
-        cwd=work, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "softmoe_torch.run",
+            "sweep=tiny",
+            "fit=direct",
+            *MLP,
+            *STUDENT_T,
+            "progress=false",
+            "monitor.tensorboard=false",
+            f"hydra.run.dir={work / 'run'}",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     with open(work / "run" / "results.csv", newline="") as fh:
@@ -137,8 +150,21 @@ def test_external_expert_and_density_run_and_fit_as_subprocesses(tmp_path, user_
     setting = save_data(work / "d.npz", MLP + STUDENT_T, 800)
     out = work / "r.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "softmoe_torch.fit", "data=d.npz", "setting=distinguishable", "fit=direct", *MLP, *STUDENT_T, f"out={out}"],
-        cwd=work, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "softmoe_torch.fit",
+            "data=d.npz",
+            "setting=distinguishable",
+            "fit=direct",
+            *MLP,
+            *STUDENT_T,
+            f"out={out}",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
@@ -151,8 +177,7 @@ def test_external_expert_and_density_run_and_fit_as_subprocesses(tmp_path, user_
     assert abs(r["nu"] - float(truth["prompts.0.nu"])) < 5 * r["se"]["nu"]
 
 
-SCALED = ["setting.prompt.expert._target_=bad_experts.Scaled",
-          "++setting.truth.expert_checkpoint={tmp}/scaled.pt"]
+SCALED = ["setting.prompt.expert._target_=bad_experts.Scaled", "++setting.truth.expert_checkpoint={tmp}/scaled.pt"]
 
 
 def test_plugin_with_a_declared_positive_parameter_through_run_and_fit(tmp_path, user_dir):
@@ -169,16 +194,36 @@ def test_plugin_with_a_declared_positive_parameter_through_run_and_fit(tmp_path,
     space = ParamSpace(Setting(cfg(overrides).setting).model(), {"positive": [1e-3, 10.0]})
     assert space.intervals[space.names.index("prompts.0.expert.scale")] == (1e-3, 10.0)
     run = tmp_path / "run"
-    assert cli("softmoe_torch.run", "sweep=tiny", "fit=newton", *overrides, "progress=false",
-               "monitor.tensorboard=false", f"hydra.run.dir={run}") == 0
+    assert (
+        cli(
+            "softmoe_torch.run",
+            "sweep=tiny",
+            "fit=newton",
+            *overrides,
+            "progress=false",
+            "monitor.tensorboard=false",
+            f"hydra.run.dir={run}",
+        )
+        == 0
+    )
     with open(run / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and all(r["status"] == "converged" for r in rows)
     setting = save_data(tmp_path / "d.npz", overrides, 3000, seed=2)
     assert float(setting.truth(3000)["prompts.0.expert.scale"]) == pytest.approx(0.7)
     out = tmp_path / "r.json"
-    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "fit=newton", *overrides,
-               f"out={out}", f"hydra.run.dir={tmp_path}") == 0
+    assert (
+        cli(
+            "softmoe_torch.fit",
+            f"data={tmp_path / 'd.npz'}",
+            "setting=distinguishable",
+            "fit=newton",
+            *overrides,
+            f"out={out}",
+            f"hydra.run.dir={tmp_path}",
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert 0 < r["expert"]["scale"] and abs(r["expert"]["scale"] - 0.7) < 4 * r["se"]["expert"]["scale"]
 
@@ -187,7 +232,9 @@ def test_truth_of_a_general_expert_is_seeded_and_its_error_is_a_parameter_distan
     setting = Setting(cfg(MLP).setting)
     a, b = setting.truth(500), setting.truth(2000)
     expert = [k for k in a if k.startswith("prompts.0.expert.")]
-    assert sorted(expert) == [f"prompts.0.expert.{k}" for k in ("hidden.bias", "hidden.weight", "out.bias", "out.weight")]
+    assert sorted(expert) == [
+        f"prompts.0.expert.{k}" for k in ("hidden.bias", "hidden.weight", "out.bias", "out.weight")
+    ]
     for k in expert:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     est = {k: v.unsqueeze(0) + 0.01 for k, v in a.items()}
@@ -200,8 +247,18 @@ def test_student_t_prompt_fits_through_the_cli(tmp_path):
     setting = save_data(tmp_path / "d.npz", overrides, 2000, seed=4)
     assert type(setting.model().prompts[0].density).__name__ == "StudentT"
     out = tmp_path / "r.json"
-    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "fit=direct", *overrides, f"out={out}",
-               f"hydra.run.dir={tmp_path}") == 0
+    assert (
+        cli(
+            "softmoe_torch.fit",
+            f"data={tmp_path / 'd.npz'}",
+            "setting=distinguishable",
+            "fit=direct",
+            *overrides,
+            f"out={out}",
+            f"hydra.run.dir={tmp_path}",
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     truth = setting.truth(2000)
     assert r["converged"]
@@ -219,11 +276,18 @@ def task_a_net(tmp_path):
     return net
 
 
-@pytest.mark.parametrize("source", [
-    ["setting.pretrained.expert._target_=softmoe_torch.model.experts.MLPExpert", "++setting.pretrained.expert.hidden=5",
-     "++setting.pretrained.checkpoint={tmp}/net.pt"],
-    ["++setting.pretrained.torchscript={tmp}/net.ts"],
-], ids=["checkpoint", "torchscript"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        [
+            "setting.pretrained.expert._target_=softmoe_torch.model.experts.MLPExpert",
+            "++setting.pretrained.expert.hidden=5",
+            "++setting.pretrained.checkpoint={tmp}/net.pt",
+        ],
+        ["++setting.pretrained.torchscript={tmp}/net.ts"],
+    ],
+    ids=["checkpoint", "torchscript"],
+)
 def test_frozen_network_as_pretrained_mean(tmp_path, task_a_net, source):
     overrides = [s.format(tmp=tmp_path) for s in source]
     setting = Setting(cfg(overrides).setting)
@@ -241,8 +305,18 @@ def test_frozen_network_as_pretrained_mean(tmp_path, task_a_net, source):
     for k, v in model.pretrained.state_dict().items():
         assert torch.equal(v, before[k])
     np.savez(tmp_path / "d.npz", X=X[0].numpy(), y=Y[0].numpy())
-    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "fit=direct", *overrides, f"out={tmp_path / 'r.json'}",
-               f"hydra.run.dir={tmp_path}") == 0
+    assert (
+        cli(
+            "softmoe_torch.fit",
+            f"data={tmp_path / 'd.npz'}",
+            "setting=distinguishable",
+            "fit=direct",
+            *overrides,
+            f"out={tmp_path / 'r.json'}",
+            f"hydra.run.dir={tmp_path}",
+        )
+        == 0
+    )
 
 
 def test_one_prompt_is_the_papers_sigmoid_model():
@@ -272,26 +346,53 @@ def test_two_prompts_em_never_lowers_the_likelihood(tmp_path):
         assert len(trace) > 3 and bool((torch.diff(torch.tensor(trace)) >= -1e-10).all())
     np.savez(tmp_path / "d.npz", X=X[0].numpy(), y=Y[0].numpy())
     out = tmp_path / "r.json"
-    assert cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "++setting.n_prompts=2", "init=random", "init.n_init=1",
-               "fit=direct", "fit.max_iter=20", f"out={out}", f"hydra.run.dir={tmp_path}") == 0
+    assert (
+        cli(
+            "softmoe_torch.fit",
+            f"data={tmp_path / 'd.npz'}",
+            "setting=distinguishable",
+            "++setting.n_prompts=2",
+            "init=random",
+            "init.n_init=1",
+            "fit=direct",
+            "fit.max_iter=20",
+            f"out={out}",
+            f"hydra.run.dir={tmp_path}",
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
-    assert np.array(r["beta"]).shape == (2, 8) and np.array(r["eta"]).shape == (2, 8) and len(r["nu"]) == len(r["tau"]) == 2
+    assert (
+        np.array(r["beta"]).shape == (2, 8)
+        and np.array(r["eta"]).shape == (2, 8)
+        and len(r["nu"]) == len(r["tau"]) == 2
+    )
 
 
 FIT_ERRORS = {
     "class not found": (["setting.prompt.expert._target_=no_such_module.Expert"], "No module named 'no_such_module'"),
-    "attribute not found": (["setting.prompt.expert._target_=softmoe_torch.model.experts.NoSuchExpert"],
-                            "Are you sure that 'NoSuchExpert' is importable"),
-    "wrong shape": (["setting.prompt.expert._target_=bad_experts.Column"],
-                    "prompt expert 0 Column must map x of shape (16, 8) to means of shape (16,), got (16, 1)"),
+    "attribute not found": (
+        ["setting.prompt.expert._target_=softmoe_torch.model.experts.NoSuchExpert"],
+        "Are you sure that 'NoSuchExpert' is importable",
+    ),
+    "wrong shape": (
+        ["setting.prompt.expert._target_=bad_experts.Column"],
+        "prompt expert 0 Column must map x of shape (16, 8) to means of shape (16,), got (16, 1)",
+    ),
     "non-finite": (["setting.prompt.expert._target_=bad_experts.LogMean"], "LogMean returned non-finite means"),
     "not vmap-able": (["setting.prompt.expert._target_=bad_experts.Branchy"], "Branchy does not run under torch.vmap"),
-    "pre-trained without values": (["~setting.pretrained.params"],
-                                   "the pre-trained expert TanhExpert has parameters (eta) but no known values"),
-    "checkpoint does not fit": (["++setting.pretrained.checkpoint={tmp}/wrong.pt"],
-                                "cannot load the pre-trained expert checkpoint"),
-    "torchscript missing": (["++setting.pretrained.torchscript={tmp}/none.ts"],
-                            "cannot load the pre-trained expert TorchScript"),
+    "pre-trained without values": (
+        ["~setting.pretrained.params"],
+        "the pre-trained expert TanhExpert has parameters (eta) but no known values",
+    ),
+    "checkpoint does not fit": (
+        ["++setting.pretrained.checkpoint={tmp}/wrong.pt"],
+        "cannot load the pre-trained expert checkpoint",
+    ),
+    "torchscript missing": (
+        ["++setting.pretrained.torchscript={tmp}/none.ts"],
+        "cannot load the pre-trained expert TorchScript",
+    ),
     "student-t df": ([STUDENT_T[0], "++setting.prompt.density.df=2"], "StudentT needs df > 2"),
     "no truth for K=2": (["++setting.n_prompts=2", "init=near_truth"], "use init=random"),
     "init_eta for an MLP": (MLP, "init_eta sets prompts.0.expert.eta, which this model does not have"),
@@ -302,20 +403,36 @@ FIT_ERRORS = {
 def test_plugin_mistakes_are_one_line_errors_in_fit(tmp_path, user_dir, capsys, case):
     overrides, message = FIT_ERRORS[case]
     torch.save({"eta": torch.ones(3)}, tmp_path / "wrong.pt")
-    np.savez(tmp_path / "d.npz", X=np.random.default_rng(0).standard_normal((40, 8)), y=np.zeros(40), init_eta=np.ones(8))
-    code = cli("softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", *[o.format(tmp=tmp_path) for o in overrides],
-               f"hydra.run.dir={tmp_path}")
+    np.savez(
+        tmp_path / "d.npz", X=np.random.default_rng(0).standard_normal((40, 8)), y=np.zeros(40), init_eta=np.ones(8)
+    )
+    code = cli(
+        "softmoe_torch.fit",
+        f"data={tmp_path / 'd.npz'}",
+        "setting=distinguishable",
+        *[o.format(tmp=tmp_path) for o in overrides],
+        f"hydra.run.dir={tmp_path}",
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["setting.prompt.expert._target_=no_such_module.Expert"], "No module named 'no_such_module'"),
-    (["setting.prompt.expert._target_=bad_experts.Column"], "must map x of shape (16, 8) to means of shape (16,)"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["setting.prompt.expert._target_=no_such_module.Expert"], "No module named 'no_such_module'"),
+        (["setting.prompt.expert._target_=bad_experts.Column"], "must map x of shape (16, 8) to means of shape (16,)"),
+    ],
+)
 def test_plugin_mistakes_are_one_line_errors_in_run(tmp_path, user_dir, capsys, overrides, message):
-    code = cli("softmoe_torch.run", "sweep=tiny", *overrides, "progress=false", "monitor.tensorboard=false",
-               f"hydra.run.dir={tmp_path}")
+    code = cli(
+        "softmoe_torch.run",
+        "sweep=tiny",
+        *overrides,
+        "progress=false",
+        "monitor.tensorboard=false",
+        f"hydra.run.dir={tmp_path}",
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
 
@@ -331,8 +448,12 @@ def test_hand_built_mixture_rejects_a_trainable_pretrained_component():
 def test_frozen_network_demo_runs_in_under_a_minute(tmp_path):
     start = time.perf_counter()
     demo = ROOT / "experiments" / "examples" / "frozen_network_demo.py"
-    proc = subprocess.run([sys.executable, str(demo), "--plot", str(tmp_path / "d.png")],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(demo), "--plot", str(tmp_path / "d.png")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert time.perf_counter() - start < 60 and (tmp_path / "d.png").is_file()
     rows = [line.split()[3:] for line in proc.stdout.splitlines() if line.startswith("against the truth:")]

@@ -1,10 +1,11 @@
 """The fit command on user files, and its one-line errors."""
+
 import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from softmoe_torch.settings.setting import Setting
 from softmoe_torch.study.simulate import simulate
 
@@ -20,8 +21,15 @@ def test_fit_npz_with_init_arrays(tmp_path, data):
     X, y, s = data
     truth = s.truth(len(y))
     path = tmp_path / "d.npz"
-    np.savez(path, X=X, y=y, init_beta=truth["gate.beta"][0].numpy() + 0.05, init_tau=np.array(0.9),
-             init_eta=truth["prompts.0.expert.eta"].numpy(), init_nu=np.array(0.0012))
+    np.savez(
+        path,
+        X=X,
+        y=y,
+        init_beta=truth["gate.beta"][0].numpy() + 0.05,
+        init_tau=np.array(0.9),
+        init_eta=truth["prompts.0.expert.eta"].numpy(),
+        init_nu=np.array(0.0012),
+    )
     out = tmp_path / "r.json"
     proc = run_cli("softmoe_torch.fit", f"data={path}", "setting=distinguishable", f"out={out}")
     assert proc.returncode == 0, proc.stderr
@@ -41,8 +49,14 @@ def test_fit_csv_matches_npz(tmp_path, data):
     results = []
     for name in ("d.npz", "d.csv"):
         out = tmp_path / f"{name}.json"
-        proc = run_cli("softmoe_torch.fit", f"data={tmp_path / name}", "setting=distinguishable", "fit=direct",
-                       "init.n_init=1", f"out={out}")
+        proc = run_cli(
+            "softmoe_torch.fit",
+            f"data={tmp_path / name}",
+            "setting=distinguishable",
+            "fit=direct",
+            "init.n_init=1",
+            f"out={out}",
+        )
         assert proc.returncode == 0, proc.stderr
         results.append(json.loads(out.read_text()))
     assert results[0]["mean_loglik"] == pytest.approx(results[1]["mean_loglik"], rel=1e-12)
@@ -64,11 +78,16 @@ def bad_files(tmp_path, X, y):
         "wrong shapes": (npz("shape.npz", X=X, y=y[:-1]), "expected X of shape (n, d)"),
         "empty": (tmp_path / "empty.csv", "the data set is empty"),
         "bad header": (tmp_path / "header.csv", "expected a header x1,...,xd,y"),
-        "bad init": (npz("init.npz", X=X, y=y, init_eta=np.ones(3)), "init value for prompts.0.expert.eta has 3 entries"),
+        "bad init": (
+            npz("init.npz", X=X, y=y, init_eta=np.ones(3)),
+            "init value for prompts.0.expert.eta has 3 entries",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "missing arrays", "nan", "wrong shapes", "empty", "bad header", "bad init"])
+@pytest.mark.parametrize(
+    "case", ["missing file", "missing arrays", "nan", "wrong shapes", "empty", "bad header", "bad init"]
+)
 def test_bad_input_is_one_clear_line(tmp_path, data, case):
     X, y, _ = data
     path, message = bad_files(tmp_path, X[:50], y[:50])[case]

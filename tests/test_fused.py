@@ -1,17 +1,37 @@
 """The fused fast paths agree with the generic autograd path (value, gradient, Hessian) for every
 built-in density and index expert, under both gates: the paper's one-prompt path, and the path for
 K >= 2 components with any subset trainable; plug-ins fall back to autograd."""
+
 import itertools
 
 import pytest
 import torch
 from torch import nn
 
-from softmoe_torch import (AffineExpert, Component, ConstantGate, ContaminatedMoE, GELUExpert, Gaussian, Laplace,
-                           LinearExpert, MixtureOfExperts, MLPExpert, SigmoidExpert, SoftmaxGate, StudentT, TanhExpert)
+from softmoe_torch import (
+    AffineExpert,
+    Component,
+    ConstantGate,
+    ContaminatedMoE,
+    Gaussian,
+    GELUExpert,
+    Laplace,
+    LinearExpert,
+    MixtureOfExperts,
+    MLPExpert,
+    SigmoidExpert,
+    SoftmaxGate,
+    StudentT,
+    TanhExpert,
+)
 from softmoe_torch.estimation.fused_mixture import MixtureFusedObjective, mixture_fused_supported
-from softmoe_torch.estimation.objective import (FusedObjective, GenericObjective, fused_supported, make_objective,
-                                                paper_fused_supported)
+from softmoe_torch.estimation.objective import (
+    FusedObjective,
+    GenericObjective,
+    fused_supported,
+    make_objective,
+    paper_fused_supported,
+)
 from softmoe_torch.estimation.params import ParamSpace, batched_log_joint, stack_params
 
 D, R, N = 4, 2, 300
@@ -22,7 +42,11 @@ EXPERTS = {"tanh": TanhExpert, "sigmoid": SigmoidExpert, "gelu": GELUExpert, "li
 def model_of(density, expert, gate, seed=0):
     gen = torch.Generator().manual_seed(seed)
     pre = Component(TanhExpert(D, eta=torch.eye(D)[0]), Laplace(), nu=0.01, frozen=True)
-    g = SoftmaxGate(D, beta=0.3 * torch.randn(D, generator=gen), tau=0.3) if gate == "softmax" else ConstantGate(tau=0.3)
+    g = (
+        SoftmaxGate(D, beta=0.3 * torch.randn(D, generator=gen), tau=0.3)
+        if gate == "softmax"
+        else ConstantGate(tau=0.3)
+    )
     prompt = Component(expert(D, eta=0.5 * torch.randn(D, generator=gen)), density(), nu=0.05)
     return ContaminatedMoE(pre, prompt, g).double()
 
@@ -112,15 +136,25 @@ def mixture_of(layout, density, expert, gate, seed=0):
     rand = lambda *shape: 0.5 * torch.randn(*shape, generator=gen)  # noqa: E731
     make = lambda e, dens, nu, **kw: Component(e(D, eta=rand(D)), dens(), nu=nu, **kw)  # noqa: E731
     if layout == "prompts":
-        comps = [Component(TanhExpert(D, eta=torch.eye(D)[0]), Laplace(), nu=0.02, frozen=True),
-                 make(expert, density, 0.05), make(expert, density, 0.1)]
+        comps = [
+            Component(TanhExpert(D, eta=torch.eye(D)[0]), Laplace(), nu=0.02, frozen=True),
+            make(expert, density, 0.05),
+            make(expert, density, 0.1),
+        ]
     elif layout == "moe":
         comps = [make(expert, density, 0.05), make(expert, density, 0.1)]
     else:
-        comps = [make(expert, density, 0.05), Component(TanhExpert(D, eta=rand(D)), Laplace(), nu=0.3, frozen=True),
-                 make(expert, density, 0.1)]
+        comps = [
+            make(expert, density, 0.05),
+            Component(TanhExpert(D, eta=rand(D)), Laplace(), nu=0.3, frozen=True),
+            make(expert, density, 0.1),
+        ]
     K = len(comps)
-    g = SoftmaxGate(D, K - 1, beta=0.3 * rand(K - 1, D), tau=rand(K - 1)) if gate == "softmax" else ConstantGate(K - 1, tau=rand(K - 1))
+    g = (
+        SoftmaxGate(D, K - 1, beta=0.3 * rand(K - 1, D), tau=rand(K - 1))
+        if gate == "softmax"
+        else ConstantGate(K - 1, tau=rand(K - 1))
+    )
     cls = ContaminatedMoE if layout == "prompts" else MixtureOfExperts
     return (cls(comps[0], comps[1:], g) if layout == "prompts" else cls(comps, g)).double()
 
@@ -129,11 +163,15 @@ MIXTURE_EXPERTS = {**EXPERTS, "affine": AffineExpert}
 
 
 @pytest.mark.parametrize("layout", ["prompts", "moe", "moe_frozen_middle"])
-@pytest.mark.parametrize("density,expert,gate", [
-    *[(dens, "affine", "softmax") for dens in DENSITIES],
-    *[("gaussian", e, "softmax") for e in ("tanh", "sigmoid", "gelu", "linear")],
-    ("laplace", "tanh", "constant"), ("student_t", "affine", "constant"),
-])
+@pytest.mark.parametrize(
+    "density,expert,gate",
+    [
+        *[(dens, "affine", "softmax") for dens in DENSITIES],
+        *[("gaussian", e, "softmax") for e in ("tanh", "sigmoid", "gelu", "linear")],
+        ("laplace", "tanh", "constant"),
+        ("student_t", "affine", "constant"),
+    ],
+)
 def test_mixture_fused_path_matches_autograd(layout, density, expert, gate):
     """K >= 2 components, any subset trainable: value, gradient, responsibilities and Hessian of
     the log-likelihood and of the EM's Q function equal autograd's to 1e-10."""
@@ -177,12 +215,14 @@ def test_mixture_evaluation_in_blocks_of_samples_equals_one_pass():
 def test_mixtures_with_plugins_take_the_generic_path():
     """A trainable component with a plug-in expert, or a frozen expert under a trainable variance,
     is evaluated by autograd; a frozen plug-in component does not stop the fused path."""
-    plugin = MixtureOfExperts([Component(AffineExpert(D), Gaussian()), Component(MLPExpert(D, 3), Gaussian())],
-                              SoftmaxGate(D)).double()
+    plugin = MixtureOfExperts(
+        [Component(AffineExpert(D), Gaussian()), Component(MLPExpert(D, 3), Gaussian())], SoftmaxGate(D)
+    ).double()
     half = Component(AffineExpert(D), Gaussian())
     half.expert.requires_grad_(False)
     frozen_expert = MixtureOfExperts([Component(AffineExpert(D), Gaussian()), half], SoftmaxGate(D)).double()
-    frozen_plugin = MixtureOfExperts([Component(MLPExpert(D, 3), Gaussian(), frozen=True), Component(AffineExpert(D), Gaussian())],
-                                     SoftmaxGate(D)).double()
+    frozen_plugin = MixtureOfExperts(
+        [Component(MLPExpert(D, 3), Gaussian(), frozen=True), Component(AffineExpert(D), Gaussian())], SoftmaxGate(D)
+    ).double()
     assert not fused_supported(plugin) and not fused_supported(frozen_expert)
     assert mixture_fused_supported(frozen_plugin)

@@ -1,5 +1,6 @@
 """Inference at the MLE: loading estimates, the observed information, standard errors, Wald
 interval coverage over replications, AIC and BIC."""
+
 import json
 import math
 import runpy
@@ -118,8 +119,17 @@ def test_fit_json_reports_the_same_inference(setting, tmp_path):
     X, Y = simulate(setting, 800, [0], seed=9)
     np.savez(tmp_path / "d.npz", X=X[0].numpy(), y=Y[0].numpy())
     out = tmp_path / "r.json"
-    argv, sys.argv = sys.argv, ["softmoe_torch.fit", f"data={tmp_path / 'd.npz'}", "setting=distinguishable", "fit=direct", f"out={out}",
-                                f"hydra.run.dir={tmp_path}"]
+    argv, sys.argv = (
+        sys.argv,
+        [
+            "softmoe_torch.fit",
+            f"data={tmp_path / 'd.npz'}",
+            "setting=distinguishable",
+            "fit=direct",
+            f"out={out}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -127,8 +137,12 @@ def test_fit_json_reports_the_same_inference(setting, tmp_path):
     finally:
         sys.argv = argv
     r = json.loads(out.read_text())
-    params = {"gate.beta": torch.tensor([[r["beta"]]]), "gate.tau": torch.tensor([[r["tau"]]]),
-              "prompts.0.expert.eta": torch.tensor([r["eta"]]), "prompts.0.nu": torch.tensor([r["nu"]])}
+    params = {
+        "gate.beta": torch.tensor([[r["beta"]]]),
+        "gate.tau": torch.tensor([[r["tau"]]]),
+        "prompts.0.expert.eta": torch.tensor([r["eta"]]),
+        "prompts.0.nu": torch.tensor([r["nu"]]),
+    }
     model = load_params(setting.model(), params)
     cov = torch.linalg.inv(observed_information(model, X[0], Y[0]))
     se = cov.diagonal().sqrt()

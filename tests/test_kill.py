@@ -1,6 +1,7 @@
 """SIGKILL a real run at random moments: results.csv is always complete and well formed, keeps
 every row it held before the kill (so a kill loses at most the batch in flight), and a resume
 finishes the sweep."""
+
 import itertools
 import random
 import signal
@@ -9,14 +10,21 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
+
 from softmoe_torch.settings.setting import Setting
 from softmoe_torch.study.store import Results, columns
 
 REPS, SIZES = 2, 40
-ARGS = ["fit=direct", "progress=false", "monitor.tensorboard=false", f"sweep.reps={REPS}",
-        "sweep.n_min=200", "sweep.n_max=4000", f"sweep.num_sizes={SIZES}"]
+ARGS = [
+    "fit=direct",
+    "progress=false",
+    "monitor.tensorboard=false",
+    f"sweep.reps={REPS}",
+    "sweep.n_min=200",
+    "sweep.n_max=4000",
+    f"sweep.num_sizes={SIZES}",
+]
 
 
 def keys(path) -> set:
@@ -38,8 +46,12 @@ def kill_at_random(tmp_path, kills: int, seed: int):
     rng, dirs = random.Random(seed), itertools.count()
     out, done = tmp_path / f"run{next(dirs)}", 0
     while done < kills:
-        proc = subprocess.Popen([sys.executable, "-m", "softmoe_torch.run", *ARGS, f"hydra.run.dir={out}"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "softmoe_torch.run", *ARGS, f"hydra.run.dir={out}"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(1.5, 6.0))
         before = keys(out / "results.csv")
         proc.send_signal(signal.SIGKILL)
@@ -48,8 +60,13 @@ def kill_at_random(tmp_path, kills: int, seed: int):
             continue
         done += 1
         assert before <= keys(out / "results.csv")
-    final = subprocess.run([sys.executable, "-m", "softmoe_torch.run", *ARGS, f"hydra.run.dir={out}"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    final = subprocess.run(
+        [sys.executable, "-m", "softmoe_torch.run", *ARGS, f"hydra.run.dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert final.returncode == 0, final.stderr
     assert len(keys(out / "results.csv")) == REPS * SIZES
 

@@ -1,5 +1,6 @@
 """The bootstrap likelihood-ratio tests: the p-value formula and its counting rules, batched
 refits equal single refits, failure accounting, degenerate fits flagged, bad inputs, the CLI."""
+
 import json
 import math
 import warnings
@@ -7,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from softmoe_torch import Component, ContaminatedMoE, Estimator, Gaussian, Laplace, SoftmaxGate, TanhExpert
 from softmoe_torch.estimation.degeneracy import degeneracy, trainable_sizes
 from softmoe_torch.lrt import BootstrapTest, contamination_test, prompts_test, with_variance_floor
@@ -19,8 +20,11 @@ D = 3
 def model(n_prompts: int = 1, tau: float = 1.0) -> ContaminatedMoE:
     e1 = torch.eye(D, dtype=torch.float64)[0]
     prompts = [Component(TanhExpert(D, eta=-e1), Gaussian(), nu=0.01) for _ in range(n_prompts)]
-    return ContaminatedMoE(Component(TanhExpert(D, eta=e1), Laplace(), nu=0.01, frozen=True), prompts,
-                           SoftmaxGate(D, n_prompts=n_prompts, tau=[tau] * n_prompts)).double()
+    return ContaminatedMoE(
+        Component(TanhExpert(D, eta=e1), Laplace(), nu=0.01, frozen=True),
+        prompts,
+        SoftmaxGate(D, n_prompts=n_prompts, tau=[tau] * n_prompts),
+    ).double()
 
 
 def data(n: int, contaminated: bool, seed: int = 0):
@@ -38,8 +42,17 @@ def made(raw_statistic, raw_boot, status=None, rule="conservative", iterations=N
         n, status, degenerate = 10, ["converged"], [[]]
 
     status = status or ["converged"] * len(raw_boot)
-    return BootstrapTest("contamination", raw_statistic, raw_boot, status, [False] * len(raw_boot), Observed(), rule, 0.0,
-                         iterations=iterations)
+    return BootstrapTest(
+        "contamination",
+        raw_statistic,
+        raw_boot,
+        status,
+        [False] * len(raw_boot),
+        Observed(),
+        rule,
+        0.0,
+        iterations=iterations,
+    )
 
 
 def test_pvalue_is_one_plus_the_count_at_or_above_over_b_plus_one():
@@ -176,13 +189,20 @@ def test_a_spike_is_flagged_and_a_healthy_fit_is_not():
 BAD = {
     "B too small for 0.05": (lambda e, X, y: contamination_test(e, X, y, B=10), "B must be an integer of at least 19"),
     "B not an integer": (lambda e, X, y: contamination_test(e, X, y, B=99.0), "B must be an integer"),
-    "an unknown rule": (lambda e, X, y: contamination_test(e, X, y, B=19, unconverged="drop"),
-                        "unconverged must be one of conservative, as_fitted"),
-    "a cap of no iterations": (lambda e, X, y: contamination_test(e, X, y, B=19, iterations=0), "iterations must be a positive integer"),
+    "an unknown rule": (
+        lambda e, X, y: contamination_test(e, X, y, B=19, unconverged="drop"),
+        "unconverged must be one of conservative, as_fitted",
+    ),
+    "a cap of no iterations": (
+        lambda e, X, y: contamination_test(e, X, y, B=19, iterations=0),
+        "iterations must be a positive integer",
+    ),
     "alternative not larger": (lambda e, X, y: prompts_test(e, e, X, y, B=19), "must have more prompts than the null"),
     "floor ratio of 1 or more": (lambda e, X, y: with_variance_floor(e, 1.5), "a number in (0, 1)"),
-    "floor without an upper bound": (lambda e, X, y: with_variance_floor(Estimator(model(), "newton", bounds={"positive": None}), 0.1),
-                                     "give fit.bounds.positive [lo, hi], or no floor"),
+    "floor without an upper bound": (
+        lambda e, X, y: with_variance_floor(Estimator(model(), "newton", bounds={"positive": None}), 0.1),
+        "give fit.bounds.positive [lo, hi], or no floor",
+    ),
 }
 
 
@@ -203,8 +223,13 @@ def _csv(path, n, contaminated, seed=0):
     if contaminated:
         w = 1 / (1 + np.exp(-(X.sum(1) / math.sqrt(8) + 1.0)))
         y = np.where(g.random(n) < w, np.tanh(-X[:, 0]) + g.normal(0, math.sqrt(0.001), n), y)
-    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header=",".join([f"x{i}" for i in range(1, 9)] + ["y"]),
-               comments="")
+    np.savetxt(
+        path,
+        np.column_stack([X, y]),
+        delimiter=",",
+        header=",".join([f"x{i}" for i in range(1, 9)] + ["y"]),
+        comments="",
+    )
     return path
 
 
@@ -214,8 +239,14 @@ FAST = ["test.B=19", "init.n_init=1", "fit.max_iter=60", "progress=false"]
 def test_cli_writes_the_result_and_the_histogram(tmp_path):
     data_file = _csv(tmp_path / "d.csv", 300, contaminated=True)
     out = tmp_path / "res" / "t.json"
-    proc = run_cli("softmoe_torch.bootstrap_test", f"data={data_file}", "setting=distinguishable", *FAST,
-                   "test.unconverged=as_fitted", f"out={out}")
+    proc = run_cli(
+        "softmoe_torch.bootstrap_test",
+        f"data={data_file}",
+        "setting=distinguishable",
+        *FAST,
+        "test.unconverged=as_fitted",
+        f"out={out}",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert {"statistic", "pvalue", "B", "n_failed", "seconds"} <= set(result)
@@ -227,22 +258,38 @@ def test_cli_writes_the_result_and_the_histogram(tmp_path):
 def test_cli_prompts_test(tmp_path):
     data_file = _csv(tmp_path / "d.csv", 200, contaminated=True)
     out = tmp_path / "p.json"
-    proc = run_cli("softmoe_torch.bootstrap_test", f"data={data_file}", "setting=distinguishable", "test=prompts", *FAST, f"out={out}")
+    proc = run_cli(
+        "softmoe_torch.bootstrap_test",
+        f"data={data_file}",
+        "setting=distinguishable",
+        "test=prompts",
+        *FAST,
+        f"out={out}",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["test"] == "prompts 1 vs 2"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["test.B=10"], "B must be an integer of at least 19"),
-    (["test=prompts", "test.extra=0"], "test.extra must be at least 1"),
-    (["test.unconverged=drop"], "unconverged must be one of"),
-    (["test.variance_floor=2"], "variance floor ratio must be a number in (0, 1)"),
-    (["init=near_truth"], "use init=random"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["test.B=10"], "B must be an integer of at least 19"),
+        (["test=prompts", "test.extra=0"], "test.extra must be at least 1"),
+        (["test.unconverged=drop"], "unconverged must be one of"),
+        (["test.variance_floor=2"], "variance floor ratio must be a number in (0, 1)"),
+        (["init=near_truth"], "use init=random"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     data_file = _csv(tmp_path / "d.csv", 60, contaminated=False)
-    proc = run_cli("softmoe_torch.bootstrap_test", f"data={data_file}", "setting=distinguishable", "progress=false", *args,
-                   f"out={tmp_path / 'x.json'}")
+    proc = run_cli(
+        "softmoe_torch.bootstrap_test",
+        f"data={data_file}",
+        "setting=distinguishable",
+        "progress=false",
+        *args,
+        f"out={tmp_path / 'x.json'}",
+    )
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x.json").exists()
 
@@ -253,7 +300,13 @@ def test_clone_changes_only_what_it_is_given():
 
     est = Estimator(model(), "newton", n_init=3, seed=7, tol=1e-10)
     capped = est.clone(max_iter=10)
-    assert (capped.method, capped.n_init, capped.seed, capped.options.tol, capped.options.max_iter) == ("newton", 3, 7, 1e-10, 10)
+    assert (capped.method, capped.n_init, capped.seed, capped.options.tol, capped.options.max_iter) == (
+        "newton",
+        3,
+        7,
+        1e-10,
+        10,
+    )
     assert est.options.max_iter == 2000  # the original is untouched
     em = est.clone(method="em", n_init=1)
     assert em.options.method == "em" and em.options.tol == 1e-8 and em.n_init == 1 and em.seed == 7

@@ -1,5 +1,6 @@
 """The metrics unit: hand-computed cases of its statistics, and the old import paths of the moved
 modules (kept for one release) giving the same objects with a DeprecationWarning."""
+
 import importlib
 import sys
 
@@ -18,7 +19,7 @@ def test_wilson_interval_of_five_in_ten_by_hand():
 
 def test_window_slope_takes_the_sizes_in_its_window_only():
     sizes = np.array([1000, 2000, 4000, 8000, 16000])
-    errors = np.outer(sizes ** -0.5, np.ones(4))  # an exact power law inside the window ...
+    errors = np.outer(sizes**-0.5, np.ones(4))  # an exact power law inside the window ...
     errors[0] = 1.0  # ... and an outlier outside it
     out = rates.window_slope(sizes, errors, lo=2000)
     assert out["slope"] == pytest.approx(-0.5) and out["sizes"] == 4
@@ -27,11 +28,14 @@ def test_window_slope_takes_the_sizes_in_its_window_only():
     assert rates.window_slope(sizes, np.full((5, 4), np.nan)) is None
 
 
-@pytest.mark.parametrize("old, new", [
-    ("softmoe_torch.settings.voronoi", "softmoe_torch.metrics.voronoi"),
-    ("softmoe_torch.study.metrics", "softmoe_torch.metrics.rates"),
-    ("softmoe_torch.study.distance", "softmoe_torch.metrics.hellinger"),
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("softmoe_torch.settings.voronoi", "softmoe_torch.metrics.voronoi"),
+        ("softmoe_torch.study.metrics", "softmoe_torch.metrics.rates"),
+        ("softmoe_torch.study.distance", "softmoe_torch.metrics.hellinger"),
+    ],
+)
 def test_old_module_paths_warn_and_give_the_same_functions(old, new):
     sys.modules.pop(old, None)
     with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
@@ -49,4 +53,6 @@ def test_old_names_of_the_sweep_and_the_paper_errors_still_import():
 
     assert paper.param_errors is param_errors
     assert sweep.config_number is config_number and sweep.fit_options is config_checks.fit_options
-    assert sweep.columns is store.columns and sweep.Results is store.Results and sweep.validate is config_checks.validate
+    assert (
+        sweep.columns is store.columns and sweep.Results is store.Results and sweep.validate is config_checks.validate
+    )

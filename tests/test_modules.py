@@ -1,8 +1,20 @@
 import pytest
 import torch
 
-from softmoe_torch import (Component, ConstantGate, ContaminatedMoE, GELUExpert, Gaussian, Laplace, LinearExpert,
-                           MLPExpert, ReLUExpert, SigmoidExpert, SoftmaxGate, TanhExpert)
+from softmoe_torch import (
+    Component,
+    ConstantGate,
+    ContaminatedMoE,
+    Gaussian,
+    GELUExpert,
+    Laplace,
+    LinearExpert,
+    MLPExpert,
+    ReLUExpert,
+    SigmoidExpert,
+    SoftmaxGate,
+    TanhExpert,
+)
 from softmoe_torch.estimation.params import ParamSpace, batched_log_joint, stack_params
 
 torch.set_default_dtype(torch.float64)
@@ -21,9 +33,16 @@ def paper_model(d=3):
     return ContaminatedMoE(pre, prompt, gate)
 
 
-@pytest.mark.parametrize("expert,act", [(TanhExpert, torch.tanh), (SigmoidExpert, torch.sigmoid),
-                                        (GELUExpert, torch.nn.functional.gelu), (ReLUExpert, torch.relu),
-                                        (LinearExpert, lambda z: z)])
+@pytest.mark.parametrize(
+    "expert,act",
+    [
+        (TanhExpert, torch.tanh),
+        (SigmoidExpert, torch.sigmoid),
+        (GELUExpert, torch.nn.functional.gelu),
+        (ReLUExpert, torch.relu),
+        (LinearExpert, lambda z: z),
+    ],
+)
 def test_index_experts(expert, act):
     e = expert(4)
     with torch.no_grad():
@@ -60,7 +79,9 @@ def test_mixture_log_prob_is_the_paper_formula():
     torch.testing.assert_close(m.log_prob(x, y), torch.log((1 - s) * f0 + s * f))
     r = m.responsibilities(x, y)
     torch.testing.assert_close(r[:, 1], s * f / ((1 - s) * f0 + s * f))
-    torch.testing.assert_close(m.predictive_mean(x), (1 - s) * torch.tanh(x[:, 0]) + s * torch.tanh(x @ m.prompts[0].expert.eta))
+    torch.testing.assert_close(
+        m.predictive_mean(x), (1 - s) * torch.tanh(x[:, 0]) + s * torch.tanh(x @ m.prompts[0].expert.eta)
+    )
 
 
 def test_sampling_follows_the_gate():

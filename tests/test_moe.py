@@ -1,29 +1,43 @@
 """The general mixture of experts: every component frozen or trainable, component 0 the gate's
 reference; its formula, fits (EM never lowers the likelihood, frozen parts never move, the fused
 path's optimum is autograd's), the sibling study's setting and the fit command on it."""
+
 import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
-from softmoe_torch import (AffineExpert, Component, ContaminatedMoE, Estimator, Gaussian, Laplace, MixtureOfExperts,
-                           SoftmaxGate, TanhExpert)
+
+from softmoe_torch import (
+    AffineExpert,
+    Component,
+    ContaminatedMoE,
+    Estimator,
+    Gaussian,
+    Laplace,
+    MixtureOfExperts,
+    SoftmaxGate,
+    TanhExpert,
+)
 from softmoe_torch.estimation.degeneracy import degeneracy, trainable_sizes
 from softmoe_torch.estimation.inference import load_params
 from softmoe_torch.estimation.init import spread_truth
-from softmoe_torch.settings.moe import QUANTITIES
 from softmoe_torch.metrics.voronoi import atoms, theory_slope, voronoi_errors, voronoi_loss
+from softmoe_torch.settings.moe import QUANTITIES
 from softmoe_torch.settings.setting import load_setting
 
 
 def sibling(eta0=20.0, b0=-5.0, eta1=-20.0, b1=15.0, beta=25.0, tau=-8.0):
     """The sibling paper's true model (component 0 is its expert 2, the gate's reference)."""
-    return MixtureOfExperts([Component(AffineExpert(1, eta=[eta0], bias=b0), Gaussian(), nu=0.16),
-                             Component(AffineExpert(1, eta=[eta1], bias=b1), Gaussian(), nu=0.09)],
-                            SoftmaxGate(1, 1, beta=[beta], tau=[tau])).double()
+    return MixtureOfExperts(
+        [
+            Component(AffineExpert(1, eta=[eta0], bias=b0), Gaussian(), nu=0.16),
+            Component(AffineExpert(1, eta=[eta1], bias=b1), Gaussian(), nu=0.09),
+        ],
+        SoftmaxGate(1, 1, beta=[beta], tau=[tau]),
+    ).double()
 
 
 def sibling_data(n, seed=0):
@@ -41,22 +55,36 @@ def test_affine_expert_is_eta_x_plus_bias():
 def test_log_prob_is_the_softmax_gated_formula():
     """K = 3, the middle component frozen: log p = log sum_k softmax(0, a_1, a_2)_k N/Laplace(y | ...)."""
     d = 2
-    comps = [Component(AffineExpert(d, eta=[1.0, 0.0], bias=0.5), Gaussian(), nu=0.3),
-             Component(TanhExpert(d, eta=[0.0, 1.0]), Laplace(), nu=0.2, frozen=True),
-             Component(AffineExpert(d, eta=[-1.0, 1.0], bias=-0.5), Gaussian(), nu=0.1)]
+    comps = [
+        Component(AffineExpert(d, eta=[1.0, 0.0], bias=0.5), Gaussian(), nu=0.3),
+        Component(TanhExpert(d, eta=[0.0, 1.0]), Laplace(), nu=0.2, frozen=True),
+        Component(AffineExpert(d, eta=[-1.0, 1.0], bias=-0.5), Gaussian(), nu=0.1),
+    ]
     beta, tau = torch.tensor([[0.5, -1.0], [1.0, 0.3]]), torch.tensor([0.2, -0.4])
     m = MixtureOfExperts(comps, SoftmaxGate(d, 2, beta=beta, tau=tau)).double()
     x, y = torch.randn(30, d, dtype=torch.float64), torch.randn(30, dtype=torch.float64)
     logits = torch.cat([torch.zeros(30, 1, dtype=torch.float64), x @ beta.double().T + tau.double()], 1)
     w = torch.softmax(logits, 1)
-    f = torch.stack([torch.distributions.Normal(x[:, 0] + 0.5, 0.3**0.5).log_prob(y).exp(),
-                     torch.distributions.Laplace(torch.tanh(x[:, 1]), (0.2 / 2) ** 0.5).log_prob(y).exp(),
-                     torch.distributions.Normal(-x[:, 0] + x[:, 1] - 0.5, 0.1**0.5).log_prob(y).exp()], 1)
+    f = torch.stack(
+        [
+            torch.distributions.Normal(x[:, 0] + 0.5, 0.3**0.5).log_prob(y).exp(),
+            torch.distributions.Laplace(torch.tanh(x[:, 1]), (0.2 / 2) ** 0.5).log_prob(y).exp(),
+            torch.distributions.Normal(-x[:, 0] + x[:, 1] - 0.5, 0.1**0.5).log_prob(y).exp(),
+        ],
+        1,
+    )
     torch.testing.assert_close(m.log_prob(x, y), torch.log((w * f).sum(1)))
     torch.testing.assert_close(m.responsibilities(x, y), w * f / (w * f).sum(1, keepdim=True))
-    assert set(m.trainable_parameters()) == {"components.0.nu", "components.0.expert.eta", "components.0.expert.bias",
-                                             "components.2.nu", "components.2.expert.eta", "components.2.expert.bias",
-                                             "gate.beta", "gate.tau"}
+    assert set(m.trainable_parameters()) == {
+        "components.0.nu",
+        "components.0.expert.eta",
+        "components.0.expert.bias",
+        "components.2.nu",
+        "components.2.expert.eta",
+        "components.2.expert.bias",
+        "gate.beta",
+        "gate.tau",
+    }
 
 
 def test_contaminated_moe_is_the_mixture_with_a_frozen_first_component():
@@ -67,7 +95,10 @@ def test_contaminated_moe_is_the_mixture_with_a_frozen_first_component():
     b = MixtureOfExperts([pre, prompt], gate).double()
     x, y = torch.randn(20, 2, dtype=torch.float64), 0.3 * torch.randn(20, dtype=torch.float64)
     torch.testing.assert_close(a.log_prob(x, y), b.log_prob(x, y))
-    assert a.component_names() == ["pretrained", "prompts.0"] and b.component_names() == ["components.0", "components.1"]
+    assert a.component_names() == ["pretrained", "prompts.0"] and b.component_names() == [
+        "components.0",
+        "components.1",
+    ]
 
 
 def test_a_mixture_needs_two_components():
@@ -147,13 +178,16 @@ def test_spreading_the_truth_over_more_components_keeps_the_mixture():
     truth = {k: v.detach() for k, v in sibling().trainable_parameters().items()}
     x, y = torch.rand(50, 1, dtype=torch.float64), 10 * torch.randn(50, dtype=torch.float64)
     for K, seed in itertools.product((2, 3, 4), range(4)):
-        model = MixtureOfExperts([Component(AffineExpert(1), Gaussian()) for _ in range(K)], SoftmaxGate(1, K - 1)).double()
+        model = MixtureOfExperts(
+            [Component(AffineExpert(1), Gaussian()) for _ in range(K)], SoftmaxGate(1, K - 1)
+        ).double()
         start = spread_truth(model, truth, torch.Generator().manual_seed(seed))
         assert set(start) == set(model.trainable_parameters())
         cells = [0] + [0 if abs(float(start[f"components.{k}.nu"]) - 0.16) < 1e-6 else 1 for k in range(1, K)]
         assert set(cells) == {0, 1} and float(start["components.0.nu"]) == pytest.approx(0.16)
-        torch.testing.assert_close(load_params(model, {k: v[None] for k, v in start.items()}, 0).log_prob(x, y),
-                                   sibling().log_prob(x, y))
+        torch.testing.assert_close(
+            load_params(model, {k: v[None] for k, v in start.items()}, 0).log_prob(x, y), sibling().log_prob(x, y)
+        )
 
 
 def moved(atoms_, **shift):
@@ -174,12 +208,16 @@ def test_voronoi_losses_of_the_truth_are_zero_and_translation_only_moves_the_fix
     shifted = moved(true, intercept=np.array([0.7, 0.7]), gate_slope=np.array([[1.5], [1.5]]))  # the same gate
     e = voronoi_errors(shifted, true, "d1")
     assert e["d1"] == pytest.approx(0, abs=1e-9) and e["d2"] == pytest.approx(0, abs=1e-9) and e["cells"] == "1+1"
-    assert e["d1_fixed"] == pytest.approx(abs(np.exp(0.7) - 1) + abs(np.exp(-7.3) - np.exp(-8)) + np.exp(0.7) * 1.5 + np.exp(-7.3) * 1.5)
+    assert e["d1_fixed"] == pytest.approx(
+        abs(np.exp(0.7) - 1) + abs(np.exp(-7.3) - np.exp(-8)) + np.exp(0.7) * 1.5 + np.exp(-7.3) * 1.5
+    )
 
 
 def test_d1_is_the_formula_and_label_order_does_not_matter():
     true = sibling_atoms()
-    fit = moved(true, expert_bias=np.array([0.01, -0.02]), variance=np.array([0.003, 0.0]), intercept=np.array([0.0, 0.05]))
+    fit = moved(
+        true, expert_bias=np.array([0.01, -0.02]), variance=np.array([0.003, 0.0]), intercept=np.array([0.0, 0.05])
+    )
     expected = abs(np.exp(-7.95) - np.exp(-8)) + 1.0 * (0.01 + 0.003) + np.exp(-7.95) * 0.02
     assert voronoi_loss("d1", fit, true, translate=False)[0] == pytest.approx(expected)
     assert voronoi_loss("d1", fit, true)[0] <= expected + 1e-12
@@ -195,9 +233,13 @@ def test_d2_raises_the_differences_in_a_cell_of_two_to_its_exponents():
     D2 = sum_i 1/2 (|Db1|^4 + |Dc|^4 + |Da|^2 + |Dv|^2) with no mass or translation error."""
     true = sibling_atoms()
     da, dc, dv = np.array([0.1, -0.2]), np.array([0.05, 0.02]), np.array([0.01, 0.004])
-    fit = {"intercept": np.array([0.0, 0.0, -8 + np.log(2)]), "gate_slope": np.array([[0.0], [0.0], [25.0]]),
-           "expert_slope": np.array([[20 + da[0]], [20 + da[1]], [-20.0]]), "expert_bias": np.array([-5 + dc[0], -5 + dc[1], 15.0]),
-           "variance": np.array([0.16 + dv[0], 0.16 + dv[1], 0.09])}
+    fit = {
+        "intercept": np.array([0.0, 0.0, -8 + np.log(2)]),
+        "gate_slope": np.array([[0.0], [0.0], [25.0]]),
+        "expert_slope": np.array([[20 + da[0]], [20 + da[1]], [-20.0]]),
+        "expert_bias": np.array([-5 + dc[0], -5 + dc[1], 15.0]),
+        "variance": np.array([0.16 + dv[0], 0.16 + dv[1], 0.09]),
+    }
     e = voronoi_errors(fit, true, "d2")
     assert e["cells"] == "2+1"
     assert e["d2"] == pytest.approx(sum(0.5 * (dc[i] ** 4 + da[i] ** 2 + dv[i] ** 2) for i in range(2)), rel=1e-6)
@@ -214,8 +256,18 @@ def test_saddle_free_newton_leaves_the_saddles_of_an_over_specified_fit(one_thre
     X, y = sibling_data(4000, seed=3)
     spec = MixtureOfExperts([Component(AffineExpert(1), Gaussian()) for _ in range(3)], SoftmaxGate(1, 2)).double()
     truth = {k: v.detach() for k, v in sibling().trainable_parameters().items()}
-    fits = {how: Estimator(spec, "newton", init="near_truth", truth=truth, init_scale=0.02, bounds={"real": 100.0, "positive": [1e-6, 1e3]},
-                           indefinite=how).fit(X, y) for how in ("bfgs", "eigen")}
+    fits = {
+        how: Estimator(
+            spec,
+            "newton",
+            init="near_truth",
+            truth=truth,
+            init_scale=0.02,
+            bounds={"real": 100.0, "positive": [1e-6, 1e3]},
+            indefinite=how,
+        ).fit(X, y)
+        for how in ("bfgs", "eigen")
+    }
     assert fits["eigen"].solver == "newton_eigen" and fits["eigen"].converged[0]
     assert int(fits["eigen"].n_iter[0]) < int(fits["bfgs"].n_iter[0]) / 2
     assert float(fits["eigen"].loglik[0]) >= float(fits["bfgs"].loglik[0]) - 1e-6
@@ -227,9 +279,20 @@ def test_a_sweep_of_an_over_specified_fit_reports_voronoi_losses(tmp_path):
     """The run command on the sibling setting with K = 3: Voronoi columns, cells, the report's
     slopes beside theory (for the cells found) and the sibling's published slope."""
     out = tmp_path / "run"
-    proc = run_cli("softmoe_torch.run", "setting=softmax_gaussian_moe", "setting.n_components=3", "sweep=tiny",
-                   "sweep.n_min=2000", "sweep.n_max=4000", "fit=newton", "init=near_truth_shrinking", "init.n_init=2",
-                   "progress=false", "monitor.tensorboard=false", f"hydra.run.dir={out}")
+    proc = run_cli(
+        "softmoe_torch.run",
+        "setting=softmax_gaussian_moe",
+        "setting.n_components=3",
+        "sweep=tiny",
+        "sweep.n_min=2000",
+        "sweep.n_max=4000",
+        "fit=newton",
+        "init=near_truth_shrinking",
+        "init.n_init=2",
+        "progress=false",
+        "monitor.tensorboard=false",
+        f"hydra.run.dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert [c for c in header if c.startswith("err_")] == [f"err_{q}" for q in QUANTITIES] and "cells" in header

@@ -1,17 +1,18 @@
 """Live monitoring: TensorBoard events per finished sample size while the sweep runs, one stream
 that a resume continues; the work-weighted progress bar; typed rows read back from results.csv."""
+
 import math
 import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from softmoe_torch.study import sweep
 from softmoe_torch.errors import Interrupted
-from softmoe_torch.study.monitor import Monitor
-from softmoe_torch.study.progress import WorkBar, per_fit_seconds
 from softmoe_torch.run import run_experiment
 from softmoe_torch.settings.setting import Setting, load_setting
+from softmoe_torch.study import sweep
+from softmoe_torch.study.monitor import Monitor
+from softmoe_torch.study.progress import WorkBar, per_fit_seconds
 from softmoe_torch.study.store import Results, columns
 
 SWEEP = ["fit=direct", "progress=false", "sweep.reps=2", "sweep.sizes=[300,400,500,600,700]"]
@@ -36,8 +37,16 @@ def test_tensorboard_is_written_as_the_run_goes_and_resumed_once(tmp_path, compo
     with pytest.raises(Interrupted, match="kept 8 finished fits"):
         run_experiment(cfg, out)
     scalars, images, acc = tags(out / "tensorboard")
-    assert {"error/beta", "error_median/nu", "error_q10/eta", "error_q90/exp_tau", "batch/seconds",
-            "batch/iterations_mean", "slope/beta", "slope_ci/nu_high"} <= scalars and not images
+    assert {
+        "error/beta",
+        "error_median/nu",
+        "error_q10/eta",
+        "error_q90/exp_tau",
+        "batch/seconds",
+        "batch/iterations_mean",
+        "slope/beta",
+        "slope_ci/nu_high",
+    } <= scalars and not images
     assert [e.step for e in acc.Scalars("error/beta")] == [300, 400, 500, 600]
     assert [e.step for e in acc.Scalars("slope/eta")] == [500, 600]  # once three sizes are done
 
@@ -73,8 +82,11 @@ def test_sizes_are_cut_for_the_workers_along_fit_batch_groups():
     assert parts[0] == (1000, reps)  # one group (40 x 1000 samples): not cut
     assert parts[1:3] == [(20_000, reps[:20]), (20_000, reps[20:])]  # groups of 5 replications
     assert parts[3:] == [(100_000, reps[3:21]), (100_000, reps[21:])]  # one replication a group
-    assert sweep.split_for_workers([(20_000, reps)], 3) == [(20_000, reps[:15]), (20_000, reps[15:25]), (20_000, reps[25:])]
-
+    assert sweep.split_for_workers([(20_000, reps)], 3) == [
+        (20_000, reps[:15]),
+        (20_000, reps[15:25]),
+        (20_000, reps[25:]),
+    ]
 
 
 def test_a_batch_holds_at_most_batch_samples_even_in_one_process():
@@ -85,10 +97,27 @@ def test_a_batch_holds_at_most_batch_samples_even_in_one_process():
     assert parts[-1] == (1000, reps)
     assert [len(r) for _, r in sweep.split_for_workers([(n, reps)], 2)] == [4] * 10
 
+
 def test_rows_read_back_are_typed_like_new_rows(tmp_path):
-    row = {"setting": "s", "n": 1000, "rep": 3, "seed": 0, "err_beta": 0.1, "err_exp_tau": 0.2, "err_eta": 0.3,
-           "err_nu": 1e-5, "mean_loglik": 1.25, "loglik_truth": 1.2, "moved": 0.3, "hellinger": 0.01, "n_iter": 17, "converged": False, "status": "max_iter",
-           "at_bound": "gate.tau", "seconds": 0.5}
+    row = {
+        "setting": "s",
+        "n": 1000,
+        "rep": 3,
+        "seed": 0,
+        "err_beta": 0.1,
+        "err_exp_tau": 0.2,
+        "err_eta": 0.3,
+        "err_nu": 1e-5,
+        "mean_loglik": 1.25,
+        "loglik_truth": 1.2,
+        "moved": 0.3,
+        "hellinger": 0.01,
+        "n_iter": 17,
+        "converged": False,
+        "status": "max_iter",
+        "at_bound": "gate.tau",
+        "seconds": 0.5,
+    }
     Results(tmp_path / "results.csv", [], columns(Setting)).add([row])
     assert Results.load(tmp_path / "results.csv", columns(Setting)).rows == [row]
 

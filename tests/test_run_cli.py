@@ -1,4 +1,5 @@
 """End to end through the real command on tiny sweeps."""
+
 import csv
 import json
 import os
@@ -9,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import ROOT, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TINY = ["sweep=tiny", "fit=direct", "progress=false"]
 
@@ -39,7 +39,9 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path):
     assert "slopes for distinguishable" in proc.stdout
     acc = EventAccumulator(str(out / "tensorboard")).Reload()
     tags = acc.Tags()
-    assert {"error/beta", "error/nu", "batch/seconds", "hparam/slope_eta"} <= set(tags["scalars"])  # slope/ needs 3 sizes
+    assert {"error/beta", "error/nu", "batch/seconds", "hparam/slope_eta"} <= set(
+        tags["scalars"]
+    )  # slope/ needs 3 sizes
     assert "figure" in tags["images"]
 
     again = run_cli("softmoe_torch.run", *TINY, f"hydra.run.dir={out}")
@@ -64,10 +66,22 @@ def test_worker_processes_give_the_same_fits_and_a_killed_sweep_leaves_none_behi
     assert "in 2 worker processes" in proc.stdout
     assert runs[1] == runs[2]
 
-    big = ["sweep.reps=40", "sweep.n_min=20000", "sweep.n_max=100000", "fit=em", "workers=2", "progress=false",
-           "monitor.tensorboard=false", f"hydra.run.dir={tmp_path / 'killed'}"]
-    main = subprocess.Popen([sys.executable, "-m", "softmoe_torch.run", *big], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    big = [
+        "sweep.reps=40",
+        "sweep.n_min=20000",
+        "sweep.n_max=100000",
+        "fit=em",
+        "workers=2",
+        "progress=false",
+        "monitor.tensorboard=false",
+        f"hydra.run.dir={tmp_path / 'killed'}",
+    ]
+    main = subprocess.Popen(
+        [sys.executable, "-m", "softmoe_torch.run", *big],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline, workers = time.time() + 60, []
     while len(workers) < 2 and time.time() < deadline:  # the spawned workers (and multiprocessing's helper)
         time.sleep(0.5)
@@ -106,7 +120,14 @@ def alive(pid: int) -> bool:
 
 def test_traces_are_logged_when_asked(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("softmoe_torch.run", *TINY, "sweep.reps=1", "sweep.sizes=[300,400]", "monitor.trace=true", f"hydra.run.dir={out}")
+    proc = run_cli(
+        "softmoe_torch.run",
+        *TINY,
+        "sweep.reps=1",
+        "sweep.sizes=[300,400]",
+        "monitor.trace=true",
+        f"hydra.run.dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr
     tags = EventAccumulator(str(out / "tensorboard")).Reload().Tags()["scalars"]
     assert "trace/n400_rep0" in tags
@@ -121,8 +142,14 @@ def test_default_run_dir_is_the_same_for_the_same_command(tmp_path):
 
 
 def test_multirun_over_settings(tmp_path):
-    proc = run_cli("softmoe_torch.run", "-m", "setting=distinguishable,nondistinguishable_nu", *TINY,
-                   "sweep.reps=1", f"hydra.sweep.dir={tmp_path}")
+    proc = run_cli(
+        "softmoe_torch.run",
+        "-m",
+        "setting=distinguishable,nondistinguishable_nu",
+        *TINY,
+        "sweep.reps=1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("distinguishable", "nondistinguishable_nu"):
         assert len(list(tmp_path.glob(f"{name}/**/results.csv"))) == 1
@@ -133,21 +160,42 @@ def test_interrupted_run_keeps_a_valid_file_and_resumes(tmp_path):
     through a plug-in expert, so no timer races the sweep): the 10 fits of the sizes before are
     kept in a valid file, and the same command resumes with the 14 others."""
     out = tmp_path / "run"
-    args = ["fit=direct", "progress=false", "sweep.reps=2", "sweep.sizes=[200,300,400,500,600,700,800,900,1000,1100,1200,1300]",
-            "setting.prompt.expert._target_=interrupting_expert.InterruptingTanhExpert", f"hydra.run.dir={out}"]
+    args = [
+        "fit=direct",
+        "progress=false",
+        "sweep.reps=2",
+        "sweep.sizes=[200,300,400,500,600,700,800,900,1000,1100,1200,1300]",
+        "setting.prompt.expert._target_=interrupting_expert.InterruptingTanhExpert",
+        f"hydra.run.dir={out}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     # Ctrl-C's default disposition in the child: a shell's background job inherits SIGINT ignored, and
     # Python then installs no KeyboardInterrupt handler
-    proc = subprocess.run([sys.executable, "-m", "softmoe_torch.run", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**env, "INTERRUPT_AT_N": "700"},
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.run(
+        [sys.executable, "-m", "softmoe_torch.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "INTERRUPT_AT_N": "700"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     partial = read_rows(out / "results.csv")
-    assert len(partial) == 10 and {(int(r["n"]), int(r["rep"])) for r in partial} == {(n, r) for n in range(200, 700, 100) for r in (0, 1)}
+    assert len(partial) == 10 and {(int(r["n"]), int(r["rep"])) for r in partial} == {
+        (n, r) for n in range(200, 700, 100) for r in (0, 1)
+    }
     assert proc.returncode == 130 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"interrupted: kept 10 finished fits in {out / 'results.csv'}; "
-                                                "run the same command again to resume"]
-    done = subprocess.run([sys.executable, "-m", "softmoe_torch.run", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=env)
+    assert proc.stderr.strip().splitlines() == [
+        f"interrupted: kept 10 finished fits in {out / 'results.csv'}; run the same command again to resume"
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "softmoe_torch.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert "14 fits to run, 10 already done" in done.stdout
     rows = read_rows(out / "results.csv")
@@ -155,12 +203,15 @@ def test_interrupted_run_keeps_a_valid_file_and_resumes(tmp_path):
     assert [r for r in rows if int(r["n"]) < 700] == partial  # the kept fits are not redone
 
 
-@pytest.mark.parametrize("override,message", [
-    ("setting=nope", "Could not find 'setting/nope'"),
-    ("sweep.reps=0", "error: sweep.reps must be at least 1"),
-    ("fit.method=adam", "error: fit.method must be one of em, direct, newton"),
-    ("device=cuda:7", "error:"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("setting=nope", "Could not find 'setting/nope'"),
+        ("sweep.reps=0", "error: sweep.reps must be at least 1"),
+        ("fit.method=adam", "error: fit.method must be one of em, direct, newton"),
+        ("device=cuda:7", "error:"),
+    ],
+)
 def test_bad_override_is_a_clear_error(tmp_path, override, message):
     proc = run_cli("softmoe_torch.run", *TINY, override, f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
@@ -170,8 +221,16 @@ def test_bad_override_is_a_clear_error(tmp_path, override, message):
 
 def test_joblib_launcher_runs_settings_in_parallel(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    proc = run_cli("softmoe_torch.run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                   "setting=distinguishable,nondistinguishable_eta", *TINY, "sweep.reps=1", f"hydra.sweep.dir={tmp_path}")
+    proc = run_cli(
+        "softmoe_torch.run",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "setting=distinguishable,nondistinguishable_eta",
+        *TINY,
+        "sweep.reps=1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(list(tmp_path.glob("*/**/results.csv"))) == 2
 

@@ -1,5 +1,6 @@
 """The science study's building blocks: the Hellinger distance, the per-fit diagnostics, the
 expert and gate variants it runs, and that every one of its runs composes and validates."""
+
 import itertools
 import math
 import subprocess
@@ -8,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from scipy import integrate
 
-from conftest import ROOT
 from softmoe_torch.metrics.hellinger import hellinger
-from softmoe_torch.study.diagnostics import loglik_at_truth, moved_from_start
 from softmoe_torch.settings.setting import Setting
 from softmoe_torch.study.config_checks import validate
+from softmoe_torch.study.diagnostics import loglik_at_truth, moved_from_start
 
 sys.path[:0] = [str(ROOT / "experiments" / "science"), str(ROOT / "experiments" / "paper")]
 import science  # noqa: E402 (experiments/science/science.py)
@@ -27,6 +28,7 @@ def _pair(compose_cfg, n_fit=100000, setting="nondistinguishable_eta", extra=())
 
 def _quad_h2(p, q, x):
     """1/2 int (sqrt p - sqrt q)^2 dy at one x (1, d), by adaptive quadrature."""
+
     def g(y):
         yy = torch.tensor([y], dtype=torch.float64)
         return 0.5 * (math.exp(0.5 * p.log_prob(x, yy).item()) - math.exp(0.5 * q.log_prob(x, yy).item())) ** 2
@@ -82,8 +84,12 @@ def test_expert_variants_build_both_experts_and_the_truth(compose_cfg, expert):
 
 def _jobs(overrides):
     """The single jobs of a multirun's overrides (comma lists expanded, except in ${...})."""
-    choices = [[o] if "${" in o or "[" in o or "," not in o else [o.split("=", 1)[0] + "=" + v for v in o.split("=", 1)[1].split(",")]
-               for o in overrides]
+    choices = [
+        [o]
+        if "${" in o or "[" in o or "," not in o
+        else [o.split("=", 1)[0] + "=" + v for v in o.split("=", 1)[1].split(",")]
+        for o in overrides
+    ]
     return [list(c) for c in itertools.product(*choices)]
 
 
@@ -96,9 +102,24 @@ def test_every_science_run_composes_and_validates(compose_cfg, name):
 
 def test_a_tiny_science_style_run_writes_the_diagnostics(tmp_path):
     """The generic (autograd) path with the affine sigmoid and the Hellinger columns, through the CLI."""
-    out = subprocess.run([sys.executable, "-m", "softmoe_torch.run", "setting=nondistinguishable_eta", "sweep=tiny",
-                          "fit=newton", "+expert=sigmoid_affine", "hellinger_points=200", "progress=false",
-                          f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "softmoe_torch.run",
+            "setting=nondistinguishable_eta",
+            "sweep=tiny",
+            "fit=newton",
+            "+expert=sigmoid_affine",
+            "hellinger_points=200",
+            "progress=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     import csv
 
@@ -118,8 +139,21 @@ def test_regenerating_the_paper_report_keeps_the_science_sections(tmp_path):
         (runs / name).mkdir(parents=True)
         (runs / name / "fingerprint.json").write_text('{"fit": {"method": "newton"}}')
         (runs / name / "figure.png").write_bytes(b"png")
-        slopes = {"params": {"eta": {"slope": -0.5, "ci_low": -0.6, "ci_high": -0.4, "theory": -0.5, "paper": None,
-                                     "verdict": "agrees"}}, "n_fits": 1, "failed": 0, "not_converged": 0}
+        slopes = {
+            "params": {
+                "eta": {
+                    "slope": -0.5,
+                    "ci_low": -0.6,
+                    "ci_high": -0.4,
+                    "theory": -0.5,
+                    "paper": None,
+                    "verdict": "agrees",
+                }
+            },
+            "n_fits": 1,
+            "failed": 0,
+            "not_converged": 0,
+        }
         (runs / name / "slopes.json").write_text(__import__("json").dumps(slopes))
     (runs / "wall_seconds.txt").write_text("distinguishable 1\n")
     out.mkdir()
@@ -136,10 +170,14 @@ def test_the_science_script_runs_and_analyses_a_tiny_study(tmp_path, monkeypatch
     tiny = ["fit=newton", "sweep.sizes=[400,600,900]", "sweep.reps=3"]
     monkeypatch.setattr(science, "HERE", tmp_path)
     monkeypatch.setattr(science, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(science, "EXPERIMENTS", {
-        "q3_tanh": ("q3", ["setting=distinguishable,nondistinguishable_eta", *tiny]),
-        "q3_experts": ("q3", ["setting=distinguishable,nondistinguishable_eta", "+expert=relu", *tiny]),
-    })
+    monkeypatch.setattr(
+        science,
+        "EXPERIMENTS",
+        {
+            "q3_tanh": ("q3", ["setting=distinguishable,nondistinguishable_eta", *tiny]),
+            "q3_experts": ("q3", ["setting=distinguishable,nondistinguishable_eta", "+expert=relu", *tiny]),
+        },
+    )
     science.main(["run", "--only", "q3"])
     assert set(__import__("json").loads((tmp_path / "wall_seconds.json").read_text())) == {"q3_tanh", "q3_experts"}
     science.analyze()

@@ -1,5 +1,6 @@
 """Settings inherit one base, choose the gate by _target_, compute their truth once per n; the
 package's layers import only downwards; resolvers are registered by a call, not on import."""
+
 import ast
 import csv
 import json
@@ -9,10 +10,10 @@ import sys
 
 import pytest
 import yaml
+from conftest import ROOT, run_cli
 from omegaconf.errors import MissingMandatoryValue
 
 import softmoe_torch.settings.setting as setting_module
-from conftest import ROOT, run_cli
 from softmoe_torch.settings.setting import Setting
 
 SETTINGS = sorted((ROOT / "conf" / "setting").glob("*.yaml"))
@@ -49,7 +50,9 @@ def test_the_base_alone_is_not_a_setting(compose_cfg):
 @pytest.mark.parametrize("group", ["setting", "fit"])
 def test_the_listing_of_choices_offers_no_base(tmp_path, group):
     proc = run_cli("softmoe_torch.run", f"{group}=nonexistent", f"hydra.run.dir={tmp_path}")
-    listing = proc.stderr[proc.stderr.index(f"Available options in '{group}'"):proc.stderr.index("Config search path")]
+    listing = proc.stderr[
+        proc.stderr.index(f"Available options in '{group}'") : proc.stderr.index("Config search path")
+    ]
     choices = listing.split()[4:]
     assert "distinguishable" in choices or "newton" in choices
     assert not [c for c in choices if "base" in c], listing
@@ -80,8 +83,17 @@ def test_truth_is_computed_once_per_sample_size(compose_cfg, monkeypatch):
 
 def test_sweep_with_a_constant_gate_reports_no_beta(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("softmoe_torch.run", "setting=nondistinguishable_eta", *CONSTANT_GATE, "sweep=tiny", "fit=direct",
-                   "progress=false", "monitor.tensorboard=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = run_cli(
+        "softmoe_torch.run",
+        "setting=nondistinguishable_eta",
+        *CONSTANT_GATE,
+        "sweep=tiny",
+        "fit=direct",
+        "progress=false",
+        "monitor.tensorboard=false",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -91,11 +103,13 @@ def test_sweep_with_a_constant_gate_reports_no_beta(tmp_path):
 
 
 def test_resolvers_are_registered_by_a_call_not_on_import():
-    code = ("import importlib, pkgutil; from omegaconf import OmegaConf; import softmoe_torch as p\n"
-            "for m in pkgutil.walk_packages(p.__path__, 'softmoe_torch.'): importlib.import_module(m.name)\n"
-            "assert not OmegaConf.has_resolver('basis')\n"
-            "from softmoe_torch.settings.configs import register_resolvers; register_resolvers()\n"
-            "assert OmegaConf.has_resolver('basis') and OmegaConf.has_resolver('ones_over_sqrt')")
+    code = (
+        "import importlib, pkgutil; from omegaconf import OmegaConf; import softmoe_torch as p\n"
+        "for m in pkgutil.walk_packages(p.__path__, 'softmoe_torch.'): importlib.import_module(m.name)\n"
+        "assert not OmegaConf.has_resolver('basis')\n"
+        "from softmoe_torch.settings.configs import register_resolvers; register_resolvers()\n"
+        "assert OmegaConf.has_resolver('basis') and OmegaConf.has_resolver('ones_over_sqrt')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -122,7 +136,9 @@ def package_imports() -> dict:
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("softmoe_torch."):
                 deps.add(node.module.removeprefix("softmoe_torch."))
             elif isinstance(node, ast.Import):
-                deps |= {a.name.removeprefix("softmoe_torch.") for a in node.names if a.name.startswith("softmoe_torch.")}
+                deps |= {
+                    a.name.removeprefix("softmoe_torch.") for a in node.names if a.name.startswith("softmoe_torch.")
+                }
         graph[name] = {d for d in deps if d in modules} | {d.rsplit(".", 1)[0] for d in deps if d not in modules}
     return graph
 

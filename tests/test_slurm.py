@@ -4,6 +4,7 @@
 The cluster tests need a running local cluster or root to start one (CI: .ci/run starts it);
 elsewhere they skip with the reason. Every wait is bounded, and jobs a test leaves behind are
 cancelled, so a broken cluster fails a test instead of hanging it."""
+
 import csv
 import os
 import re
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from softmoe_torch.estimation.device import match_threads_to_job
 
 CLUSTER = ROOT / "experiments" / "slurm" / "local_cluster.sh"
@@ -26,6 +27,7 @@ SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launch
 
 
 # ---------------------------------------------------------------- thread rule (no cluster needed)
+
 
 @pytest.fixture
 def restore_threads():
@@ -48,16 +50,23 @@ def test_explicit_omp_threads_win_and_outside_slurm_nothing_changes(restore_thre
 
 
 def test_a_job_without_result_is_described_in_one_line():
-    describe_uncompleted = pytest.importorskip("hydra_plugins.softmoe_torch_slurm.slurm_launcher", reason="needs the launchers extra").describe_uncompleted
-    message = ("Job 17 (task: 0) with path /x/.submitit/17/17_0_result.pkl\n"
-               "has not produced any output (state: CANCELLED by 0)\nError stream produced:\nsrun: ...")
+    describe_uncompleted = pytest.importorskip(
+        "hydra_plugins.softmoe_torch_slurm.slurm_launcher", reason="needs the launchers extra"
+    ).describe_uncompleted
+    message = (
+        "Job 17 (task: 0) with path /x/.submitit/17/17_0_result.pkl\n"
+        "has not produced any output (state: CANCELLED by 0)\nError stream produced:\nsrun: ..."
+    )
     line = describe_uncompleted(message)
-    assert line.startswith("SLURM job 17 ended without a result (state: CANCELLED by 0); its log: /x/.submitit/17/17_0_log.err.")
+    assert line.startswith(
+        "SLURM job 17 ended without a result (state: CANCELLED by 0); its log: /x/.submitit/17/17_0_log.err."
+    )
     assert "\n" not in line
     assert describe_uncompleted("something else\nmore") == "something else"
 
 
 # ---------------------------------------------------------------- the cluster
+
 
 def _cluster(cmd, timeout):
     return subprocess.run(["bash", str(CLUSTER), cmd], capture_output=True, text=True, timeout=timeout)
@@ -91,8 +100,16 @@ def _env(**extra):
 
 
 def _multirun(sweep_dir, *overrides, launcher=SLURM):
-    return [sys.executable, "-m", "softmoe_torch.run", "-m", *launcher, *overrides, "progress=false",
-            f"hydra.sweep.dir={sweep_dir}"]
+    return [
+        sys.executable,
+        "-m",
+        "softmoe_torch.run",
+        "-m",
+        *launcher,
+        *overrides,
+        "progress=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
 
 
 def _job_ids(sweep_dir):
@@ -108,8 +125,12 @@ def _states(job_ids, wait: float = 30.0):
     (up to ``wait`` s) while a job is unknown or still pending or running."""
     deadline = time.monotonic() + wait
     while True:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(j.split("_")[0] for j in job_ids)],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(j.split("_")[0] for j in job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
         states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
         found = {j: states.get(j, "?").split()[0] for j in job_ids}
         if not set(found.values()) & {"?", "PENDING", "RUNNING"} or time.monotonic() > deadline:
@@ -179,12 +200,18 @@ def test_slurm_multirun_equals_a_local_run(slurm_cluster, tmp_path):
         want = _rows(_results(tmp_path / "local", setting))
         assert len(got) == 4
         # same thread count, same seeds: bit-identical apart from the timing column
-        assert [{k: v for k, v in r.items() if k != "seconds"} for r in got] == \
-               [{k: v for k, v in r.items() if k != "seconds"} for r in want]
+        assert [{k: v for k, v in r.items() if k != "seconds"} for r in got] == [
+            {k: v for k, v in r.items() if k != "seconds"} for r in want
+        ]
 
 
 # a sweep whose first rows come fast and whose rest takes long enough to be killed mid-run
-KILLABLE = ["setting=distinguishable", "sweep=tiny", "fit=direct", "sweep.sizes=[1000,100000,150000,200000,250000,300000]"]
+KILLABLE = [
+    "setting=distinguishable",
+    "sweep=tiny",
+    "fit=direct",
+    "sweep.sizes=[1000,100000,150000,200000,250000,300000]",
+]
 
 
 def _wait_for_rows(results, proc, timeout):
@@ -223,7 +250,12 @@ def _assert_resumes(cmd, sweep_dir, results, rows_before, n_total):
 def test_killed_job_fails_clearly_and_a_rerun_finishes_it(slurm_cluster, tmp_path, how):
     sweep_dir = tmp_path / "multirun"
     cmd = _multirun(sweep_dir, *KILLABLE)
-    results = sweep_dir / "distinguishable" / "fit=direct,sweep.sizes=[1000,100000,150000,200000,250000,300000],sweep=tiny" / "results.csv"
+    results = (
+        sweep_dir
+        / "distinguishable"
+        / "fit=direct,sweep.sizes=[1000,100000,150000,200000,250000,300000],sweep=tiny"
+        / "results.csv"
+    )
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert _wait_for_rows(results, proc, 240), "the job finished or failed before it could be killed"
@@ -253,8 +285,14 @@ def test_job_past_its_time_limit_fails_clearly_and_a_rerun_resumes(slurm_cluster
     # 200 sizes x 2 reps at n=1e5..2e5 by EM: minutes of work on any machine, so the 1-minute limit
     # (enforced by slurmctld within ~30 s, then SIGKILL after KillWait) always cuts it mid-run
     sweep_dir = tmp_path / "multirun"
-    big = ["setting=distinguishable", "sweep=tiny", "fit=em", "sweep.n_min=100000", "sweep.n_max=200000",
-           "sweep.num_sizes=200"]
+    big = [
+        "setting=distinguishable",
+        "sweep=tiny",
+        "fit=em",
+        "sweep.n_min=100000",
+        "sweep.n_max=200000",
+        "sweep.num_sizes=200",
+    ]
     # signal_delay_s=0: Slurm sends submitit's USR2 that long before the limit (to within 60 s); with
     # the default 120 s it would come at once and submitit would end the job as "timed-out" itself
     limited = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=0"]

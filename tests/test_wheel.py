@@ -1,4 +1,5 @@
 """A non-editable wheel carries conf/ and every module, and runs both entries from any folder (about 30 s)."""
+
 import csv
 import json
 import os
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from conftest import ROOT
 
 
@@ -42,7 +42,13 @@ def test_installed_wheel_runs_a_sweep_and_a_fit_from_another_folder(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
-    where = sh(python, "-c", "import softmoe_torch.settings.configs as c; print(c.__file__); print(c.CONF_DIR)", cwd=work, env=env)
+    where = sh(
+        python,
+        "-c",
+        "import softmoe_torch.settings.configs as c; print(c.__file__); print(c.CONF_DIR)",
+        cwd=work,
+        env=env,
+    )
     site = str(venv / "lib")
     assert all(line.startswith(site) for line in where.split()), where  # the wheel's copy, not a source tree
 
@@ -50,15 +56,35 @@ def test_installed_wheel_runs_a_sweep_and_a_fit_from_another_folder(tmp_path):
     modules = sorted(m.name for m in pkgutil.walk_packages([str(ROOT / "softmoe_torch")], "softmoe_torch."))
     sh(python, "-c", f"import importlib; [importlib.import_module(m) for m in {modules!r}]", cwd=work, env=env)
 
-    sh(python, "-m", "softmoe_torch.run", "setting=distinguishable", "sweep=tiny", "fit=direct", "progress=false",
-       "monitor.tensorboard=false", "hydra.run.dir=run", cwd=work, env=env)
+    sh(
+        python,
+        "-m",
+        "softmoe_torch.run",
+        "setting=distinguishable",
+        "sweep=tiny",
+        "fit=direct",
+        "progress=false",
+        "monitor.tensorboard=false",
+        "hydra.run.dir=run",
+        cwd=work,
+        env=env,
+    )
     with open(work / "run" / "results.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 4
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((400, 8))
     np.savez(work / "d.npz", X=X, y=np.tanh(X[:, 0]) + 0.03 * rng.standard_normal(400))
-    sh(python, "-m", "softmoe_torch.fit", "data=d.npz", "setting=distinguishable", "fit=direct", "out=r.json",
-       cwd=work, env=env)
+    sh(
+        python,
+        "-m",
+        "softmoe_torch.fit",
+        "data=d.npz",
+        "setting=distinguishable",
+        "fit=direct",
+        "out=r.json",
+        cwd=work,
+        env=env,
+    )
     result = json.loads((work / "r.json").read_text())
     assert result["n"] == 400 and len(result["beta"]) == 8

@@ -9,6 +9,7 @@ same path under the site root. So a study README's relative links (`local_slopes
 repository at build time (`File.generated(..., abs_src_path=...)`), and the Results section of the nav
 lists the studies whose README exists.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -16,9 +17,15 @@ import re
 from pathlib import Path
 
 STUDIES = ["paper", "science", "large_n", "sibling", "contamination", "benchmarks", "examples"]
-TITLES = {"paper": "The paper's figures", "science": "Science: what Fig. 2 measured", "large_n": "Large n",
-          "sibling": "The sibling softmax-gating study", "contamination": "The contamination test",
-          "benchmarks": "Benchmarks", "examples": "Examples"}
+TITLES = {
+    "paper": "The paper's figures",
+    "science": "Science: what Fig. 2 measured",
+    "large_n": "Large n",
+    "sibling": "The sibling softmax-gating study",
+    "contamination": "The contamination test",
+    "benchmarks": "Benchmarks",
+    "examples": "Examples",
+}
 LINK = re.compile(r"\]\(([^)\s]+)\)|<img[^>]*src=\"([^\"]+)\"")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
@@ -26,7 +33,7 @@ FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 def docs_path(repo_path: str) -> str:
     """The site's path of a repository file: experiments/X -> results/X, anything else unchanged."""
     if repo_path.startswith("experiments/"):
-        return "results/" + repo_path[len("experiments/"):]
+        return "results/" + repo_path[len("experiments/") :]
     return repo_path
 
 
@@ -69,7 +76,15 @@ def on_config(config, **kwargs):
     present = [s for s in STUDIES if (root / "experiments" / s / "README.md").is_file()]
     for section in config["nav"] or []:
         if isinstance(section, dict) and "Results" in section:
-            section["Results"] = [e for e in section["Results"] if not (isinstance(e, dict) and "results/" in str(next(iter(e.values()))) and str(next(iter(e.values()))).split("/")[1] in STUDIES)]
+            section["Results"] = [
+                e
+                for e in section["Results"]
+                if not (
+                    isinstance(e, dict)
+                    and "results/" in str(next(iter(e.values())))
+                    and str(next(iter(e.values()))).split("/")[1] in STUDIES
+                )
+            ]
             section["Results"] += [{TITLES[s]: f"results/{s}/README.md"} for s in present]
     return config
 

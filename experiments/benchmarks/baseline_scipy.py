@@ -87,11 +87,7 @@ def _neg_q(theta, X, y, r):
     z = X @ beta + tau
     m = np.tanh(X @ eta)
     resid = y - m
-    q = (
-        r * log_expit(z)
-        + (1.0 - r) * log_expit(-z)
-        + r * (-0.5 * (_LOG_2PI + log_nu) - resid**2 / (2.0 * nu))
-    ).mean()
+    q = (r * log_expit(z) + (1.0 - r) * log_expit(-z) + r * (-0.5 * (_LOG_2PI + log_nu) - resid**2 / (2.0 * nu))).mean()
     dz = r - np.exp(log_expit(z))  # dQ/dz per sample (times n)
     du = r * resid / nu * (1.0 - m**2)  # dQ/d(eta . x) per sample (times n)
     grad = np.concatenate(
@@ -120,9 +116,7 @@ def _prepare(X, y, eta0, nu0, f0, init):
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     log_f0 = _LOG_F0[f0](y, np.tanh(X @ np.asarray(eta0, float)), nu0)
-    theta = np.concatenate(
-        [init["beta"], [init["tau"]], init["eta"], [np.log(init["nu"])]]
-    ).astype(np.float64)
+    theta = np.concatenate([init["beta"], [init["tau"]], init["eta"], [np.log(init["nu"])]]).astype(np.float64)
     return X, y, log_f0, theta
 
 
@@ -131,8 +125,14 @@ def _record(theta, d, trace, start, **counts):
     trace[-1], the trace, wall seconds since ``start`` and the given counts/flags."""
     beta, tau, eta, log_nu = _unpack(theta, d)
     return dict(
-        beta=beta.copy(), tau=float(tau), eta=eta.copy(), nu=float(np.exp(log_nu)),
-        mean_loglik=trace[-1], **counts, seconds=time.perf_counter() - start, trace=trace,
+        beta=beta.copy(),
+        tau=float(tau),
+        eta=eta.copy(),
+        nu=float(np.exp(log_nu)),
+        mean_loglik=trace[-1],
+        **counts,
+        seconds=time.perf_counter() - start,
+        trace=trace,
     )
 
 
@@ -156,8 +156,7 @@ def fit_em_scipy(X, y, *, eta0, nu0, f0="laplace", init, tol=1e-8, max_iter=1000
     converged = False
     n_iter = n_fev = 0
     for n_iter in range(1, max_iter + 1):
-        res = minimize(_neg_q, theta, args=(X, y, r), jac=True, method="BFGS",
-                       options={"gtol": gtol})
+        res = minimize(_neg_q, theta, args=(X, y, r), jac=True, method="BFGS", options={"gtol": gtol})
         theta = res.x
         n_fev += res.nfev
         r, ll_new = _e_step(X, y, *_with_nu(theta, d), log_f0)
@@ -192,9 +191,16 @@ def _derivatives(theta, X, y, log_f0):
     resid = y - m
     dm = 1.0 - m**2  # h'(u); h''(u) = -2 m h'(u)
     return dict(
-        log_p=log_p, r=r, one_minus_r=np.exp(log_fixed - log_p), s_var=s * np.exp(log_expit(-z)),
-        g_a=r - s, L1_u=resid * dm / nu, L1_lam=resid**2 / (2.0 * nu) - 0.5,
-        L1_uu=-(dm**2 + 2.0 * m * dm * resid) / nu, resid=resid, nu=nu,
+        log_p=log_p,
+        r=r,
+        one_minus_r=np.exp(log_fixed - log_p),
+        s_var=s * np.exp(log_expit(-z)),
+        g_a=r - s,
+        L1_u=resid * dm / nu,
+        L1_lam=resid**2 / (2.0 * nu) - 0.5,
+        L1_uu=-(dm**2 + 2.0 * m * dm * resid) / nu,
+        resid=resid,
+        nu=nu,
     )
 
 
@@ -202,8 +208,9 @@ def _gradient(X, p):
     """Gradient (2d + 2,) of the mean log-likelihood in (beta, tau, eta, log nu);
     X (n, d), p from ``_derivatives``."""
     n = X.shape[0]
-    return np.concatenate([X.T @ p["g_a"] / n, [p["g_a"].mean()],
-                           X.T @ (p["r"] * p["L1_u"]) / n, [np.mean(p["r"] * p["L1_lam"])]])
+    return np.concatenate(
+        [X.T @ p["g_a"] / n, [p["g_a"].mean()], X.T @ (p["r"] * p["L1_u"]) / n, [np.mean(p["r"] * p["L1_lam"])]]
+    )
 
 
 def _hessian(X, p):
@@ -259,11 +266,24 @@ def fit_direct_bfgs(X, y, *, eta0, nu0, f0="laplace", init, gtol=1e-8, max_iter=
         return -values[-1], -_gradient(X, p)
 
     trace = []
-    res = minimize(neg_loglik, theta, jac=True, method="BFGS",
-                   callback=lambda intermediate_result: trace.append(-intermediate_result.fun),
-                   options={"gtol": gtol, "maxiter": max_iter})
-    return _record(res.x, X.shape[1], [values[0], *trace], start, n_iter=res.nit, n_fev=res.nfev,
-                   converged=bool(res.success), message=res.message)
+    res = minimize(
+        neg_loglik,
+        theta,
+        jac=True,
+        method="BFGS",
+        callback=lambda intermediate_result: trace.append(-intermediate_result.fun),
+        options={"gtol": gtol, "maxiter": max_iter},
+    )
+    return _record(
+        res.x,
+        X.shape[1],
+        [values[0], *trace],
+        start,
+        n_iter=res.nit,
+        n_fev=res.nfev,
+        converged=bool(res.success),
+        message=res.message,
+    )
 
 
 def _ascent_direction(H, g):
@@ -331,5 +351,14 @@ def fit_newton(X, y, *, eta0, nu0, f0="laplace", init, gtol=1e-10, ftol=1e-14, m
         theta, p = candidate, p_new
         trace.append(ll_new)
         n_iter += 1
-    return _record(theta, X.shape[1], trace, start, n_iter=n_iter, n_fev=n_fev, n_hev=n_hev,
-                   n_shifted=n_shifted, converged=converged)
+    return _record(
+        theta,
+        X.shape[1],
+        trace,
+        start,
+        n_iter=n_iter,
+        n_fev=n_fev,
+        n_hev=n_hev,
+        n_shifted=n_shifted,
+        converged=converged,
+    )

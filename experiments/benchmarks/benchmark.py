@@ -59,6 +59,7 @@ is the RSS after the imports). Peer workers never import torch. --threads T caps
 both stacks (torch, OpenMP, OpenBLAS/MKL) through the environment for workers and protocol runs
 alike; on a busy machine prefer --threads 1. Ratios are what count on a shared machine.
 """
+
 import argparse
 import json
 import os
@@ -91,6 +92,8 @@ PEERS = {"baseline": bs.fit_em_scipy, "scipy_bfgs": bs.fit_direct_bfgs, "numpy_n
 BASELINE, STRONG_PEERS = "baseline", ("scipy_bfgs", "numpy_newton")
 WARMUP_N = 256
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _compose(setting: str, fit: str = "em"):
     """The Hydra config for ``setting=<setting> fit=<fit>``."""
     return studykit.compose([f"setting={setting}", f"fit={fit}"])
@@ -130,7 +133,12 @@ def _status_counts(statuses) -> dict:
 
 def _peer_start(start, r: int) -> dict:
     """Replication r's starting point in baseline_scipy's format; ``start`` peer_start.npz's arrays."""
-    return {"beta": start["beta"][r, 0], "tau": float(start["tau"][r, 0]), "eta": start["eta"][r], "nu": float(start["nu"][r])}
+    return {
+        "beta": start["beta"][r, 0],
+        "tau": float(start["tau"][r, 0]),
+        "eta": start["eta"][r],
+        "nu": float(start["nu"][r]),
+    }
 
 
 def _peer_record(peer: str, res: dict, max_iter: int) -> dict:
@@ -165,8 +173,15 @@ def _peer_worker(job: dict) -> dict:
         res = fit(x, y, **job["model"], init=_peer_start(start, r), **options)
         seconds = time.perf_counter() - t0
         max_iter = options.get("max_iter", fit.__kwdefaults__["max_iter"])
-        fits.append({"seconds": seconds, "loglik": res["mean_loglik"], "n_iter": res["n_iter"],
-                     "peak_mib": _peak_mib(), **_peer_record(peer, res, max_iter)})
+        fits.append(
+            {
+                "seconds": seconds,
+                "loglik": res["mean_loglik"],
+                "n_iter": res["n_iter"],
+                "peak_mib": _peak_mib(),
+                **_peer_record(peer, res, max_iter),
+            }
+        )
     return {"floor_mib": floor, "fits": fits}
 
 
@@ -180,15 +195,32 @@ def _torch_fit(model, X, Y, start, options, data_model=None) -> dict:
     t0 = time.perf_counter()
     res = fit_batch(model, X, Y, {k: v[:m] for k, v in start.items()}, options)
     seconds = time.perf_counter() - t0
-    out = {"seconds": seconds, "loglik": res.mean_loglik.tolist(), "n_iter": res.n_iter.tolist(),
-           "evaluations": res.n_evals, "status": res.status, "solver": res.solver, "fused": res.fused,
-           "peak_mib": _peak_mib()}
+    out = {
+        "seconds": seconds,
+        "loglik": res.mean_loglik.tolist(),
+        "n_iter": res.n_iter.tolist(),
+        "evaluations": res.n_evals,
+        "status": res.status,
+        "solver": res.solver,
+        "fused": res.fused,
+        "peak_mib": _peak_mib(),
+    }
     if data_model is not None:
         from softmoe_torch.model.names import PAPER_NAMES as NAMES
 
         est = {k: res.params[v].numpy() for k, v in NAMES.items()}
-        numpy_ll = [bs.mean_loglik(X[r].numpy(), Y[r].numpy(), beta=est["beta"][r, 0], tau=est["tau"][r, 0],
-                                   eta=est["eta"][r], nu=est["nu"][r], **data_model) for r in range(m)]
+        numpy_ll = [
+            bs.mean_loglik(
+                X[r].numpy(),
+                Y[r].numpy(),
+                beta=est["beta"][r, 0],
+                tau=est["tau"][r, 0],
+                eta=est["eta"][r],
+                nu=est["nu"][r],
+                **data_model,
+            )
+            for r in range(m)
+        ]
         out["objective_gap"] = float(np.max(np.abs(np.array(numpy_ll) - res.mean_loglik.numpy())))
     return out
 
@@ -197,8 +229,13 @@ def _warm_up(model, X, Y, start, method):
     """A one-iteration fit on WARMUP_N points (first-call costs out of the timings)."""
     from softmoe_torch.estimation.driver import FitOptions
 
-    _torch_fit(model, X[:1, :WARMUP_N], Y[:1, :WARMUP_N], start,
-               FitOptions.for_method(method, max_iter=1, inner={"max_iter": 10}))
+    _torch_fit(
+        model,
+        X[:1, :WARMUP_N],
+        Y[:1, :WARMUP_N],
+        start,
+        FitOptions.for_method(method, max_iter=1, inner={"max_iter": 10}),
+    )
 
 
 def _torch_worker(job: dict) -> dict:
@@ -220,7 +257,9 @@ def _torch_worker(job: dict) -> dict:
     single = _torch_fit(model, X[:1], Y[:1], start, options, job["model"])
     predicted = single["seconds"] * X.shape[0]
     if method == "em_torch" and predicted > job["em_torch_budget"]:
-        batch = {"skipped": f"R x single-fit seconds = {predicted:.0f} s > --em-torch-budget {job['em_torch_budget']:g} s"}
+        batch = {
+            "skipped": f"R x single-fit seconds = {predicted:.0f} s > --em-torch-budget {job['em_torch_budget']:g} s"
+        }
     else:
         batch = _torch_fit(model, X, Y, start, options, job["model"])
     return {"floor_mib": floor, "single": single, "batch": batch}
@@ -273,12 +312,16 @@ def _spawn(job: dict, tmp: Path, name: str) -> dict:
 def _peer_model(cfg) -> dict:
     """eta0, nu0 and f0 of a setting, in baseline_scipy's terms (tanh experts, Gaussian prompt)."""
     s = cfg.setting
-    classes = [node._target_.rsplit(".", 1)[-1] for node in
-               (s.pretrained.expert, s.prompt.expert, s.prompt.density, s.pretrained.density)]
+    classes = [
+        node._target_.rsplit(".", 1)[-1]
+        for node in (s.pretrained.expert, s.prompt.expert, s.prompt.density, s.pretrained.density)
+    ]
     f0 = classes[3].lower()
     if classes[:3] != ["TanhExpert", "TanhExpert", "Gaussian"] or f0 not in ("gaussian", "laplace"):
-        raise ValueError(f"setting {s.name}: the numpy/scipy peers have tanh experts, a Gaussian prompt and a "
-                         "Gaussian or Laplace pre-trained density only")
+        raise ValueError(
+            f"setting {s.name}: the numpy/scipy peers have tanh experts, a Gaussian prompt and a "
+            "Gaussian or Laplace pre-trained density only"
+        )
     return {"eta0": list(s.pretrained.params.eta), "nu0": float(s.pretrained.nu), "f0": f0}
 
 
@@ -304,31 +347,58 @@ def _write_data(cfg, n: int, R: int, tmp: Path):
 def _row(setting, n, mode, method, fit, floor, seconds=None, extrapolated=False) -> dict:
     """One table row from a fit record whose loglik/n_iter/status are lists over replications
     0, 1, ... ('skipped': a run the em_torch rule left out)."""
-    row = {"setting": setting, "n": n, "mode": mode, "method": method, "kind": "peer" if method in PEERS else "torch",
-           "extrapolated": extrapolated, "floor_mib": floor}
+    row = {
+        "setting": setting,
+        "n": n,
+        "mode": mode,
+        "method": method,
+        "kind": "peer" if method in PEERS else "torch",
+        "extrapolated": extrapolated,
+        "floor_mib": floor,
+    }
     if "skipped" in fit:
         return {**row, "seconds": None, "note": f"skipped: {fit['skipped']}"}
     seconds = fit["seconds"] if seconds is None else seconds
     keep = ("loglik", "n_iter", "status", "evaluations", "peak_mib", "objective_gap", "solver", "fused")
-    return {**row, **{k: fit[k] for k in keep if k in fit}, "fits": len(fit["loglik"]), "seconds": seconds,
-            "seconds_per_fit": seconds / len(fit["loglik"]), "mean_loglik": float(np.mean(fit["loglik"])),
-            "iterations": float(np.mean(fit["n_iter"])), "statuses": _status_counts(fit["status"])}
+    return {
+        **row,
+        **{k: fit[k] for k in keep if k in fit},
+        "fits": len(fit["loglik"]),
+        "seconds": seconds,
+        "seconds_per_fit": seconds / len(fit["loglik"]),
+        "mean_loglik": float(np.mean(fit["loglik"])),
+        "iterations": float(np.mean(fit["n_iter"])),
+        "statuses": _status_counts(fit["status"]),
+    }
 
 
 def _merge(fits) -> dict:
     """A peer's fits of replications 0, 1, ... as one record (lists over replications; mean
     evaluations per fit; the largest peak)."""
-    return {"loglik": [f["loglik"] for f in fits], "n_iter": [f["n_iter"] for f in fits],
-            "status": [f["status"] for f in fits], "seconds": sum(f["seconds"] for f in fits),
-            "evaluations": float(np.mean([f["evaluations"] for f in fits])), "peak_mib": max(f["peak_mib"] for f in fits)}
+    return {
+        "loglik": [f["loglik"] for f in fits],
+        "n_iter": [f["n_iter"] for f in fits],
+        "status": [f["status"] for f in fits],
+        "seconds": sum(f["seconds"] for f in fits),
+        "evaluations": float(np.mean([f["evaluations"] for f in fits])),
+        "peak_mib": max(f["peak_mib"] for f in fits),
+    }
 
 
 def _peer_rows(setting, n, R, peer, out) -> list:
     """A peer's single row (its fit of replication 0) and batch row (extrapolated from its K fits)."""
     fits = out["fits"]
     single = _row(setting, n, "single", peer, _merge(fits[:1]), out["floor_mib"])
-    batch = _row(setting, n, "batch", peer, _merge(fits), out["floor_mib"],
-                 seconds=R * np.mean([f["seconds"] for f in fits]), extrapolated=True)
+    batch = _row(
+        setting,
+        n,
+        "batch",
+        peer,
+        _merge(fits),
+        out["floor_mib"],
+        seconds=R * np.mean([f["seconds"] for f in fits]),
+        extrapolated=True,
+    )
     batch["seconds_per_fit"] = batch["seconds"] / R
     batch["note"] = f"extrapolated: mean seconds of {len(fits)} measured fits x {R}"
     return [single, batch]
@@ -348,10 +418,15 @@ def _compare(rows) -> list:
             continue
         same_mode = {p["method"]: p["seconds"] for p in rows if p["mode"] == r["mode"] and p["kind"] == "peer"}
         strong = min((p for p in STRONG_PEERS if p in same_mode), key=same_mode.get, default=None)
-        out.append({**r, "gap": max(best[rep] - ll for rep, ll in enumerate(r["loglik"])),
-                    "speedup_baseline": same_mode[BASELINE] / r["seconds"] if BASELINE in same_mode else None,
-                    "strongest_peer": strong,
-                    "speedup_peer": same_mode[strong] / r["seconds"] if strong else None})
+        out.append(
+            {
+                **r,
+                "gap": max(best[rep] - ll for rep, ll in enumerate(r["loglik"])),
+                "speedup_baseline": same_mode[BASELINE] / r["seconds"] if BASELINE in same_mode else None,
+                "strongest_peer": strong,
+                "speedup_peer": same_mode[strong] / r["seconds"] if strong else None,
+            }
+        )
     return out
 
 
@@ -364,8 +439,15 @@ def cost_exponents(rows) -> list:
     out = []
     for (setting, mode, method), pts in groups.items():
         if len({n for n, _ in pts}) >= 2:
-            out.append({"setting": setting, "mode": mode, "method": method, "exponent": _slope(pts),
-                        "sizes": sorted(n for n, _ in pts)})
+            out.append(
+                {
+                    "setting": setting,
+                    "mode": mode,
+                    "method": method,
+                    "exponent": _slope(pts),
+                    "sizes": sorted(n for n, _ in pts),
+                }
+            )
     return out
 
 
@@ -381,8 +463,10 @@ def _fmt(v, spec):
 
 def table(rows) -> str:
     """The rows as a fixed-width text table."""
-    head = (f"{'setting':<23}{'n':>8} {'mode':<7}{'method':<13}{'seconds':>9}{'s/fit':>9}{'x base':>8}{'x peer':>8}"
-            f"{'evals':>8}{'iters':>7}{'mean ll':>12}{'gap':>9}{'MiB':>6}  statuses")
+    head = (
+        f"{'setting':<23}{'n':>8} {'mode':<7}{'method':<13}{'seconds':>9}{'s/fit':>9}{'x base':>8}{'x peer':>8}"
+        f"{'evals':>8}{'iters':>7}{'mean ll':>12}{'gap':>9}{'MiB':>6}  statuses"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["seconds"] is None:
@@ -390,14 +474,18 @@ def table(rows) -> str:
             continue
         secs = f"{r['seconds']:.2f}" + ("*" if r["extrapolated"] else " ")
         statuses = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
-        lines.append(f"{r['setting']:<23}{r['n']:>8} {r['mode']:<7}{r['method']:<13}{secs:>9}"
-                     f"{r['seconds_per_fit']:>9.3f}{_fmt(r['speedup_baseline'], '.3g'):>8}"
-                     f"{_fmt(r['speedup_peer'], '.3g'):>8}{r['evaluations']:>8.0f}{r['iterations']:>7.1f}"
-                     f"{r['mean_loglik']:>12.6f}{r['gap']:>9.1e}{r['peak_mib']:>6.0f}  {statuses}")
-    lines.append("* peers' batch seconds are extrapolated (mean seconds of the measured fits x R). x base, x peer: "
-                 "speed-up against the baseline and the strongest peer (faster of scipy_bfgs, numpy_newton) in the "
-                 "same mode. gap: largest shortfall from the best log-likelihood reached on the same replication. "
-                 "evals: see the module docstring.")
+        lines.append(
+            f"{r['setting']:<23}{r['n']:>8} {r['mode']:<7}{r['method']:<13}{secs:>9}"
+            f"{r['seconds_per_fit']:>9.3f}{_fmt(r['speedup_baseline'], '.3g'):>8}"
+            f"{_fmt(r['speedup_peer'], '.3g'):>8}{r['evaluations']:>8.0f}{r['iterations']:>7.1f}"
+            f"{r['mean_loglik']:>12.6f}{r['gap']:>9.1e}{r['peak_mib']:>6.0f}  {statuses}"
+        )
+    lines.append(
+        "* peers' batch seconds are extrapolated (mean seconds of the measured fits x R). x base, x peer: "
+        "speed-up against the baseline and the strongest peer (faster of scipy_bfgs, numpy_newton) in the "
+        "same mode. gap: largest shortfall from the best log-likelihood reached on the same replication. "
+        "evals: see the module docstring."
+    )
     return "\n".join(lines)
 
 
@@ -412,8 +500,18 @@ def _measure(cfg, n: int, args) -> list:
         _write_data(cfg, n, args.reps, tmp)
         job = {"data": str(tmp), "model": _peer_model(cfg), "setting": name}
         for p in args.peers:
-            out = _spawn({**job, "kind": "peer", "peer": p, "baseline_reps": args.baseline_reps,
-                          "tol": float(cfg.fit.tol), "max_iter": int(cfg.fit.max_iter)}, tmp, p)
+            out = _spawn(
+                {
+                    **job,
+                    "kind": "peer",
+                    "peer": p,
+                    "baseline_reps": args.baseline_reps,
+                    "tol": float(cfg.fit.tol),
+                    "max_iter": int(cfg.fit.max_iter),
+                },
+                tmp,
+                p,
+            )
             rows += _peer_rows(name, n, args.reps, p, out)
         for m in args.methods:
             out = _spawn({**job, "kind": "torch", "method": m, "em_torch_budget": args.em_torch_budget}, tmp, m)
@@ -485,10 +583,21 @@ def run_scale(args):
         for method in args.scale_methods:
             with tempfile.TemporaryDirectory() as tmp:
                 out = _spawn({"kind": "scale", "setting": setting, "n": n, "method": method}, Path(tmp), method)
-            rows.append({"setting": setting, "n": n, "method": method, **out, "mean_loglik": out["loglik"][0],
-                         "n_iter": out["n_iter"][0], "status": out["status"][0]})
+            rows.append(
+                {
+                    "setting": setting,
+                    "n": n,
+                    "method": method,
+                    **out,
+                    "mean_loglik": out["loglik"][0],
+                    "n_iter": out["n_iter"][0],
+                    "status": out["status"][0],
+                }
+            )
             yield {"rows": rows}
-    exponents = {m: _scale_exponent([(r["n"], r["seconds"]) for r in rows if r["method"] == m]) for m in args.scale_methods}
+    exponents = {
+        m: _scale_exponent([(r["n"], r["seconds"]) for r in rows if r["method"] == m]) for m in args.scale_methods
+    }
     plot_scaling(rows, exponents, Path(args.figure))
     yield {"rows": rows, "exponents": exponents, "figure": str(args.figure)}
 
@@ -496,8 +605,10 @@ def run_scale(args):
 def print_scale(section):
     print(f"{'method':<9}{'n':>10}{'seconds':>10}{'peak MiB':>10}{'iters':>7}{'evals':>7}  status")
     for r in section["rows"]:
-        print(f"{r['method']:<9}{r['n']:>10}{r['seconds']:>10.3f}{r['peak_mib']:>10.0f}{r['n_iter']:>7}"
-              f"{r['evaluations']:>7}  {r['status']}")
+        print(
+            f"{r['method']:<9}{r['n']:>10}{r['seconds']:>10.3f}{r['peak_mib']:>10.0f}{r['n_iter']:>7}"
+            f"{r['evaluations']:>7}  {r['status']}"
+        )
     for m, e in section["exponents"].items():
         print(f"cost-vs-n exponent, {m}: {_fmt(e['exponent'], '.2f')} (n = {e['sizes']})")
     print(f"figure: {section['figure']}")
@@ -508,8 +619,10 @@ def print_scale(section):
 
 def protocol_command(setting: str, fit: str, sweep: str, run_dir: Path) -> list:
     """The promised command for one setting and fit."""
-    return studykit.run_command([f"setting={setting}", f"fit={fit}", f"sweep={sweep}", "progress=false",
-                                 "monitor.tensorboard=false"], run_dir=run_dir)
+    return studykit.run_command(
+        [f"setting={setting}", f"fit={fit}", f"sweep={sweep}", "progress=false", "monitor.tensorboard=false"],
+        run_dir=run_dir,
+    )
 
 
 def _protocol_run(setting: str, fit: str, sweep: str) -> dict:
@@ -524,11 +637,19 @@ def _protocol_run(setting: str, fit: str, sweep: str) -> dict:
         results = studykit.read_results(tmp / "run")
     statuses = _status_counts(r["status"] for r in results)
     command = " ".join(["python", *cmd[1:-1], "hydra.run.dir=<tmp>"])
-    return {"setting": setting, "fit": fit, "sweep": sweep, "command": command,
-            "wall_seconds": usage["wall_seconds"], "peak_mib": max(_maxrss_mib(usage["maxrss"]), usage["tree_kib"] / 2**10),
-            "largest_process_mib": _maxrss_mib(usage["maxrss"]), "fits": len(results),
-            "statuses": statuses, "max_iter": statuses.get("max_iter", 0),
-            "fit_seconds": sum(float(r["seconds"]) for r in results)}
+    return {
+        "setting": setting,
+        "fit": fit,
+        "sweep": sweep,
+        "command": command,
+        "wall_seconds": usage["wall_seconds"],
+        "peak_mib": max(_maxrss_mib(usage["maxrss"]), usage["tree_kib"] / 2**10),
+        "largest_process_mib": _maxrss_mib(usage["maxrss"]),
+        "fits": len(results),
+        "statuses": statuses,
+        "max_iter": statuses.get("max_iter", 0),
+        "fit_seconds": sum(float(r["seconds"]) for r in results),
+    }
 
 
 def run_protocol(args):
@@ -545,8 +666,10 @@ def print_protocol(section):
     print(f"{'setting':<24}{'fit':<10}{'wall s':>9}{'fits s':>9}{'peak MiB':>10}{'fits':>6}{'max_iter':>9}  statuses")
     for r in section["rows"]:
         statuses = ", ".join(f"{k} {v}" for k, v in r["statuses"].items())
-        print(f"{r['setting']:<24}{r['fit']:<10}{r['wall_seconds']:>9.1f}{r['fit_seconds']:>9.1f}{r['peak_mib']:>10.0f}"
-              f"{r['fits']:>6}{r['max_iter']:>9}  {statuses}")
+        print(
+            f"{r['setting']:<24}{r['fit']:<10}{r['wall_seconds']:>9.1f}{r['fit_seconds']:>9.1f}{r['peak_mib']:>10.0f}"
+            f"{r['fits']:>6}{r['max_iter']:>9}  {statuses}"
+        )
     print("wall s: the command end to end (start-up, fits, report); fits s: the fits' own seconds (results.csv)")
 
 
@@ -558,18 +681,31 @@ def machine_info() -> dict:
     import scipy
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "numpy": np.__version__, "scipy": scipy.__version__,
-            "threads_env": {v: os.environ.get(v) for v in THREAD_VARS},
-            "peak_rss_reset": os.access("/proc/self/clear_refs", os.W_OK)}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "threads_env": {v: os.environ.get(v) for v in THREAD_VARS},
+        "peak_rss_reset": os.access("/proc/self/clear_refs", os.W_OK),
+    }
 
 
-MODES = {"table": (run_table, print_table), "scale": (run_scale, print_scale), "protocol": (run_protocol, print_protocol)}
+MODES = {
+    "table": (run_table, print_table),
+    "scale": (run_scale, print_scale),
+    "protocol": (run_protocol, print_protocol),
+}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--scale", action="store_true", help="the scaling mode (see above)")
     mode.add_argument("--protocol", action="store_true", help="time the promised CLI commands end to end")
@@ -579,8 +715,12 @@ def parse_args(argv=None):
     p.add_argument("--methods", nargs="+", default=TORCH_METHODS, choices=TORCH_METHODS)
     p.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
     p.add_argument("--baseline-reps", type=int, default=3, help="K, fits each peer measures in batch mode")
-    p.add_argument("--em-torch-budget", type=float, default=300.0,
-                   help="skip em_torch's batch run when R x its single-fit seconds exceeds this")
+    p.add_argument(
+        "--em-torch-budget",
+        type=float,
+        default=300.0,
+        help="skip em_torch's batch run when R x its single-fit seconds exceeds this",
+    )
     p.add_argument("--scale-sizes", type=int, nargs="+", help="default: 1e4, 1e5, 1e6 (and 1e7 with --max-n)")
     p.add_argument("--max-n", type=int, default=10**6, help="largest default scale size")
     p.add_argument("--scale-methods", nargs="+", default=["newton", "em"], choices=TORCH_METHODS)
@@ -616,16 +756,22 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if k not in ("worker", "out", "scale", "protocol")}
-    section = {"machine": machine_info(), "config": config, "load_before": studykit.load_average(),
-               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    section = {
+        "machine": machine_info(),
+        "config": config,
+        "load_before": studykit.load_average(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     began = time.perf_counter()
     run, show = MODES[args.mode]
     for progress in run(args):  # written after every step, so a long run keeps its progress
         section.update(progress, wall_seconds=time.perf_counter() - began, load_after=studykit.load_average())
         _write_section(out, args.mode, section)
     show(section)
-    print(f"\nload average (1, 5, 15 min) before {section['load_before']}, after {section['load_after']}; "
-          f"{section['machine']['cpu_count']} cores, torch threads {section['machine']['torch_threads']}")
+    print(
+        f"\nload average (1, 5, 15 min) before {section['load_before']}, after {section['load_after']}; "
+        f"{section['machine']['cpu_count']} cores, torch threads {section['machine']['torch_threads']}"
+    )
     print(f"{args.mode} written to {out} ({section['wall_seconds']:.0f} s)")
 
 

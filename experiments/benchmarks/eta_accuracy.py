@@ -3,6 +3,7 @@ it shows after every batch, and prints its error against the true remaining time
 of the work (n summed over fits).
 
     python experiments/benchmarks/eta_accuracy.py fit=direct sweep.reps=10 [more overrides]"""
+
 import json
 import os
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
-from softmoe_torch.study.progress import WorkBar  # noqa: E402
+
 from softmoe_torch.study.config_checks import validate  # noqa: E402
+from softmoe_torch.study.progress import WorkBar  # noqa: E402
 from softmoe_torch.study.sweep import batch_plan, run_study  # noqa: E402
 
 
@@ -40,13 +42,23 @@ def main(overrides):
         run_study(cfg, out, progress=bar)
     bar.close()
     end = bar.log[-1][0]
-    report = {"overrides": overrides, "workers": bar.workers, "total_seconds": round(end, 1),
-              "load_average": os.getloadavg(), "at": {}}
+    report = {
+        "overrides": overrides,
+        "workers": bar.workers,
+        "total_seconds": round(end, 1),
+        "load_average": os.getloadavg(),
+        "at": {},
+    }
     for q in (0.25, 0.5, 0.75):
         t, frac, eta = next(rec for rec in bar.log if rec[1] >= q)
         true = end - t
-        report["at"][f"{q:.0%}"] = {"work_done": round(frac, 3), "elapsed": round(t, 1), "eta_shown": round(eta, 1),
-                                    "true_remaining": round(true, 1), "error": f"{(eta - true) / true:+.0%}" if true > 0 else None}  # None: reached at the very end
+        report["at"][f"{q:.0%}"] = {
+            "work_done": round(frac, 3),
+            "elapsed": round(t, 1),
+            "eta_shown": round(eta, 1),
+            "true_remaining": round(true, 1),
+            "error": f"{(eta - true) / true:+.0%}" if true > 0 else None,
+        }  # None: reached at the very end
     report["batches"] = [(n, k, round(sec, 2)) for n, k, sec in bar.history]
     print(json.dumps(report, indent=1))
 

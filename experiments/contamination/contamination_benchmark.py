@@ -9,12 +9,13 @@ writes DIR/data.csv (n draws under H0 of the distinguishable setting: X ~ N(0, I
 + Laplace noise of variance 0.001), DIR/flexmix.R and DIR/mixtools.R, and prints the three
 commands to time, each a whole process (start-up included), e.g.:
 
-    /usr/bin/time -v python -m softmoe_torch.test data=DIR/data.csv setting=distinguishable test.B=999 progress=false out=DIR/ours.json
+    /usr/bin/time -v python -m softmoe_torch.bootstrap_test data=DIR/data.csv setting=distinguishable test.B=999 progress=false out=DIR/ours.json
     /usr/bin/time -v Rscript DIR/flexmix.R
     /usr/bin/time -v Rscript DIR/mixtools.R
 
 Seconds per refit: a command's wall seconds over its number of fits (ours: the observed fit + B;
 flexmix: 2 (B + 1), k = 1 and 2 on each data set; mixtools: 2 (B + 1))."""
+
 import argparse
 import math
 from pathlib import Path
@@ -53,11 +54,18 @@ def main(argv=None):
     X = rng.standard_normal((args.n, 8))
     y = np.tanh(X[:, 0]) + rng.laplace(0, math.sqrt(0.001 / 2), args.n)
     data = out / "data.csv"
-    np.savetxt(data, np.column_stack([X, y]), delimiter=",", comments="",
-               header=",".join([f"x{i}" for i in range(1, 9)] + ["y"]))
+    np.savetxt(
+        data,
+        np.column_stack([X, y]),
+        delimiter=",",
+        comments="",
+        header=",".join([f"x{i}" for i in range(1, 9)] + ["y"]),
+    )
     (out / "flexmix.R").write_text(FLEXMIX.format(data=data, B=args.flexmix_B))
     (out / "mixtools.R").write_text(MIXTOOLS.format(data=data, B=args.mixtools_B))
-    print(f"python -m softmoe_torch.test data={data} setting=distinguishable test.B={args.B} progress=false out={out}/ours.json")
+    print(
+        f"python -m softmoe_torch.bootstrap_test data={data} setting=distinguishable test.B={args.B} progress=false out={out}/ours.json"
+    )
     print(f"Rscript {out}/flexmix.R")
     print(f"Rscript {out}/mixtools.R")
 

@@ -17,6 +17,7 @@ unconditional Monte Carlo test with B = M) against a few alternatives.
 
 Writes experiments/contamination/pilot[_iterations].json and .md. A pilot: M and the replications
 are small and its intervals wide; the calibration and power studies are not this."""
+
 import argparse
 import json
 import sys
@@ -30,10 +31,11 @@ import torch
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
-from softmoe_torch.metrics.intervals import wilson  # noqa: E402
 from studykit import model_with, response  # noqa: E402
+
 from softmoe_torch import Estimator  # noqa: E402
 from softmoe_torch.lrt import with_variance_floor  # noqa: E402
+from softmoe_torch.metrics.intervals import wilson  # noqa: E402
 from softmoe_torch.settings.setting import Setting  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -43,8 +45,15 @@ CELLS = {  # comparison -> [(setting, n, {label: truth overrides})]
     "iterations": [
         ("distinguishable", 1000, {"tau*=-7": {"gate.tau": -7.0}, "tau*=-6": {"gate.tau": -6.0}}),
         ("distinguishable", 10000, {"tau*=-9": {"gate.tau": -9.0}, "tau*=-8": {"gate.tau": -8.0}}),
-        ("nondistinguishable_eta", 1000, {"tau*=-7": {"gate.tau": -7.0}, "tau*=-5": {"gate.tau": -5.0},
-                                          **{f"delta={d:g}": {"prompts.0.expert.eta": [1 + d, *E1[1:]]} for d in (0.05, 0.1, 0.2)}}),
+        (
+            "nondistinguishable_eta",
+            1000,
+            {
+                "tau*=-7": {"gate.tau": -7.0},
+                "tau*=-5": {"gate.tau": -5.0},
+                **{f"delta={d:g}": {"prompts.0.expert.eta": [1 + d, *E1[1:]]} for d in (0.05, 0.1, 0.2)},
+            },
+        ),
     ],
 }
 
@@ -68,24 +77,37 @@ def statistics(estimator: Estimator, X, Y, null_loglik, capped: bool) -> dict:
         warnings.simplefilter("ignore")
         res = estimator.fit(X, Y, replications=[0] * len(Y))
     lr = 2 * (res.loglik - null_loglik)
-    return {"lr": (lr if capped else lr.clamp_min(0)).tolist(), "status": res.status,
-            "degenerate": [bool(d) for d in res.degenerate], "seconds": time.perf_counter() - t0}
+    return {
+        "lr": (lr if capped else lr.clamp_min(0)).tolist(),
+        "status": res.status,
+        "degenerate": [bool(d) for d in res.degenerate],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def choices(compare: str, model) -> dict:
     """name -> (estimator, capped) of the comparison."""
     if compare == "floors":
-        return {"bounds only (nu >= 1e-8)": (Estimator(model, "newton", n_init=3), False),
-                "floor 0.1 x nu0": (with_variance_floor(Estimator(model, "newton", n_init=3), 0.1), False)}
-    out = {"MLE (3 random starts, to convergence)": (with_variance_floor(Estimator(model, "newton", n_init=3), 0.1), False)}
+        return {
+            "bounds only (nu >= 1e-8)": (Estimator(model, "newton", n_init=3), False),
+            "floor 0.1 x nu0": (with_variance_floor(Estimator(model, "newton", n_init=3), 0.1), False),
+        }
+    out = {
+        "MLE (3 random starts, to convergence)": (with_variance_floor(Estimator(model, "newton", n_init=3), 0.1), False)
+    }
     for k in (10, 20, 50):
         for starts in (2, 3):
-            out[f"{starts} random starts, {k} iterations"] = (with_variance_floor(Estimator(model, "newton", n_init=starts, max_iter=k), 0.1), True)
+            out[f"{starts} random starts, {k} iterations"] = (
+                with_variance_floor(Estimator(model, "newton", n_init=starts, max_iter=k), 0.1),
+                True,
+            )
     return out
 
 
 def run_cell(setting: Setting, n: int, alternatives: dict, compare: str, M: int, reps: int) -> dict:
-    data = {"H0": draws(setting, n, None, M, 1)} | {k: draws(setting, n, v, reps, 2 + i) for i, (k, v) in enumerate(alternatives.items())}
+    data = {"H0": draws(setting, n, None, M, 1)} | {
+        k: draws(setting, n, v, reps, 2 + i) for i, (k, v) in enumerate(alternatives.items())
+    }
     out = {}
     for name, (estimator, capped) in choices(compare, setting.model()).items():
         cells = {k: statistics(estimator, *v, capped) for k, v in data.items()}
@@ -97,7 +119,13 @@ def run_cell(setting: Setting, n: int, alternatives: dict, compare: str, M: int,
                 hits = sum(v > critical for v in c["lr"])
                 c["power"] = {"rate": hits / len(c["lr"]), "ci95": wilson(hits, len(c["lr"]))}
         out[name] = {"critical_95": critical, "null_median": float(np.median(cells["H0"]["lr"])), "cells": cells}
-        print(setting.name, n, name, {k: (c.get("power", {}).get("rate"), round(c["seconds"] / len(c["lr"]), 3)) for k, c in cells.items()}, flush=True)
+        print(
+            setting.name,
+            n,
+            name,
+            {k: (c.get("power", {}).get("rate"), round(c["seconds"] / len(c["lr"]), 3)) for k, c in cells.items()},
+            flush=True,
+        )
     return out
 
 
@@ -105,13 +133,23 @@ def table(result: dict, M: int) -> list:
     """Markdown rows of one cell: per choice the null's median and 95% quantile, degenerate and
     unconverged H0 fits, seconds a fit (H0), the power at each alternative."""
     labels = [k for k in next(iter(result.values()))["cells"] if k != "H0"]
-    lines = ["| alternative's fit | H0: median, 95% quantile | H0 degenerate / unconverged | s a fit (H0) | "
-             + " | ".join(f"power at {k} [95% CI]" for k in labels) + " |", "|---|---|---|---|" + "---|" * len(labels)]
+    lines = [
+        "| alternative's fit | H0: median, 95% quantile | H0 degenerate / unconverged | s a fit (H0) | "
+        + " | ".join(f"power at {k} [95% CI]" for k in labels)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(labels),
+    ]
     for name, ch in result.items():
         c = ch["cells"]
-        lines.append(f"| {name} | {ch['null_median']:.1f}, {ch['critical_95']:.1f} | {c['H0']['n_degenerate']} / {c['H0']['unconverged']} of {M} | "
-                     f"{c['H0']['seconds'] / M:.3f} | "
-                     + " | ".join(f"{c[k]['power']['rate']:.2f} [{c[k]['power']['ci95'][0]:.2f}, {c[k]['power']['ci95'][1]:.2f}]" for k in labels) + " |")
+        lines.append(
+            f"| {name} | {ch['null_median']:.1f}, {ch['critical_95']:.1f} | {c['H0']['n_degenerate']} / {c['H0']['unconverged']} of {M} | "
+            f"{c['H0']['seconds'] / M:.3f} | "
+            + " | ".join(
+                f"{c[k]['power']['rate']:.2f} [{c[k]['power']['ci95'][0]:.2f}, {c[k]['power']['ci95'][1]:.2f}]"
+                for k in labels
+            )
+            + " |"
+        )
     return lines
 
 
@@ -123,9 +161,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = {"compare": args.compare, "M": args.M, "reps": args.reps, "procedure": "newton", "cells": []}
-    lines = [f"# Contamination test pilot: the alternative's fit ({args.compare}); {args.M} H0 data sets, {args.reps} per alternative", "",
-             "The critical value is the H0 pool's 95% quantile; the statistic is clamped at 0 for the MLE and raw for a "
-             "capped fit; seconds on one thread.", ""]
+    lines = [
+        f"# Contamination test pilot: the alternative's fit ({args.compare}); {args.M} H0 data sets, {args.reps} per alternative",
+        "",
+        "The critical value is the H0 pool's 95% quantile; the statistic is clamped at 0 for the MLE and raw for a "
+        "capped fit; seconds on one thread.",
+        "",
+    ]
     for name, n, alternatives in CELLS[args.compare]:
         setting = studykit.setting_of(name)
         result = run_cell(setting, n, alternatives, args.compare, args.M, args.reps)

@@ -22,6 +22,7 @@ non-distinguishable one's (Gaussian), X ~ N(0, I_8).
 
 Calibration is saved every 10 data sets and power a cell at a time (calibration.json, power.json in
 experiments/contamination/), so a rerun does only what is missing. Work is spread over ``--workers`` processes of one torch thread each."""
+
 import argparse
 import json
 import math
@@ -39,10 +40,11 @@ from scipy import stats
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
-from softmoe_torch.metrics.intervals import wilson  # noqa: E402
 from studykit import model_with, response, setting_of  # noqa: E402
+
 from softmoe_torch import Estimator  # noqa: E402
 from softmoe_torch.lrt import contamination_test, with_variance_floor  # noqa: E402
+from softmoe_torch.metrics.intervals import wilson  # noqa: E402
 from softmoe_torch.settings.configs import register_resolvers  # noqa: E402
 from softmoe_torch.settings.setting import Setting  # noqa: E402
 from softmoe_torch.study.simulate import data_seed  # noqa: E402
@@ -90,11 +92,20 @@ def calibration_task(name: str, n: int, indices: list, B: int, naive: int) -> li
         X, y, null = draw(setting, n, None, i, "H0")
         t0 = time.perf_counter()
         result = contamination_test(test_estimator, X, y, B=B, seed=i, progress=False)
-        row = {"index": i, "pvalue": result.pvalue, "statistic": result.statistic, "n_failed": result.n_failed,
-               "seconds": time.perf_counter() - t0}
+        row = {
+            "index": i,
+            "pvalue": result.pvalue,
+            "statistic": result.statistic,
+            "n_failed": result.n_failed,
+            "seconds": time.perf_counter() - t0,
+        }
         if i < naive:
             fit = mle.fit(X, y)
-            row.update(mle_lr=2 * (float(fit.loglik[0]) - null), mle_status=fit.status[0], mle_degenerate=bool(fit.degenerate[0]))
+            row.update(
+                mle_lr=2 * (float(fit.loglik[0]) - null),
+                mle_status=fit.status[0],
+                mle_degenerate=bool(fit.degenerate[0]),
+            )
         rows.append(row)
     return rows
 
@@ -110,7 +121,7 @@ def statistic_task(name: str, n: int, truth: dict | None, tag: str, indices: lis
 
 
 def chunks(indices: list, size: int) -> list:
-    return [indices[a:a + size] for a in range(0, len(indices), size)]
+    return [indices[a : a + size] for a in range(0, len(indices), size)]
 
 
 def load(path: Path) -> dict:
@@ -145,8 +156,11 @@ def calibrate(args, pool):
                 cell["load_average"] = os.getloadavg()[0]
                 save(path, done)
             rows = cell["rows"]
-            print(f"{key}: size at 0.05 {np.mean([r['pvalue'] <= 0.05 for r in rows]):.3f} over {len(rows)}, "
-                  f"{cell['seconds']:.0f} s", flush=True)
+            print(
+                f"{key}: size at 0.05 {np.mean([r['pvalue'] <= 0.05 for r in rows]):.3f} over {len(rows)}, "
+                f"{cell['seconds']:.0f} s",
+                flush=True,
+            )
 
 
 def tau_for_mass(m: float, n: int, beta_norm: float = 1.0) -> float:
@@ -181,11 +195,19 @@ def power(args, pool):
             t0 = time.perf_counter()
             step = max(1, 100_000 // n)
             cells = {"H0": (None, args.null)} | {k: (v, args.reps) for k, v in alternatives(name, n).items()}
-            jobs = {k: [pool.submit(statistic_task, name, n, truth, k, part) for part in chunks(list(range(count)), step)]
-                    for k, (truth, count) in cells.items()}
-            done[key] = {"setting": name, "n": n, "cells": {k: {"truth": cells[k][0], "lr": [x for j in js for x in j.result()]}
-                                                           for k, js in jobs.items()},
-                         "seconds": time.perf_counter() - t0, "load_average": os.getloadavg()[0]}
+            jobs = {
+                k: [pool.submit(statistic_task, name, n, truth, k, part) for part in chunks(list(range(count)), step)]
+                for k, (truth, count) in cells.items()
+            }
+            done[key] = {
+                "setting": name,
+                "n": n,
+                "cells": {
+                    k: {"truth": cells[k][0], "lr": [x for j in js for x in j.result()]} for k, js in jobs.items()
+                },
+                "seconds": time.perf_counter() - t0,
+                "load_average": os.getloadavg()[0],
+            }
             save(path, done)
             print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -201,12 +223,16 @@ def crossing(deltas: np.ndarray, rates: np.ndarray, level: float = 0.8) -> float
 
 def analyze(args):
     cal, pw = load(HERE / "calibration.json"), load(HERE / "power.json")
-    lines = ["# Calibration of the contamination test", "",
-             "Empirical size over M data sets drawn under H0 (each tested with its own B bootstrap refits), with Wilson "
-             "95% intervals; beside it, on the first data sets of the same cells, the naive test: the MLE's LR "
-             f"against chi-square({FREE_PARAMETERS}).", "",
-             "| f0 (setting) | n | M | B | size at 0.05 [95% CI] | size at 0.01 [95% CI] | refits counted high | s a test | naive chi2: data sets | naive size at 0.05 [95% CI] | naive at 0.01 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Calibration of the contamination test",
+        "",
+        "Empirical size over M data sets drawn under H0 (each tested with its own B bootstrap refits), with Wilson "
+        "95% intervals; beside it, on the first data sets of the same cells, the naive test: the MLE's LR "
+        f"against chi-square({FREE_PARAMETERS}).",
+        "",
+        "| f0 (setting) | n | M | B | size at 0.05 [95% CI] | size at 0.01 [95% CI] | refits counted high | s a test | naive chi2: data sets | naive size at 0.05 [95% CI] | naive at 0.01 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, cell in cal.items():
         rows = cell["rows"]
         M = len(rows)
@@ -219,9 +245,11 @@ def analyze(args):
         nv = [sum(stats.chi2.sf(max(v, 0), FREE_PARAMETERS) <= a for v in naive) for a in (0.05, 0.01)]
         lo, hi = wilson(nv[0], len(naive)) if naive else (math.nan, math.nan)
         failed = sum(r["n_failed"] for r in rows)
-        lines.append(f"| {cell['setting']} | {cell['n']} | {M} | {cell['B']} | {cells[0]} | {cells[1]} | {failed} of {M * cell['B']} | "
-                     f"{np.mean([r['seconds'] for r in rows]):.2f} | {len(naive)} | {nv[0] / max(len(naive), 1):.3f} [{lo:.3f}, {hi:.3f}] | "
-                     f"{nv[1] / max(len(naive), 1):.3f} |")
+        lines.append(
+            f"| {cell['setting']} | {cell['n']} | {M} | {cell['B']} | {cells[0]} | {cells[1]} | {failed} of {M * cell['B']} | "
+            f"{np.mean([r['seconds'] for r in rows]):.2f} | {len(naive)} | {nv[0] / max(len(naive), 1):.3f} [{lo:.3f}, {hi:.3f}] | "
+            f"{nv[1] / max(len(naive), 1):.3f} |"
+        )
     (HERE / "calibration.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if pw:
@@ -240,21 +268,35 @@ def power_report(pw: dict, n_boot: int = 2000):
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(0)
-    lines = ["# Power of the contamination test at level 0.05", "",
-             "Critical value: the 95% quantile of the H0 statistics at the same n (the bootstrap test, unconditional); "
-             "rejection rates with Wilson 95% intervals.", ""]
+    lines = [
+        "# Power of the contamination test at level 0.05",
+        "",
+        "Critical value: the 95% quantile of the H0 statistics at the same n (the bootstrap test, unconditional); "
+        "rejection rates with Wilson 95% intervals.",
+        "",
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     delta_rows, cross = [], {}
     for ax, name in zip(axes, SETTINGS):
-        lines += [f"## {name}: against the expected number of contaminated observations m = n E[s(x)]", "",
-                  "| n | " + " | ".join(f"m = {m:g}" for m in MASSES) + " |", "|---|" + "---|" * len(MASSES)]
+        lines += [
+            f"## {name}: against the expected number of contaminated observations m = n E[s(x)]",
+            "",
+            "| n | " + " | ".join(f"m = {m:g}" for m in MASSES) + " |",
+            "|---|" + "---|" * len(MASSES),
+        ]
         for key, cell in pw.items():
             if cell["setting"] != name:
                 continue
             n, cells = cell["n"], cell["cells"]
             critical = float(np.quantile(cells["H0"]["lr"], 0.95))
             rates = [rejection(cells[f"m={m:g}"], critical) for m in MASSES]
-            lines.append(f"| {n} | " + " | ".join(f"{r:.2f} [{wilson(round(r * k), k)[0]:.2f}, {wilson(round(r * k), k)[1]:.2f}]" for r, k in rates) + " |")
+            lines.append(
+                f"| {n} | "
+                + " | ".join(
+                    f"{r:.2f} [{wilson(round(r * k), k)[0]:.2f}, {wilson(round(r * k), k)[1]:.2f}]" for r, k in rates
+                )
+                + " |"
+            )
             ax.plot(MASSES, [r for r, _ in rates], "o-", label=f"n = {n}")
             deltas = sorted((float(k.split("=")[1]), c) for k, c in cells.items() if k.startswith("delta="))
             if deltas:
@@ -281,7 +323,10 @@ def power_report(pw: dict, n_boot: int = 2000):
         lines += ["## nondistinguishable_eta: against eta* = eta0 (1 + delta), tau* = the setting's", ""]
         fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
         for n, d, rates_d, k in delta_rows:
-            lines.append(f"- n = {n} ({k} data sets a delta): " + ", ".join(f"delta {a:.4g}: {r:.2f}" for a, r in zip(d, rates_d)))
+            lines.append(
+                f"- n = {n} ({k} data sets a delta): "
+                + ", ".join(f"delta {a:.4g}: {r:.2f}" for a, r in zip(d, rates_d))
+            )
             ax.plot(d, rates_d, "o-", label=f"n = {n}")
         ax.axhline(0.8, color="k", lw=0.6, ls=":")
         ax.set_xscale("log")
@@ -301,11 +346,14 @@ def power_report(pw: dict, n_boot: int = 2000):
             ok = np.isfinite(draws).all(0)
             slopes = np.polyfit(np.log(ns), np.log(draws[:, ok]), 1)[0]
             lo, hi = np.quantile(slopes, [0.025, 0.975])
-            lines += ["", f"Slope of log delta_0.8 on log n: {slope:.3f} [{lo:.3f}, {hi:.3f}] (bootstrap, {ok.sum()} draws). "
-                      "A test of 'no contamination' against a prompt that differs from f0 by delta at a fixed gate "
-                      "weight is a first-order problem (the density moves by w delta d f0 / d eta): delta ~ n^-1/2. "
-                      "The paper's estimation rates for eta, n^-1/2 D^-1 with D = delta, make eta estimable only for "
-                      "delta >> n^-1/4."]
+            lines += [
+                "",
+                f"Slope of log delta_0.8 on log n: {slope:.3f} [{lo:.3f}, {hi:.3f}] (bootstrap, {ok.sum()} draws). "
+                "A test of 'no contamination' against a prompt that differs from f0 by delta at a fixed gate "
+                "weight is a first-order problem (the density moves by w delta d f0 / d eta): delta ~ n^-1/2. "
+                "The paper's estimation rates for eta, n^-1/2 D^-1 with D = delta, make eta estimable only for "
+                "delta >> n^-1/4.",
+            ]
     (HERE / "power.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

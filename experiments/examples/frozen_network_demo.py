@@ -9,6 +9,7 @@
 
     python experiments/examples/frozen_network_demo.py [--plot experiments/examples/frozen_network_demo.png]
 """
+
 import argparse
 import tempfile
 from pathlib import Path
@@ -34,7 +35,9 @@ class TaskNet(nn.Module):
 
     def __init__(self, hidden: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
@@ -60,15 +63,26 @@ def train_task_a(path: Path, n: int = 2000, steps: int = 800, seed: int = 0) -> 
 def task_b_setting(checkpoint: Path) -> Setting:
     """The contaminated model of task B: the frozen TaskNet from ``checkpoint`` and a tanh prompt."""
     gaussian = {"_target_": "softmoe_torch.model.densities.Gaussian"}
-    return Setting(OmegaConf.create({
-        "name": "frozen_network_demo",
-        "dim": 1,
-        "pretrained": {"expert": {"_target_": f"{TaskNet.__module__}.TaskNet"}, "checkpoint": str(checkpoint),
-                       "density": gaussian, "nu": NOISE_A},
-        "prompt": {"expert": {"_target_": "softmoe_torch.model.experts.TanhExpert", "dim": 1}, "density": gaussian},
-        "gate": {"_target_": "softmoe_torch.model.gates.SoftmaxGate", "dim": 1},
-        "truth": TRUTH,
-    }))
+    return Setting(
+        OmegaConf.create(
+            {
+                "name": "frozen_network_demo",
+                "dim": 1,
+                "pretrained": {
+                    "expert": {"_target_": f"{TaskNet.__module__}.TaskNet"},
+                    "checkpoint": str(checkpoint),
+                    "density": gaussian,
+                    "nu": NOISE_A,
+                },
+                "prompt": {
+                    "expert": {"_target_": "softmoe_torch.model.experts.TanhExpert", "dim": 1},
+                    "density": gaussian,
+                },
+                "gate": {"_target_": "softmoe_torch.model.gates.SoftmaxGate", "dim": 1},
+                "truth": TRUTH,
+            }
+        )
+    )
 
 
 def plot(model, true_model, x, y, path: Path):

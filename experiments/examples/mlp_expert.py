@@ -7,6 +7,7 @@ from the command line (see the README, "Extending"):
 An expert is any ``nn.Module`` whose ``forward`` maps x (n, d) to means (n,); its parameters are
 what the fit estimates. The settings pass ``dim`` (d) to the constructor.
 """
+
 import torch
 from torch import nn
 

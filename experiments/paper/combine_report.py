@@ -5,6 +5,7 @@
 RUNS_DIR holds one run directory per setting (as written by experiments/paper/reproduce.sh) and
 wall_seconds.txt; OUT_DIR receives REPORT.md and one small PNG per setting. Everything of an existing
 REPORT.md from the line KEEP on (the science study's sections, written by hand) is kept."""
+
 import json
 import platform
 import shutil
@@ -49,16 +50,20 @@ def main(runs: Path, out: Path):
         summary = json.loads((run / "slopes.json").read_text())
         for p, s in summary["params"].items():
             paper = "-" if s["paper"] is None else f"{s['paper']:.2f}"
-            lines.append(f"| {title.split(' (')[0]} | {p} | {s['slope']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
-                         f"| {s['theory']:.3f} | {paper} | {s['verdict']} |")
-        notes.append(f"- {title}: {summary['n_fits']} fits, {summary['failed']} failed, "
-                     f"{summary['not_converged']} not converged; wall time {float(walls.get(name, 'nan')):.0f} s.")
+            lines.append(
+                f"| {title.split(' (')[0]} | {p} | {s['slope']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
+                f"| {s['theory']:.3f} | {paper} | {s['verdict']} |"
+            )
+        notes.append(
+            f"- {title}: {summary['n_fits']} fits, {summary['failed']} failed, "
+            f"{summary['not_converged']} not converged; wall time {float(walls.get(name, 'nan')):.0f} s."
+        )
         shutil.copy(run / "figure.png", out / f"{name}.png")
     lines += ["", *notes, ""]
     lines += [f"![{name}]({name}.png)" for name in SETTINGS]
     report = out / "REPORT.md"
     old = report.read_text() if report.exists() else ""
-    kept = old[old.index(KEEP):] if KEEP in old else ""
+    kept = old[old.index(KEEP) :] if KEEP in old else ""
     report.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     print(out / "REPORT.md")
 

@@ -11,6 +11,7 @@ Q3  Beyond the paper: experts that are not strongly identifiable; the input-free
 
 Runs go to experiments/science/runs/<experiment>/ (git-ignored); the analysis writes figures,
 slopes.json, tables.md and fits.csv.gz (every fit's row, with its run) to experiments/science/."""
+
 import argparse
 import csv
 import gzip
@@ -27,6 +28,7 @@ import numpy as np
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
+
 from softmoe_torch.metrics.parameters import PAPER_PARAMS  # noqa: E402
 from softmoe_torch.metrics.rates import window_slope  # noqa: E402
 from softmoe_torch.study.report import error_table  # noqa: E402
@@ -56,19 +58,56 @@ EXPERIMENTS = {
     "q1_mle": ("q1", [f"setting={CASES}", "fit=newton", *Q1_SIZES]),
     "q1_scale_mle": ("q1", [f"setting={CASES}", "fit=newton", "init.scale=0.01,0.03,0.1,0.3", *Q1_SMALL]),
     # Q2: the noise level nu0 = nu* (10 paper sizes), and sizes up to 1e6 at two noise levels
-    "q2_large_n": ("q2", [f"setting={CASES}", "fit=newton", "setting.pretrained.nu=1e-3,1.0",
-                          "setting.truth.nu=${setting.pretrained.nu}", "sweep.n_max=1000000", "sweep.num_sizes=13",
-                          "sweep.reps=20", *HELLINGER]),
-    "q2_noise": ("q2", [f"setting={CASES}", "fit=newton", "setting.pretrained.nu=1e-3,1e-2,1e-1,1.0",
-                        "setting.truth.nu=${setting.pretrained.nu}", *HELLINGER, *SMALL]),
+    "q2_large_n": (
+        "q2",
+        [
+            f"setting={CASES}",
+            "fit=newton",
+            "setting.pretrained.nu=1e-3,1.0",
+            "setting.truth.nu=${setting.pretrained.nu}",
+            "sweep.n_max=1000000",
+            "sweep.num_sizes=13",
+            "sweep.reps=20",
+            *HELLINGER,
+        ],
+    ),
+    "q2_noise": (
+        "q2",
+        [
+            f"setting={CASES}",
+            "fit=newton",
+            "setting.pretrained.nu=1e-3,1e-2,1e-1,1.0",
+            "setting.truth.nu=${setting.pretrained.nu}",
+            *HELLINGER,
+            *SMALL,
+        ],
+    ),
     # Q3: other experts (both pre-trained and prompt) and the input-free gate
-    "q3_affine": ("q3", ["setting=distinguishable,nondistinguishable_eta", "fit=newton", "+expert=sigmoid_affine",
-                         *SMALL, "sweep.reps=20"]),
-    "q3_experts": ("q3", ["setting=distinguishable,nondistinguishable_eta", "fit=newton", "+expert=sigmoid,gelu,relu",
-                          *SMALL]),
+    "q3_affine": (
+        "q3",
+        [
+            "setting=distinguishable,nondistinguishable_eta",
+            "fit=newton",
+            "+expert=sigmoid_affine",
+            *SMALL,
+            "sweep.reps=20",
+        ],
+    ),
+    "q3_experts": (
+        "q3",
+        ["setting=distinguishable,nondistinguishable_eta", "fit=newton", "+expert=sigmoid,gelu,relu", *SMALL],
+    ),
     "q3_tanh": ("q3", ["setting=distinguishable,nondistinguishable_eta", "fit=newton", *SMALL]),
-    "q3_constant_gate": ("q3", ["setting=distinguishable,nondistinguishable_eta", "fit=newton",
-                                "setting.gate._target_=softmoe_torch.model.gates.ConstantGate", "~setting.gate.dim", *SMALL]),
+    "q3_constant_gate": (
+        "q3",
+        [
+            "setting=distinguishable,nondistinguishable_eta",
+            "fit=newton",
+            "setting.gate._target_=softmoe_torch.model.gates.ConstantGate",
+            "~setting.gate.dim",
+            *SMALL,
+        ],
+    ),
 }
 
 
@@ -116,7 +155,15 @@ def load_runs() -> list:
         for job in sorted((RUNS / name).glob("[0-9]*"), key=lambda p: int(p.name)):
             rows = studykit.read_results(job)
             if rows:
-                runs.append(dict(experiment=name, question=question, job=int(job.name), overrides=studykit.read_overrides(job), rows=rows))
+                runs.append(
+                    dict(
+                        experiment=name,
+                        question=question,
+                        job=int(job.name),
+                        overrides=studykit.read_overrides(job),
+                        rows=rows,
+                    )
+                )
     return runs
 
 
@@ -141,8 +188,10 @@ def run_summary(run: dict) -> dict:
     gap_truth = np.array([float(r["mean_loglik"]) - float(r["loglik_truth"]) for r in rows])
     return {
         "slopes": {q: s for q in QUANTITIES if (s := slope(rows, q))},
-        "fits": len(rows), "converged": sum(r["converged"] == "True" for r in rows),
-        "max_iter": statuses.count("max_iter"), "at_bound": sum(bool(r["at_bound"]) for r in rows),
+        "fits": len(rows),
+        "converged": sum(r["converged"] == "True" for r in rows),
+        "max_iter": statuses.count("max_iter"),
+        "at_bound": sum(bool(r["at_bound"]) for r in rows),
         "below_truth": int((gap_truth < -1e-9).sum()),
         "median_iter": float(np.median([int(r["n_iter"]) for r in rows])),
         "sizes": [int(min(int(r["n"]) for r in rows)), int(max(int(r["n"]) for r in rows))],
@@ -152,7 +201,11 @@ def run_summary(run: dict) -> dict:
 def pick(runs, experiment, **where):
     """Runs of ``experiment`` whose overrides hold every key=value of ``where`` (keys with '.' as '__')."""
     want = {k.replace("__", "."): v for k, v in where.items()}
-    return [r for r in runs if r["experiment"] == experiment and all(_same(r["overrides"].get(k), v) for k, v in want.items())]
+    return [
+        r
+        for r in runs
+        if r["experiment"] == experiment and all(_same(r["overrides"].get(k), v) for k, v in want.items())
+    ]
 
 
 def _same(given, wanted) -> bool:
@@ -176,10 +229,16 @@ def paired(em_rows: list, mle_rows: list) -> dict:
         moved.append(float(r["moved"]))
         moved_mle.append(float(m["moved"]))
     gaps = np.array(gaps)
-    return {"fits": len(gaps), "median_gap": float(np.median(gaps)), "q90_gap": float(np.quantile(gaps, 0.9)),
-            "short_1e-6": float((gaps > 1e-6).mean()), "short_1e-4": float((gaps > 1e-4).mean()),
-            "em_above_mle": float((gaps < -1e-9).mean()),
-            "median_moved_em": float(np.median(moved)), "median_moved_mle": float(np.median(moved_mle))}
+    return {
+        "fits": len(gaps),
+        "median_gap": float(np.median(gaps)),
+        "q90_gap": float(np.quantile(gaps, 0.9)),
+        "short_1e-6": float((gaps > 1e-6).mean()),
+        "short_1e-4": float((gaps > 1e-4).mean()),
+        "em_above_mle": float((gaps < -1e-9).mean()),
+        "median_moved_em": float(np.median(moved)),
+        "median_moved_mle": float(np.median(moved_mle)),
+    }
 
 
 def _mean_curve(rows, q):
@@ -202,9 +261,11 @@ def figure_q1(runs, plt):
             ax.set_title(f"{case}: {LABELS[q]}", fontsize=9)
             ax.legend(fontsize=7)
             ax.set_xlabel("n")
-    fig.suptitle("Q1: paper-style EM (plain EM, stop at max parameter change < 1e-6, at most 2000 iterations) vs the\n"
-                 "fit by newton (the MLE where it finds it) on the same data and starts; 5 sizes 1e3..1e4 x 20 replications, start = truth + "
-                 "N(0, 0.1^2); legend: fitted slope")
+    fig.suptitle(
+        "Q1: paper-style EM (plain EM, stop at max parameter change < 1e-6, at most 2000 iterations) vs the\n"
+        "fit by newton (the MLE where it finds it) on the same data and starts; 5 sizes 1e3..1e4 x 20 replications, start = truth + "
+        "N(0, 0.1^2); legend: fitted slope"
+    )
     fig.tight_layout()
     return fig
 
@@ -227,19 +288,30 @@ def figure_q1_sensitivity(runs, plt):
                     x = np.array([p[0] for p in pts])
                     y = np.array([p[1]["slope"] for p in pts])
                     err = np.array([[p[1]["slope"] - p[1]["ci_low"], p[1]["ci_high"] - p[1]["slope"]] for p in pts]).T
-                    ax.errorbar(x * (1.06 if marker == "o" else 1), y, yerr=err, fmt=marker + "-", capsize=3, label=label)
+                    ax.errorbar(
+                        x * (1.06 if marker == "o" else 1), y, yerr=err, fmt=marker + "-", capsize=3, label=label
+                    )
             for tol, colour in (("1e-4", "tab:red"), ("1e-8", "tab:green")):
                 found = pick(runs, "q1_eps_em", setting=case, fit__tol=tol)
                 if found and (s := slope(found[0]["rows"], q)):
-                    ax.errorbar([0.1 * 0.94], [s["slope"]], yerr=[[s["slope"] - s["ci_low"]], [s["ci_high"] - s["slope"]]],
-                                fmt="^", color=colour, capsize=3, label=f"EM, eps {tol} (scale 0.1)")
+                    ax.errorbar(
+                        [0.1 * 0.94],
+                        [s["slope"]],
+                        yerr=[[s["slope"] - s["ci_low"]], [s["ci_high"] - s["slope"]]],
+                        fmt="^",
+                        color=colour,
+                        capsize=3,
+                        label=f"EM, eps {tol} (scale 0.1)",
+                    )
             ax.set_xscale("log")
             ax.set_title(f"{case}: {LABELS[q]}", fontsize=9)
             ax.set_xlabel("init scale")
             ax.set_ylabel("slope")
             ax.legend(fontsize=7)
-    fig.suptitle("Q1 sensitivity: fitted slope (95% bootstrap CI) against the start's distance from the truth;\n"
-                 "3 sizes 1e3..1e4 x 10 replications per point")
+    fig.suptitle(
+        "Q1 sensitivity: fitted slope (95% bootstrap CI) against the start's distance from the truth;\n"
+        "3 sizes 1e3..1e4 x 10 replications per point"
+    )
     fig.tight_layout()
     return fig
 
@@ -250,10 +322,11 @@ def figure_q2_noise(runs, plt):
     fig, axes = plt.subplots(1, len(cases), figsize=(13, 4.5), squeeze=False)
     for i, case in enumerate(cases):
         ax = axes[0, i]
-        found = sorted(pick(runs, "q2_noise", setting=case), key=lambda r: float(r["overrides"]["setting.pretrained.nu"]))
+        found = sorted(
+            pick(runs, "q2_noise", setting=case), key=lambda r: float(r["overrides"]["setting.pretrained.nu"])
+        )
         for k, q in enumerate(QUANTITIES):
-            pts = [(float(r["overrides"]["setting.pretrained.nu"]), slope(r["rows"], q))
-                   for r in found]
+            pts = [(float(r["overrides"]["setting.pretrained.nu"]), slope(r["rows"], q)) for r in found]
             pts = [(nu, p) for nu, p in pts if p is not None]
             if not pts:
                 continue
@@ -274,7 +347,10 @@ def figure_q2_noise(runs, plt):
 
 def figure_q2_large_n(runs, plt):
     """Mean errors and the Hellinger distance up to n = 1e6, at two noise levels."""
-    found = sorted(pick(runs, "q2_large_n"), key=lambda r: (r["overrides"]["setting"], float(r["overrides"]["setting.pretrained.nu"])))
+    found = sorted(
+        pick(runs, "q2_large_n"),
+        key=lambda r: (r["overrides"]["setting"], float(r["overrides"]["setting.pretrained.nu"])),
+    )
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * max(len(found), 1), 4.2), squeeze=False)
     for ax, run in zip(axes[0], found):
         for q in QUANTITIES:
@@ -284,15 +360,21 @@ def figure_q2_large_n(runs, plt):
         ax.set_title(f"{run['overrides']['setting']}, nu0 = {run['overrides']['setting.pretrained.nu']}", fontsize=9)
         ax.set_xlabel("n")
         ax.legend(fontsize=7)
-    fig.suptitle("Q2: mean errors up to n = 1e6 (13 sizes x 20 replications, newton); legend: slope over the last decade")
+    fig.suptitle(
+        "Q2: mean errors up to n = 1e6 (13 sizes x 20 replications, newton); legend: slope over the last decade"
+    )
     fig.tight_layout()
     return fig
 
 
 def figure_q3(runs, plt):
     """Slopes per expert family and gate (10 sizes), per setting."""
-    variants = [("tanh", "q3_tanh", {}), *((e, "q3_experts", {"expert": e}) for e in ("sigmoid", "gelu", "relu")),
-                ("sigmoid(a^T x + b)", "q3_affine", {}), ("tanh, constant gate", "q3_constant_gate", {})]
+    variants = [
+        ("tanh", "q3_tanh", {}),
+        *((e, "q3_experts", {"expert": e}) for e in ("sigmoid", "gelu", "relu")),
+        ("sigmoid(a^T x + b)", "q3_affine", {}),
+        ("tanh, constant gate", "q3_constant_gate", {}),
+    ]
     settings = ["distinguishable", "nondistinguishable_eta"]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     for ax, setting in zip(axes, settings):
@@ -303,15 +385,24 @@ def figure_q3(runs, plt):
             for j, q in enumerate(PAPER_PARAMS):
                 s = slope(found[0]["rows"], q)
                 if s:
-                    ax.errorbar(j + 0.12 * k - 0.3, s["slope"], yerr=[[s["slope"] - s["ci_low"]], [s["ci_high"] - s["slope"]]],
-                                fmt="o", color=f"C{k}", capsize=2, label=label if j == 3 else None)
+                    ax.errorbar(
+                        j + 0.12 * k - 0.3,
+                        s["slope"],
+                        yerr=[[s["slope"] - s["ci_low"]], [s["ci_high"] - s["slope"]]],
+                        fmt="o",
+                        color=f"C{k}",
+                        capsize=2,
+                        label=label if j == 3 else None,
+                    )
         for ref in (-0.5, -0.375, -0.25):
             ax.axhline(ref, color="grey", ls=":", lw=0.8)
         ax.set_xticks(range(4), [LABELS[q] for q in PAPER_PARAMS])
         ax.set_ylabel("slope (95% CI)")
         ax.set_title(setting)
         ax.legend(fontsize=7)
-    fig.suptitle("Q3: slopes by expert family and gate (10 sizes 1e3..1e5; 40 replications, 20 for sigmoid(a^T x + b); newton)")
+    fig.suptitle(
+        "Q3: slopes by expert family and gate (10 sizes 1e3..1e5; 40 replications, 20 for sigmoid(a^T x + b); newton)"
+    )
     fig.tight_layout()
     return fig
 
@@ -331,8 +422,15 @@ def table(runs: list, n_from_decade: bool = False) -> list:
         if n_from_decade:
             n_from = s["sizes"][1] / 10
             s["slopes"] = {q: x for q in QUANTITIES if (x := slope(run["rows"], q, n_from))}
-        cells = [label(run), *(studykit.fmt(s["slopes"].get(q)) for q in QUANTITIES),
-                 f"{s['converged']}/{s['fits']}", str(s["max_iter"]), str(s["at_bound"]), str(s["below_truth"]), f"{s['median_iter']:.0f}"]
+        cells = [
+            label(run),
+            *(studykit.fmt(s["slopes"].get(q)) for q in QUANTITIES),
+            f"{s['converged']}/{s['fits']}",
+            str(s["max_iter"]),
+            str(s["at_bound"]),
+            str(s["below_truth"]),
+            f"{s['median_iter']:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -348,10 +446,13 @@ def analyze():
     if not runs:
         sys.exit(f"no finished runs under {RUNS}: run `python experiments/science/science.py run` first")
     have = {r["experiment"] for r in runs}
-    figures = {"q1_em_vs_mle": (figure_q1, {"q1_em", "q1_mle"}),
-               "q1_sensitivity": (figure_q1_sensitivity, {"q1_scale_em", "q1_scale_mle"}),
-               "q2_noise": (figure_q2_noise, {"q2_noise"}), "q2_large_n": (figure_q2_large_n, {"q2_large_n"}),
-               "q3_experts": (figure_q3, {"q3_tanh", "q3_experts"})}
+    figures = {
+        "q1_em_vs_mle": (figure_q1, {"q1_em", "q1_mle"}),
+        "q1_sensitivity": (figure_q1_sensitivity, {"q1_scale_em", "q1_scale_mle"}),
+        "q2_noise": (figure_q2_noise, {"q2_noise"}),
+        "q2_large_n": (figure_q2_large_n, {"q2_large_n"}),
+        "q3_experts": (figure_q3, {"q3_tanh", "q3_experts"}),
+    }
     for name, (draw, needs) in figures.items():
         if needs <= have:
             fig = draw(runs, plt)
@@ -359,9 +460,13 @@ def analyze():
             plt.close(fig)
     summary = {f"{r['experiment']}/{r['job']}": {"overrides": r["overrides"], **run_summary(r)} for r in runs}
     walls = json.loads((HERE / "wall_seconds.json").read_text()) if (HERE / "wall_seconds.json").exists() else {}
-    lines = ["# Science study: slopes (95% bootstrap CIs over replications) and fit statuses", "",
-             "Generated by `python experiments/science/science.py analyze`; every run's command is in EXPERIMENTS there.",
-             "'below truth': fits whose log-likelihood is below the true parameters' (the MLE was not found).", ""]
+    lines = [
+        "# Science study: slopes (95% bootstrap CIs over replications) and fit statuses",
+        "",
+        "Generated by `python experiments/science/science.py analyze`; every run's command is in EXPERIMENTS there.",
+        "'below truth': fits whose log-likelihood is below the true parameters' (the MLE was not found).",
+        "",
+    ]
     for name in EXPERIMENTS:
         found = [r for r in runs if r["experiment"] == name]
         if not found:
@@ -381,13 +486,19 @@ def analyze():
             if twin:
                 q1[f"{name}/{label(r)}"] = paired(r["rows"], twin[0]["rows"])
     if q1:
-        lines += ["## Q1: paper-style EM against newton on the same data and start, fit by fit", "",
-                  "gap: newton minus EM mean log-likelihood (per sample); moved: largest parameter change from the start.", "",
-                  "| pair | fits | median gap | 90% gap | gap > 1e-6 | gap > 1e-4 | EM above newton | median moved EM | median moved newton |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Q1: paper-style EM against newton on the same data and start, fit by fit",
+            "",
+            "gap: newton minus EM mean log-likelihood (per sample); moved: largest parameter change from the start.",
+            "",
+            "| pair | fits | median gap | 90% gap | gap > 1e-6 | gap > 1e-4 | EM above newton | median moved EM | median moved newton |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for k, p in q1.items():
-            lines.append(f"| {k} | {p['fits']} | {p['median_gap']:.2e} | {p['q90_gap']:.2e} | {p['short_1e-6']:.0%} | "
-                         f"{p['short_1e-4']:.0%} | {p['em_above_mle']:.0%} | {p['median_moved_em']:.3f} | {p['median_moved_mle']:.3f} |")
+            lines.append(
+                f"| {k} | {p['fits']} | {p['median_gap']:.2e} | {p['q90_gap']:.2e} | {p['short_1e-6']:.0%} | "
+                f"{p['short_1e-4']:.0%} | {p['em_above_mle']:.0%} | {p['median_moved_em']:.3f} | {p['median_moved_mle']:.3f} |"
+            )
     (HERE / "tables.md").write_text("\n".join(lines) + "\n")
     (HERE / "slopes.json").write_text(json.dumps({"runs": summary, "q1_pairs": q1, "wall_seconds": walls}, indent=1))
     with gzip.open(HERE / "fits.csv.gz", "wt", newline="") as fh:
@@ -396,7 +507,9 @@ def analyze():
         writer.writeheader()
         for r in runs:
             over = " ".join(f"{k}={v}" for k, v in r["overrides"].items())
-            writer.writerows({"experiment": r["experiment"], "job": r["job"], "overrides": over, **row} for row in r["rows"])
+            writer.writerows(
+                {"experiment": r["experiment"], "job": r["job"], "overrides": over, **row} for row in r["rows"]
+            )
     print(f"wrote {HERE}/tables.md, slopes.json, fits.csv.gz and the figures")
 
 

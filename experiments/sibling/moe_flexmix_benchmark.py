@@ -12,6 +12,7 @@ reading are not counted, nor Python's; the allocator is set as the command-line 
     python experiments/sibling/moe_flexmix_benchmark.py --ours DIR/d100000.csv               # one fit of ours, from the truth
 
 Writes experiments/sibling/flexmix_benchmark.json and .md."""
+
 import argparse
 import json
 import subprocess
@@ -26,6 +27,7 @@ import torch
 # experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import studykit  # noqa: E402
+
 from softmoe_torch import AffineExpert, Component, Estimator, Gaussian, MixtureOfExperts, SoftmaxGate  # noqa: E402
 from softmoe_torch.estimation.device import keep_freed_memory  # noqa: E402
 
@@ -37,8 +39,10 @@ BOUNDS = {"real": 100.0, "positive": [1e-6, 1e3]}  # setting=softmax_gaussian_mo
 def truth() -> MixtureOfExperts:
     """The sibling study's true model: component 0 (the gate's reference) -5 + 20 x, variance 0.16;
     component 1 15 - 20 x, variance 0.09, gate logit -8 + 25 x."""
-    comps = [Component(AffineExpert(1, eta=[20.0], bias=-5.0), Gaussian(), nu=0.16),
-             Component(AffineExpert(1, eta=[-20.0], bias=15.0), Gaussian(), nu=0.09)]
+    comps = [
+        Component(AffineExpert(1, eta=[20.0], bias=-5.0), Gaussian(), nu=0.16),
+        Component(AffineExpert(1, eta=[-20.0], bias=15.0), Gaussian(), nu=0.09),
+    ]
     return MixtureOfExperts(comps, SoftmaxGate(1, 1, beta=[[25.0]], tau=[-8.0])).double()
 
 
@@ -54,7 +58,14 @@ def write_files(directory: Path, n: int):
     with torch.no_grad():
         post = truth().responsibilities(X, y).numpy()
     directory.mkdir(parents=True, exist_ok=True)
-    np.savetxt(directory / f"d{n}.csv", np.column_stack([X.numpy(), y.numpy()]), delimiter=",", header="x1,y", comments="", fmt="%.17g")
+    np.savetxt(
+        directory / f"d{n}.csv",
+        np.column_stack([X.numpy(), y.numpy()]),
+        delimiter=",",
+        header="x1,y",
+        comments="",
+        fmt="%.17g",
+    )
     np.savetxt(directory / f"post{n}.csv", post, delimiter=",", fmt="%.17g")
     return directory / f"d{n}.csv", directory / f"post{n}.csv"
 
@@ -68,12 +79,21 @@ def flexmix(data_csv: Path, post_csv: Path, tol: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.txt"
         t0 = time.perf_counter()
-        proc = subprocess.run(["Rscript", str(SCRIPT), str(data_csv), str(post_csv), str(out), repr(tol)], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["Rscript", str(SCRIPT), str(data_csv), str(post_csv), str(out), repr(tol)], capture_output=True, text=True
+        )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            sys.exit(f"error: flexmix failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            sys.exit(
+                f"error: flexmix failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+            )
         values = {k: float(v) for k, v in (line.split() for line in out.read_text().splitlines())}
-    return {"seconds": values["seconds"], "process_seconds": wall, "loglik": values["loglik"], "iterations": int(values["iter"])}
+    return {
+        "seconds": values["seconds"],
+        "process_seconds": wall,
+        "loglik": values["loglik"],
+        "iterations": int(values["iter"]),
+    }
 
 
 def main(argv=None):
@@ -81,7 +101,9 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for our fits")
-    parser.add_argument("--tol", type=float, default=1e-10, help="flexmix's EM tolerance (relative log-likelihood change)")
+    parser.add_argument(
+        "--tol", type=float, default=1e-10, help="flexmix's EM tolerance (relative log-likelihood change)"
+    )
     parser.add_argument("--methods", nargs="+", default=["newton", "em"])
     parser.add_argument("--write-data", type=Path, help="only write the data and start files into this folder")
     parser.add_argument("--ours", type=Path, help="only fit this CSV by newton from the truth (whole-process timing)")
@@ -97,7 +119,12 @@ def main(argv=None):
         res = fit_ours(torch.as_tensor(table[:, :1]), torch.as_tensor(table[:, 1]), "newton")
         print(f"loglik {float(res.loglik[0]):.10f} seconds {res.seconds:.4f} status {res.status[0]}")
         return
-    out = {"load_average_before": studykit.load_average(), "threads": args.threads, "flexmix_tol": args.tol, "sizes": {}}
+    out = {
+        "load_average_before": studykit.load_average(),
+        "threads": args.threads,
+        "flexmix_tol": args.tol,
+        "sizes": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             X, y = data(n)
@@ -105,23 +132,37 @@ def main(argv=None):
             row = {"flexmix": [flexmix(*files, args.tol) for _ in range(args.repeats)]}
             for method in args.methods:
                 fits = [fit_ours(X, y, method) for _ in range(args.repeats)]
-                row[method] = [{"seconds": r.seconds, "loglik": float(r.loglik[0]), "iterations": int(r.n_iter[0]),
-                                "status": r.status[0]} for r in fits]
+                row[method] = [
+                    {
+                        "seconds": r.seconds,
+                        "loglik": float(r.loglik[0]),
+                        "iterations": int(r.n_iter[0]),
+                        "status": r.status[0],
+                    }
+                    for r in fits
+                ]
             out["sizes"][str(n)] = row
             print(n, {k: round(float(np.median([r["seconds"] for r in v])), 4) for k, v in row.items()}, flush=True)
     out["load_average_after"] = studykit.load_average()
     OUT.mkdir(exist_ok=True)
     (OUT / "flexmix_benchmark.json").write_text(json.dumps(out, indent=1))
-    lines = ["# One K = 2 fit of the sibling model: flexmix against softmoe_torch (same data, same start)", "",
-             f"Fit call alone, median [min, max] over {args.repeats} runs; torch threads {args.threads}; load average "
-             f"{out['load_average_before']} before, {out['load_average_after']} after.", "",
-             "| n | method | seconds | iterations | log-likelihood | speed-up over flexmix |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# One K = 2 fit of the sibling model: flexmix against softmoe_torch (same data, same start)",
+        "",
+        f"Fit call alone, median [min, max] over {args.repeats} runs; torch threads {args.threads}; load average "
+        f"{out['load_average_before']} before, {out['load_average_after']} after.",
+        "",
+        "| n | method | seconds | iterations | log-likelihood | speed-up over flexmix |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, row in out["sizes"].items():
         base = float(np.median([r["seconds"] for r in row["flexmix"]]))
         for method, runs in row.items():
             s = [r["seconds"] for r in runs]
-            lines.append(f"| {n} | {method} | {np.median(s):.4f} [{min(s):.4f}, {max(s):.4f}] | {runs[0]['iterations']} | "
-                         f"{runs[0]['loglik']:.6f} | {base / np.median(s):.1f}x |")
+            lines.append(
+                f"| {n} | {method} | {np.median(s):.4f} [{min(s):.4f}, {max(s):.4f}] | {runs[0]['iterations']} | "
+                f"{runs[0]['loglik']:.6f} | {base / np.median(s):.1f}x |"
+            )
     (OUT / "flexmix_benchmark.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,6 +12,7 @@ Both keep EM monotone: a replication's new point is never less likely than the o
   less than its tolerance. One M-step and two evaluations per iteration.
 
 The callables act on the rows of u; an Evaluation's ``loss`` is minus the mean log-likelihood."""
+
 import torch
 
 
@@ -83,7 +84,12 @@ class Anderson:
         if not extrapolated.any():
             return g, ev_g
         ev_x = evaluate(x)
-        kept = (extrapolated & torch.isfinite(ev_x.loss) & torch.isfinite(x).all(1) & torch.isfinite(ev_x.grad).all(1)
-                & (ev_x.loss <= ev_g.loss))
+        kept = (
+            extrapolated
+            & torch.isfinite(ev_x.loss)
+            & torch.isfinite(x).all(1)
+            & torch.isfinite(ev_x.grad).all(1)
+            & (ev_x.loss <= ev_g.loss)
+        )
         self.count[idx[extrapolated & ~kept]] = 0  # a rejected proposal: the plain EM step; the history restarts
         return pick(kept, g, x), pick(kept, ev_g, ev_x)

@@ -18,6 +18,7 @@ more was predicted, or an EM step would have lowered it, in which case the step 
 the reason says so), or ``failed: <reason>``
 (non-finite values; the parameters roll back to the last finite iterate). Only ``converged``
 counts as converged; the others raise a ``ConvergenceWarning``."""
+
 import warnings
 from dataclasses import dataclass
 
@@ -70,5 +71,8 @@ def warn_unconverged(status: list, advice: str, stacklevel: int = 3) -> None:
     """One ConvergenceWarning naming how many fits did not converge, the first reason, and advice."""
     bad = [s for s in status if s != "converged"]
     if bad:
-        warnings.warn(f"{len(bad)} of {len(status)} fits did not converge ({bad[0]}); {advice}", ConvergenceWarning,
-                      stacklevel=stacklevel)
+        warnings.warn(
+            f"{len(bad)} of {len(status)} fits did not converge ({bad[0]}); {advice}",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )

@@ -6,6 +6,7 @@ expert passes through them gains without limit as its variance shrinks, and a fi
 lower bound. A trainable component is flagged when its variance ended on a bound below the
 largest variance of the other components, or when its gate mass sum_i w_k(x_i) is below its
 number of parameters plus one (it can fit that many observations exactly)."""
+
 import torch
 
 from ..model.mixture import ContaminatedMoE
@@ -35,6 +36,8 @@ def degeneracy(model, names_at_bound: list, X: torch.Tensor, sizes: dict) -> lis
         if f"{names[k]}.nu" in names_at_bound and nus[k] < others:
             reasons.append(f"{_label(model, k)}'s variance {nus[k]:.3g} is on its lower bound")
         if float(mass[k]) < p + 1:
-            reasons.append(f"{_label(model, k)}'s gate opens on about {float(mass[k]):.2g} observations, "
-                           f"fewer than its {p} parameters + 1")
+            reasons.append(
+                f"{_label(model, k)}'s gate opens on about {float(mass[k]):.2g} observations, "
+                f"fewer than its {p} parameters + 1"
+            )
     return reasons

@@ -1,6 +1,7 @@
 """Device and dtype selection: auto picks CUDA, then Apple MPS, then CPU; float64 by default,
 float32 on MPS (which has no float64) with a one-time warning. ``keep_freed_memory``: the CPU
 allocator setting the command-line entries use."""
+
 import ctypes
 import ctypes.util
 import os
@@ -38,7 +39,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; use float64 or float32")
     if device.type == "mps" and name == "float64":
         if not _warned_mps:
-            warnings.warn("MPS has no float64: computing in float32 with looser tolerances", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "MPS has no float64: computing in float32 with looser tolerances", RuntimeWarning, stacklevel=2
+            )
             _warned_mps = True
         return torch.float32
     return _DTYPES[name]

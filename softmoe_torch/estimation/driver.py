@@ -4,6 +4,7 @@ at once and under one convergence contract (``convergence.py``).
 
 The objective (``objective.py``) supplies the log-likelihood, its derivatives and the
 responsibilities; the driver knows nothing of experiments or files."""
+
 import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +23,45 @@ from .params import ParamSpace
 DEFAULT_BOUNDS = {"real": 10.0, "positive": [1e-8, 1e2]}
 METHODS = ("em", "direct", "newton")
 METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
-    "em": dict(method="em", mstep="lbfgs", warm_mstep=True, accelerate="anderson", anderson_depth=5, tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
-    "em_newton": dict(method="em", mstep="newton", warm_mstep=True, accelerate="anderson", anderson_depth=5, tol=1e-8, max_iter=1000, inner=dict(max_iter=5)),
-    "em_torch": dict(method="em", mstep="torch_lbfgs", warm_mstep=False, accelerate="none", tol=1e-8, max_iter=1000, inner=dict(max_iter=200)),
+    "em": dict(
+        method="em",
+        mstep="lbfgs",
+        warm_mstep=True,
+        accelerate="anderson",
+        anderson_depth=5,
+        tol=1e-8,
+        max_iter=1000,
+        inner=dict(max_iter=5),
+    ),
+    "em_newton": dict(
+        method="em",
+        mstep="newton",
+        warm_mstep=True,
+        accelerate="anderson",
+        anderson_depth=5,
+        tol=1e-8,
+        max_iter=1000,
+        inner=dict(max_iter=5),
+    ),
+    "em_torch": dict(
+        method="em",
+        mstep="torch_lbfgs",
+        warm_mstep=False,
+        accelerate="none",
+        tol=1e-8,
+        max_iter=1000,
+        inner=dict(max_iter=200),
+    ),
     "direct": dict(method="direct", mstep="bfgs", tol=1e-12, max_iter=2000),
     "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
 }
-MSTEPS = ("lbfgs", "bfgs", "newton", "newton_eigen", "torch_lbfgs")  # newton_eigen: what newton becomes under indefinite=eigen
+MSTEPS = (
+    "lbfgs",
+    "bfgs",
+    "newton",
+    "newton_eigen",
+    "torch_lbfgs",
+)  # newton_eigen: what newton becomes under indefinite=eigen
 ACCELERATIONS = ("none", "squarem", "anderson")
 INDEFINITE = ("bfgs", "eigen")
 SMALL_BATCH = 200_000  # samples (R * n) below which a fit runs on one thread
@@ -79,7 +112,12 @@ class FitOptions:
             raise ValueError(f"fit.accelerate must be one of {', '.join(ACCELERATIONS)}, got {self.accelerate!r}")
         for name in ("tol", "gtol", "max_iter", "squarem_after", "anderson_depth"):
             value, integer = getattr(self, name), name not in ("tol", "gtol")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or integer and not float(value).is_integer():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or integer
+                and not float(value).is_integer()
+            ):
                 raise ValueError(f"fit.{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
         if self.anderson_depth < 1:
             raise ValueError(f"fit.anderson_depth must be at least 1, got {self.anderson_depth!r}")
@@ -95,8 +133,10 @@ class FitOptions:
             raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHOD_DEFAULTS)}")
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown fit option(s) {', '.join(unknown)}; the options are "
-                             f"{', '.join(f.name for f in dataclasses.fields(cls) if f.name != 'method')}")
+            raise ValueError(
+                f"unknown fit option(s) {', '.join(unknown)}; the options are "
+                f"{', '.join(f.name for f in dataclasses.fields(cls) if f.name != 'method')}"
+            )
         fields = {k: (dict(v) if isinstance(v, dict) else v) for k, v in METHOD_DEFAULTS[method].items()}
         inner = {**fields.pop("inner", {}), **(overrides.pop("inner", None) or {})}
         return cls(**{**fields, **overrides}, inner=SolverOptions(**inner))
@@ -109,7 +149,8 @@ class BatchFit:
     replication, the mean log-likelihood at the start and after each iteration; at_bound: per
     replication, the parameters that ended on a box bound (the estimate is then the constrained
     MLE); seconds: wall time of the call(s); n_evals: objective evaluations (calls over the batch);
-    solver: what ran ('em/lbfgs+anderson', 'em/newton+squarem', 'newton', ...); fused: whether the fused path was used."""
+    solver: what ran ('em/lbfgs+anderson', 'em/newton+squarem', 'newton', ...); fused: whether the fused path
+    was used."""
 
     params: dict
     mean_loglik: torch.Tensor
@@ -134,9 +175,17 @@ class BatchFit:
         join = lambda name: [x for p in parts for x in getattr(p, name)]  # noqa: E731
         return BatchFit(
             params={k: torch.cat([p.params[k] for p in parts]) for k in first.params},
-            mean_loglik=cat("mean_loglik"), n_iter=cat("n_iter"), converged=cat("converged"), status=join("status"),
-            trace=join("trace"), at_bound=join("at_bound"), seconds=sum(p.seconds for p in parts),
-            n_evals=sum(p.n_evals for p in parts), solver=first.solver, fused=first.fused)
+            mean_loglik=cat("mean_loglik"),
+            n_iter=cat("n_iter"),
+            converged=cat("converged"),
+            status=join("status"),
+            trace=join("trace"),
+            at_bound=join("at_bound"),
+            seconds=sum(p.seconds for p in parts),
+            n_evals=sum(p.n_evals for p in parts),
+            solver=first.solver,
+            fused=first.fused,
+        )
 
     def replace_where(self, mask: torch.Tensor, other: "BatchFit") -> "BatchFit":
         """A fit taking replication r from ``other`` where mask[r], else from self; times and
@@ -146,10 +195,17 @@ class BatchFit:
         where = lambda a, b: torch.where(mask.to(a.device).reshape(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
         return BatchFit(
             params={k: where(v, other.params[k]) for k, v in self.params.items()},
-            mean_loglik=where(self.mean_loglik, other.mean_loglik), n_iter=where(self.n_iter, other.n_iter),
-            converged=where(self.converged, other.converged), status=pick(self.status, other.status),
-            trace=pick(self.trace, other.trace), at_bound=pick(self.at_bound, other.at_bound),
-            seconds=self.seconds + other.seconds, n_evals=self.n_evals + other.n_evals, solver=self.solver, fused=self.fused)
+            mean_loglik=where(self.mean_loglik, other.mean_loglik),
+            n_iter=where(self.n_iter, other.n_iter),
+            converged=where(self.converged, other.converged),
+            status=pick(self.status, other.status),
+            trace=pick(self.trace, other.trace),
+            at_bound=pick(self.at_bound, other.at_bound),
+            seconds=self.seconds + other.seconds,
+            n_evals=self.n_evals + other.n_evals,
+            solver=self.solver,
+            fused=self.fused,
+        )
 
 
 class _Counted:
@@ -224,8 +280,11 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
 
 
 def _warn(result: BatchFit, opts: FitOptions) -> None:
-    advice = ("raise fit.max_iter, start closer (init.scale), or use fit=newton" if opts.method == "em"
-              else "raise fit.max_iter or start closer (init.scale)")
+    advice = (
+        "raise fit.max_iter, start closer (init.scale), or use fit=newton"
+        if opts.method == "em"
+        else "raise fit.max_iter or start closer (init.scale)"
+    )
     warn_unconverged(result.status, advice, stacklevel=4)
 
 
@@ -247,10 +306,17 @@ def _fit_batch(model, X, Y, init, opts) -> BatchFit:
     u, ll, n_iter, status, trace = run(obj, space, u, opts)
     params = {k: v.detach() for k, v in space.to_natural(u).items()}
     result = BatchFit(
-        params=params, mean_loglik=ll.detach(), n_iter=n_iter.cpu(),
-        converged=torch.tensor([s == "converged" for s in status]), status=status, trace=trace,
-        at_bound=space.at_bound(params), seconds=time.perf_counter() - start, n_evals=obj.calls,
-        solver=solver, fused=not isinstance(obj.objective, GenericObjective),
+        params=params,
+        mean_loglik=ll.detach(),
+        n_iter=n_iter.cpu(),
+        converged=torch.tensor([s == "converged" for s in status]),
+        status=status,
+        trace=trace,
+        at_bound=space.at_bound(params),
+        seconds=time.perf_counter() - start,
+        n_evals=obj.calls,
+        solver=solver,
+        fused=not isinstance(obj.objective, GenericObjective),
     )
     return result
 
@@ -265,6 +331,7 @@ def _thetas(space, contract, u_old, u_new):
 
 def _inner_rules(inner: SolverOptions):
     """(done, stationary) of an M-step solve: relative change below ftol, or gradient below gtol."""
+
     def stationary(g):
         return g.abs().amax(1) <= inner.gtol
 
@@ -283,6 +350,7 @@ def _mstep(obj, u, idx, resp, opts, memory=None):
         return obj.evaluate(v, idx[j], order, resp=resp[j])
 
     if opts.mstep == "torch_lbfgs":
+
         def one(j):
             jj = torch.tensor([j], device=u.device)
             return lambda v: (lambda e: (e.loss[0], e.grad[0]))(q(v[None], jj, 1))
@@ -296,6 +364,7 @@ def _mstep(obj, u, idx, resp, opts, memory=None):
 def _em_iteration(obj, u0, idx, resp0, opts, memory, anderson, cycle):
     """One EM iteration (three in a SQUAREM cycle) of problems idx from u0 (m, p), with their
     responsibilities at u0: (u_new, evaluation with gradient at u_new)."""
+
     def em_map(v, resp):
         v_new = _mstep(obj, v, idx, resp, opts, memory)
         return v_new, obj.evaluate(v_new, idx, 1)
@@ -315,7 +384,11 @@ def _run_em(obj, space, u, opts):
     status = ["running" if torch.isfinite(v) else "failed: non-finite log-likelihood at the start" for v in ll]
     trace = [[float(v)] for v in ll]
     n_iter = torch.zeros(R, dtype=torch.long)
-    memory = STRATEGIES[opts.mstep](R, u.shape[1], u, opts.inner.history) if opts.warm_mstep and opts.mstep != "torch_lbfgs" else None
+    memory = (
+        STRATEGIES[opts.mstep](R, u.shape[1], u, opts.inner.history)
+        if opts.warm_mstep and opts.mstep != "torch_lbfgs"
+        else None
+    )
     squarem = opts.accelerate == "squarem"
     anderson = Anderson(R, u.shape[1], u, opts.anderson_depth) if opts.accelerate == "anderson" else None
     done = 0
@@ -336,8 +409,10 @@ def _run_em(obj, space, u, opts):
             if not finite[j]:
                 status[r] = f"failed: non-finite values after {which}; rolled back to iteration {first - 1}"
             elif lowered[j]:
-                status[r] = (f"stalled: {which} would lower the mean log-likelihood by "
-                             f"{float(ll[r] - ll_new[j]):.2e}; kept iteration {first - 1}")
+                status[r] = (
+                    f"stalled: {which} would lower the mean log-likelihood by "
+                    f"{float(ll[r] - ll_new[j]):.2e}; kept iteration {first - 1}"
+                )
             else:
                 u[r], ll[r], grad[r], resp[r] = u_new[j], ll_new[j], grad_new[j], ev.resp[j]
                 trace[r].append(float(ll_new[j]))

@@ -6,6 +6,7 @@
 The caller's model is the specification (structure, frozen pre-trained component); it is never
 mutated. Without a start, ``n_init`` random starts are run and the best fit of each replication
 is kept."""
+
 import copy
 import dataclasses
 
@@ -30,9 +31,21 @@ class Estimator:
     fewer components than the model is spread over them, ``init.spread_truth``). device: 'auto', 'cpu', 'cuda', 'mps';
     dtype: 'float64' (default) or 'float32'. ``options``: a complete ``FitOptions`` instead."""
 
-    def __init__(self, model, method: str = "em", *, init: str = "random", n_init: int | None = None, seed: int = 0,
-                 truth: dict | None = None, init_scale: float = 0.1, device: str = "cpu", dtype: str = "float64",
-                 options: FitOptions | None = None, **fit_options):
+    def __init__(
+        self,
+        model,
+        method: str = "em",
+        *,
+        init: str = "random",
+        n_init: int | None = None,
+        seed: int = 0,
+        truth: dict | None = None,
+        init_scale: float = 0.1,
+        device: str = "cpu",
+        dtype: str = "float64",
+        options: FitOptions | None = None,
+        **fit_options,
+    ):
         if n_init is None:
             n_init = 5 if init == "random" else 1
         if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
@@ -58,9 +71,18 @@ class Estimator:
         X, Y = fit_data(self.spec, X, y, self.dtype, self.device)
         numbers = list(range(Y.shape[0])) if replications is None else [int(r) for r in replications]
         if len(numbers) != Y.shape[0]:
-            raise ValueError(f"replications has {len(numbers)} numbers for {Y.shape[0]} data sets; give one per data set")
-        starts = starting_points(self.spec, Y, self.init, lambda i, j: self.seed + 1000 * i + numbers[j], truth=self.truth,
-                                 scale=self.init_scale, n_init=1 if start else self.n_init)
+            raise ValueError(
+                f"replications has {len(numbers)} numbers for {Y.shape[0]} data sets; give one per data set"
+            )
+        starts = starting_points(
+            self.spec,
+            Y,
+            self.init,
+            lambda i, j: self.seed + 1000 * i + numbers[j],
+            truth=self.truth,
+            scale=self.init_scale,
+            n_init=1 if start else self.n_init,
+        )
         if start:
             starts = [self._with_start(starts[0], start, X.shape[0])]
         fit = fit_best_of(self.spec, X, Y, starts, self.options)
@@ -71,14 +93,24 @@ class Estimator:
         ``method``, ``init``, ``n_init``, ``seed``, ``truth``, ``init_scale``, ``device``, ``dtype``) or
         any ``FitOptions`` field (``max_iter``, ``bounds``, ...). A new ``method`` starts from that
         method's defaults; otherwise the options are this estimator's with the changes."""
-        arguments = dict(model=self.spec, method=self.method, init=self.init, n_init=self.n_init, seed=self.seed,
-                         truth=self.truth, init_scale=self.init_scale, device=str(self.device),
-                         dtype=str(self.dtype).removeprefix("torch."))
+        arguments = dict(
+            model=self.spec,
+            method=self.method,
+            init=self.init,
+            n_init=self.n_init,
+            seed=self.seed,
+            truth=self.truth,
+            init_scale=self.init_scale,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+        )
         fields = {f.name for f in dataclasses.fields(FitOptions)} - {"method"}
         unknown = sorted(set(changes) - set(arguments) - fields)
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; an estimator takes {', '.join(arguments)} "
-                             f"and the fit options {', '.join(sorted(fields))}")
+            raise ValueError(
+                f"unknown setting(s) {', '.join(unknown)}; an estimator takes {', '.join(arguments)} "
+                f"and the fit options {', '.join(sorted(fields))}"
+            )
         options = {k: changes.pop(k) for k in list(changes) if k in fields}
         arguments.update(changes)
         if arguments["method"] != self.method:
@@ -95,6 +127,8 @@ class Estimator:
             if v.shape == shape:
                 v = v.expand(R, *shape)
             if tuple(v.shape) != (R, *shape):
-                raise ValueError(f"start value of {name} has shape {tuple(v.shape)}, expected {tuple(shape)} or {(R, *shape)}")
+                raise ValueError(
+                    f"start value of {name} has shape {tuple(v.shape)}, expected {tuple(shape)} or {(R, *shape)}"
+                )
             out[name] = v.clone()
         return out

@@ -1,4 +1,5 @@
 """What an objective's evaluation returns, and the sample blocking that the fused objectives share."""
+
 from typing import NamedTuple
 
 import torch
@@ -19,7 +20,9 @@ class Evaluation(NamedTuple):
 
 def rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """t[idx] without a copy when idx is every row in order."""
-    return t if idx.numel() == t.shape[0] and bool((idx == torch.arange(t.shape[0], device=idx.device)).all()) else t[idx]
+    return (
+        t if idx.numel() == t.shape[0] and bool((idx == torch.arange(t.shape[0], device=idx.device)).all()) else t[idx]
+    )
 
 
 class Blocked:
@@ -37,10 +40,17 @@ class Blocked:
         # at large n, one pass per block of samples keeps the n-long temporaries in cache; losses,
         # gradients and Hessians are means over samples, so the blocks' add up weighted by size
         n = self.Y.shape[1]
-        parts = [self._block(u, theta, d1, d2, idx, k, order, None if resp is None else resp[:, a:b])
-                 for k, (a, b) in enumerate(self.blocks)]
+        parts = [
+            self._block(u, theta, d1, d2, idx, k, order, None if resp is None else resp[:, a:b])
+            for k, (a, b) in enumerate(self.blocks)
+        ]
         weights = [(b - a) / n for a, b in self.blocks]
-        total = lambda name: None if getattr(parts[0], name) is None else sum(w * getattr(e, name) for w, e in zip(weights, parts))  # noqa: E731
+
+        def total(name):
+            return (
+                None if getattr(parts[0], name) is None else sum(w * getattr(e, name) for w, e in zip(weights, parts))
+            )
+
         joined = None if parts[0].resp is None else torch.cat([e.resp for e in parts], dim=1)
         return Evaluation(total("loss"), total("grad"), total("hess"), joined)
 

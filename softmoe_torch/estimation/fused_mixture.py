@@ -14,6 +14,7 @@ with r the posterior, s the gate weights, c, c' the components of q_i, q_j and D
 (times act' for a mean, with act'' curvature), so each block of the Hessian is a weighted Gram
 matrix Z^T diag(w) Z. With responsibilities given (the EM's Q function) the posterior-covariance
 term drops and r is held fixed."""
+
 import torch
 
 from ..model.densities import Density
@@ -46,7 +47,9 @@ def mixture_fused_supported(model) -> bool:
     parameters trainable; every component frozen or fused-capable (see ``_fusable_component``)."""
     if not isinstance(model, Mixture) or type(model.gate) not in (SoftmaxGate, ConstantGate):
         return False
-    return all(p.requires_grad for p in model.gate.parameters()) and all(_fusable_component(c) for c in model.components)
+    return all(p.requires_grad for p in model.gate.parameters()) and all(
+        _fusable_component(c) for c in model.components
+    )
 
 
 def _softmax(logits: list):
@@ -73,7 +76,10 @@ class MixtureFusedObjective(Blocked):
         self.Z = [Z[:, a:b].contiguous() for a, b in self.blocks]
         self.Zt = [Z[:, a:b].transpose(1, 2).contiguous() for a, b in self.blocks]
         # (R, n, F F) per block: the products z_f z_f' that every within-component Hessian block sums against
-        self.ZZ = [(z.unsqueeze(3) * z.unsqueeze(2)).reshape(R, b - a, -1).contiguous() for z, (a, b) in zip(self.Z, self.blocks)]
+        self.ZZ = [
+            (z.unsqueeze(3) * z.unsqueeze(2)).reshape(R, b - a, -1).contiguous()
+            for z, (a, b) in zip(self.Z, self.blocks)
+        ]
         sl, names = space.slices, model.component_names()
         self.fixed, self.trained = {}, []  # frozen k -> L_k (R, n); trainable: (k, activation, density, nu slice)
         quantities = [("a", k) for k in range(1, self.K)]  # the per-sample quantities q_j
@@ -116,7 +122,9 @@ class MixtureFusedObjective(Blocked):
         self.n_gate = gate_rows
         self.comp = torch.tensor(comps, device=dev)
         self.is_gate = torch.tensor([kind == "a" for kind, _ in self.quantities], device=dev)
-        self.mean_quantity = [j for j, (kind, _) in enumerate(self.quantities) if kind == "m"]  # its variance's is j + 1
+        self.mean_quantity = [
+            j for j, (kind, _) in enumerate(self.quantities) if kind == "m"
+        ]  # its variance's is j + 1
         # within-component pairs (j <= j') of quantities: their per-sample Hessian weights are summed against z z'
         self.pairs = [(j, jj) for j in range(len(comps)) for jj in range(j, len(comps)) if comps[j] == comps[jj]]
         self.pair_rows = torch.tensor([j for j, _ in self.pairs], device=dev)
@@ -142,7 +150,7 @@ class MixtureFusedObjective(Blocked):
             local.append((h1, h2, derivs))
         s, log_norm = _softmax(A)
         if resp is None:
-            r, lse = _softmax([a + l for a, l in zip(A, L)])
+            r, lse = _softmax([a + lf for a, lf in zip(A, L)])
             loss = -(lse - log_norm).mean(-1)
             out_resp = r.transpose(1, 2).detach()
         else:
@@ -153,8 +161,12 @@ class MixtureFusedObjective(Blocked):
             return Evaluation(loss, None, None, out_resp)
         ones = torch.ones_like(Y)
         derivs = {k: local[t] for t, k in enumerate(self.trained_components)}  # component -> (act', act'', density's)
-        D = torch.stack([ones if kind == "a" else derivs[k][2][1 if kind == "m" else 2] for kind, k in self.quantities], 1)
-        mult = torch.stack([derivs[k][0] if kind == "m" else ones for kind, k in self.quantities], 1)  # d q / d predictor
+        D = torch.stack(
+            [ones if kind == "a" else derivs[k][2][1 if kind == "m" else 2] for kind, k in self.quantities], 1
+        )
+        mult = torch.stack(
+            [derivs[k][0] if kind == "m" else ones for kind, k in self.quantities], 1
+        )  # d q / d predictor
         rc, sc = r[:, self.comp], s[:, self.comp]  # (m, Q, n): each quantity's component's r and s
         G = rc * D - torch.where(self.is_gate.unsqueeze(1), sc, 0)  # d ll / d q, (m, Q, n)
         g = (torch.bmm(G * mult, Z) / n).reshape(m, -1)[:, self.position]
@@ -202,6 +214,8 @@ class MixtureFusedObjective(Blocked):
         if marginal:  # minus (sum_c r_c V_c)(...)^T of the posterior covariance, V = d phi / d (quantity, feature)
             Vr = (w.unsqueeze(2) * Zt.unsqueeze(1)).reshape(m, Q * F, n)
             H -= torch.bmm(Vr, Vr.transpose(1, 2))
-        Vs = (sc[:, :a].unsqueeze(2) * Zt.unsqueeze(1)).reshape(m, a * F, n)  # plus (sum_k s_k z)(...)^T of the normalizer
+        Vs = (sc[:, :a].unsqueeze(2) * Zt.unsqueeze(1)).reshape(
+            m, a * F, n
+        )  # plus (sum_k s_k z)(...)^T of the normalizer
         H[:, : a * F, : a * F] += torch.bmm(Vs, Vs.transpose(1, 2))
         return H / n

@@ -2,6 +2,7 @@
 
 These are the computations; ``results.FitResults`` is the object a user asks
 (``res.se()``, ``res.conf_int()``, ``res.aic``)."""
+
 import math
 import warnings
 

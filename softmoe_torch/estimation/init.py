@@ -7,6 +7,7 @@
 - ``random``: seeded random starts needing no truth (``n_init`` of them; the best fit is kept).
 
 Each parameter's domain is the one its module declares (``params.declared_constraint``)."""
+
 import math
 
 import torch
@@ -33,7 +34,7 @@ def spread_truth(model, truth: dict, gen: torch.Generator) -> dict:
     true = sorted({k for k, name in enumerate(names) if any(key.startswith(name + ".") for key in truth)})
     if not set(true) <= trainable or any(k not in trainable for k in range(len(true))):
         raise ValueError("near_truth: the truth must give the model's first k* components (its trainable ones)")
-    gate = {key[len("gate."):] for key in truth if key.startswith("gate.")}
+    gate = {key[len("gate.") :] for key in truth if key.startswith("gate.")}
     if not gate <= {"tau", "beta"}:
         raise ValueError("near_truth with more components than the truth needs a softmax or constant gate (tau, beta)")
     fixed = {k: k for k in range(len(names)) if k not in trainable or k == 0}
@@ -48,10 +49,17 @@ def spread_truth(model, truth: dict, gen: torch.Generator) -> dict:
     for k in sorted(trainable):
         for key, value in truth.items():
             if key.startswith(names[assign[k]] + "."):
-                out[names[k] + key[len(names[assign[k]]):]] = value.clone()
+                out[names[k] + key[len(names[assign[k]]) :]] = value.clone()
     size = {j: sum(1 for v in assign.values() if v == j) for j in set(assign.values())}
-    logits = {name: [torch.zeros_like(truth[f"gate.{name}"][0]) if assign[k] == 0 else truth[f"gate.{name}"][assign[k] - 1].clone()
-                     for k in range(len(names))] for name in gate}
+    logits = {
+        name: [
+            torch.zeros_like(truth[f"gate.{name}"][0])
+            if assign[k] == 0
+            else truth[f"gate.{name}"][assign[k] - 1].clone()
+            for k in range(len(names))
+        ]
+        for name in gate
+    }
     logits["tau"] = [t - math.log(size[assign[k]]) for k, t in enumerate(logits["tau"])]
     for name, values in logits.items():
         out[f"gate.{name}"] = torch.stack([v - values[0] for v in values[1:]])
@@ -91,8 +99,9 @@ def random_start(model, Y: torch.Tensor, seed: int) -> dict:
     return start
 
 
-def starting_points(model, Y: torch.Tensor, policy: str, seed_of, truth: dict | None = None, scale: float = 0.1,
-                    n_init: int = 1) -> list:
+def starting_points(
+    model, Y: torch.Tensor, policy: str, seed_of, truth: dict | None = None, scale: float = 0.1, n_init: int = 1
+) -> list:
     """A list of init dicts {name: (R, ...)}, one per start (``n_init`` of them), for data Y (R, n).
     seed_of(i, j) -> seed of start i of replication j, so that a replication's starts do not
     depend on which others are fitted beside it."""

@@ -1,6 +1,7 @@
 """The checks of a user's data, in one place: numeric, finite arrays of the fit's dtype and device,
 X (n, d) or (R, n, d) with the model's columns, y (n,) or (R, n) to match, at least 2
 observations. Each problem is a one-line ValueError naming what to change."""
+
 import numpy as np
 import torch
 
@@ -36,11 +37,15 @@ def as_batch(X: torch.Tensor, Y: torch.Tensor):
 def check_model(model) -> None:
     """Raise a one-line ValueError unless ``model`` is a mixture with something to fit."""
     if not isinstance(model, Mixture):
-        raise ValueError(f"the model must be a mixture of softmoe_torch.model.mixture (ContaminatedMoE, MixtureOfExperts "
-                         f"or another Mixture), got {type(model).__name__}")
+        raise ValueError(
+            f"the model must be a mixture of softmoe_torch.model.mixture (ContaminatedMoE, MixtureOfExperts "
+            f"or another Mixture), got {type(model).__name__}"
+        )
     if not model.trainable_parameters():
-        raise ValueError("the model has no trainable parameters (every component and the gate frozen), so there is "
-                         "nothing to fit; leave a component unfrozen (Component(..., frozen=False)) or the gate trainable")
+        raise ValueError(
+            "the model has no trainable parameters (every component and the gate frozen), so there is "
+            "nothing to fit; leave a component unfrozen (Component(..., frozen=False)) or the gate trainable"
+        )
 
 
 def check_columns(model, X: torch.Tensor) -> None:
@@ -54,17 +59,25 @@ def check_columns(model, X: torch.Tensor) -> None:
     except RuntimeError:
         weights = None  # the columns are wrong: said below
     if weights is not None and weights != len(model.components):
-        raise ValueError(f"the gate gives {weights} weights but the mixture has {len(model.components)} components; "
-                         f"build the gate for {len(model.components) - 1} non-reference components "
-                         f"(e.g. SoftmaxGate(d, n_prompts={len(model.components) - 1}))")
+        raise ValueError(
+            f"the gate gives {weights} weights but the mixture has {len(model.components)} components; "
+            f"build the gate for {len(model.components) - 1} non-reference components "
+            f"(e.g. SoftmaxGate(d, n_prompts={len(model.components) - 1}))"
+        )
     try:
         with torch.no_grad():
             model.log_prob(x, torch.zeros(1, dtype=X.dtype, device=X.device))
     except RuntimeError as err:
         declared = {p.shape[-1] for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("beta", "eta")}
-        wanted = f"the model takes {declared.pop()}" if len(declared) == 1 else f"the model cannot take them ({one_line(err)})"
-        raise ValueError(f"X has {X.shape[-1]} columns but {wanted}; pass X with the model's columns, "
-                         f"or build the model for d = {X.shape[-1]}") from None
+        wanted = (
+            f"the model takes {declared.pop()}"
+            if len(declared) == 1
+            else f"the model cannot take them ({one_line(err)})"
+        )
+        raise ValueError(
+            f"X has {X.shape[-1]} columns but {wanted}; pass X with the model's columns, "
+            f"or build the model for d = {X.shape[-1]}"
+        ) from None
 
 
 def fit_data(model, X, y, dtype: torch.dtype, device):

@@ -14,6 +14,7 @@ Three implementations share one interface, ``evaluate(u, idx, order, resp) -> Ev
 ``make_objective`` picks a fused one whenever the model allows it. Losses are *minus* mean
 log-likelihoods (or minus the EM's Q function when responsibilities ``resp`` are given), so
 optimizers minimize them."""
+
 import torch
 import torch.nn.functional as F
 

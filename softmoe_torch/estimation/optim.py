@@ -8,6 +8,7 @@ inverse Hessian), ``Newton`` (the exact Hessian where positive definite, else BF
 backtracking Armijo line search with a trust cap on its max-norm. ``torch_lbfgs_one`` runs
 ``torch.optim.LBFGS`` (fresh, strong Wolfe) on a single problem.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,9 @@ class LBFGS:
             q = q - a[:, None] * y
             alphas.append((a, rho))
         y0, s0 = Y[:, 0], S[:, 0]
-        gamma = torch.where(k > 0, (s0 * y0).sum(1) / (y0 * y0).sum(1).clamp_min(1e-300), torch.ones_like(k, dtype=g.dtype))
+        gamma = torch.where(
+            k > 0, (s0 * y0).sum(1) / (y0 * y0).sum(1).clamp_min(1e-300), torch.ones_like(k, dtype=g.dtype)
+        )
         r = gamma[:, None] * q
         for j in reversed(range(m)):
             a, rho = alphas[j]
@@ -244,8 +247,15 @@ def torch_lbfgs_one(fun, u0: torch.Tensor, opts: SolverOptions) -> torch.Tensor:
     """Minimize fun(u (p,)) -> (loss, grad (p,)) with a fresh ``torch.optim.LBFGS`` (strong Wolfe).
     Returns the final u (p,); the caller checks that the value is finite."""
     u = u0.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([u], lr=1.0, max_iter=opts.max_iter, tolerance_grad=opts.gtol, tolerance_change=opts.ftol,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [u],
+        lr=1.0,
+        max_iter=opts.max_iter,
+        tolerance_grad=opts.gtol,
+        tolerance_change=opts.ftol,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         loss, grad = fun(u.detach())

@@ -7,10 +7,12 @@ as ``torch.distributions`` does with ``arg_constraints``); undeclared parameters
 Bounds (the theory's compact parameter space) apply per domain: ``real`` parameters get the box
 [-B, B], ``positive`` ones [lo, hi] on the log scale; a parameter's own name (or a prefix of it)
 overrides its domain's default."""
+
 import math
 
 import torch
-from torch.distributions import constraints, transforms as T
+from torch.distributions import constraints
+from torch.distributions import transforms as T
 from torch.distributions.constraint_registry import biject_to
 from torch.func import functional_call
 
@@ -75,8 +77,10 @@ class ParamSpace:
         self.names = list(trainable)
         unknown = [k for k in flat if k not in DOMAINS and not any(n == k or n.startswith(k + ".") for n in self.names)]
         if unknown:
-            raise ValueError(f"unknown bound keys {sorted(unknown)}; use {', '.join(DOMAINS)} or a parameter name "
-                             f"such as {self.names[-1]}")
+            raise ValueError(
+                f"unknown bound keys {sorted(unknown)}; use {', '.join(DOMAINS)} or a parameter name "
+                f"such as {self.names[-1]}"
+            )
         self.shapes = [tuple(p.shape) for p in trainable.values()]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.constraints = [declared_constraint(model, n) for n in self.names]
@@ -96,7 +100,10 @@ class ParamSpace:
 
     def to_natural(self, u: torch.Tensor) -> dict:
         """u (R, p) -> {name: (R, *shape)} in the parameters' own domains."""
-        return {n: tr(u[:, self.slices[n]]).reshape(u.shape[0], *s) for n, s, tr in zip(self.names, self.shapes, self.transforms)}
+        return {
+            n: tr(u[:, self.slices[n]]).reshape(u.shape[0], *s)
+            for n, s, tr in zip(self.names, self.shapes, self.transforms)
+        }
 
     def natural_flat(self, u: torch.Tensor, order: int = 1):
         """u (R, p) -> (theta (R, p), dtheta/du (R, p), d2theta/du2 (R, p) or None); the maps are
@@ -124,7 +131,9 @@ class ParamSpace:
             lo, hi = interval or (-math.inf, math.inf)
             if not bool((c.check(v) & (v > lo) & (v < hi)).all()):
                 where = f"its bounds ({lo:g}, {hi:g})" if interval else f"its domain ({c})"
-                raise ValueError(f"starting value of {name} is outside {where}; widen fit.bounds or change the initialization")
+                raise ValueError(
+                    f"starting value of {name} is outside {where}; widen fit.bounds or change the initialization"
+                )
             pieces.append(tr.inv(v).reshape(v.shape[0], -1))
         return torch.cat(pieces, dim=1)
 

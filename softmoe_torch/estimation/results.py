@@ -3,6 +3,7 @@ replications, answering what a user asks after a fit (in the spirit of statsmode
 
 Per-replication quantities are tensors with a leading axis R; methods that concern one fitted
 model take ``r`` (default 0, the only one for a single data set)."""
+
 import copy
 import json
 import math
@@ -13,8 +14,8 @@ import torch
 from ..model.mixture import ContaminatedMoE
 from .degeneracy import degeneracy, trainable_sizes
 from .driver import BatchFit
-from .inputs import as_tensor, model_inputs
 from .inference import aic, bic, load_params, observed_information, wald_covariance
+from .inputs import as_tensor, model_inputs
 
 
 class FitResults:
@@ -28,8 +29,19 @@ class FitResults:
 
     def __init__(self, spec, fit: BatchFit, X: torch.Tensor, Y: torch.Tensor):
         self.spec, self.fit, self.X, self.Y = spec, fit, X, Y
-        for name in ("params", "mean_loglik", "n_iter", "converged", "status", "trace", "at_bound", "seconds",
-                     "n_evals", "solver", "fused"):
+        for name in (
+            "params",
+            "mean_loglik",
+            "n_iter",
+            "converged",
+            "status",
+            "trace",
+            "at_bound",
+            "seconds",
+            "n_evals",
+            "solver",
+            "fused",
+        ):
             setattr(self, name, getattr(fit, name))
         self.n = Y.shape[1]
         self.loglik = self.mean_loglik * self.n
@@ -68,7 +80,9 @@ class FitResults:
     def responsibilities(self, X, y, r: int = 0) -> torch.Tensor:
         """Posterior component probabilities given (x, y); X (n, d), y (n,) -> (n, K)."""
         with torch.no_grad():
-            return self._fitted(r).responsibilities(self._inputs(X), as_tensor(y, "y", self.X.dtype, self.X.device, finite=False))
+            return self._fitted(r).responsibilities(
+                self._inputs(X), as_tensor(y, "y", self.X.dtype, self.X.device, finite=False)
+            )
 
     def covariance(self, r: int = 0) -> torch.Tensor:
         """Inverse observed information at replication r's estimate, (p, p) over the flattened
@@ -99,10 +113,18 @@ class FitResults:
         r = self._replication_index(r)
         keep = slice(r, r + 1)
         one = BatchFit(
-            params={k: v[keep] for k, v in self.params.items()}, mean_loglik=self.mean_loglik[keep],
-            n_iter=self.n_iter[keep], converged=self.converged[keep], status=self.status[keep],
-            trace=self.trace[keep], at_bound=self.at_bound[keep], seconds=self.seconds, n_evals=self.n_evals,
-            solver=self.solver, fused=self.fused)
+            params={k: v[keep] for k, v in self.params.items()},
+            mean_loglik=self.mean_loglik[keep],
+            n_iter=self.n_iter[keep],
+            converged=self.converged[keep],
+            status=self.status[keep],
+            trace=self.trace[keep],
+            at_bound=self.at_bound[keep],
+            seconds=self.seconds,
+            n_evals=self.n_evals,
+            solver=self.solver,
+            fused=self.fused,
+        )
         return FitResults(self.spec, one, self.X[keep], self.Y[keep])
 
     def to_dict(self, r: int = 0, inference: bool = True) -> dict:
@@ -113,10 +135,21 @@ class FitResults:
             lower_upper = self.conf_int(0.05, r)
             out["se"] = _lists(self.se(r))
             out["ci95"] = {k: [v[0].tolist(), v[1].tolist()] for k, v in lower_upper.items()}
-        out.update(loglik=float(self.loglik[r]), mean_loglik=float(self.mean_loglik[r]), n=self.n,
-                   n_params=self.n_params, aic=float(self.aic[r]), bic=float(self.bic[r]),
-                   converged=bool(self.converged[r]), status=self.status[r], n_iter=int(self.n_iter[r]),
-                   at_bound=self.at_bound[r], degenerate=self.degenerate[r], solver=self.solver, seconds=self.seconds)
+        out.update(
+            loglik=float(self.loglik[r]),
+            mean_loglik=float(self.mean_loglik[r]),
+            n=self.n,
+            n_params=self.n_params,
+            aic=float(self.aic[r]),
+            bic=float(self.bic[r]),
+            converged=bool(self.converged[r]),
+            status=self.status[r],
+            n_iter=int(self.n_iter[r]),
+            at_bound=self.at_bound[r],
+            degenerate=self.degenerate[r],
+            solver=self.solver,
+            seconds=self.seconds,
+        )
         return out
 
     def to_json(self, r: int = 0, **kwargs) -> str:
@@ -129,22 +162,34 @@ class FitResults:
         est, se, ci = self.estimates(r), self.se(r), self.conf_int(0.05, r)
         head = f"{'parameter':<26}{'estimate':>13}{'se':>12}{'[0.025':>13}{'0.975]':>13}"
         title = "Softmax-contaminated MoE" if isinstance(self.spec, ContaminatedMoE) else "Mixture-of-experts"
-        lines = [f"{title} fit ({self.solver}), n = {self.n}, replication {r} of {len(self)}",
-                 "=" * len(head), head, "-" * len(head)]
+        lines = [
+            f"{title} fit ({self.solver}), n = {self.n}, replication {r} of {len(self)}",
+            "=" * len(head),
+            head,
+            "-" * len(head),
+        ]
         for name, value in est.items():
             flat = value.reshape(-1)
             for i in range(flat.numel()):
                 label = name if value.dim() == 0 or flat.numel() == 1 else f"{name}[{i}]"
                 lo, hi = ci[name][0].reshape(-1)[i], ci[name][1].reshape(-1)[i]
-                lines.append(f"{label:<26}{float(flat[i]):>13.6g}{float(se[name].reshape(-1)[i]):>12.4g}"
-                             f"{float(lo):>13.6g}{float(hi):>13.6g}")
-        lines += ["-" * len(head),
-                  f"status: {self.status[r]} after {int(self.n_iter[r])} iterations"
-                  + (f"; at a bound: {', '.join(self.at_bound[r])}" if self.at_bound[r] else ""),
-                  f"log-likelihood: {float(self.loglik[r]):.6f}   AIC: {float(self.aic[r]):.4f}   BIC: {float(self.bic[r]):.4f}"
-                  f"   parameters: {self.n_params}"]
-        lines += [f"warning: degenerate fit: {reason} (a spike that the likelihood rewards without limit; "
-                  "more data, more starts or a floor on the prompt's variance)" for reason in self.degenerate[r]]
+                lines.append(
+                    f"{label:<26}{float(flat[i]):>13.6g}{float(se[name].reshape(-1)[i]):>12.4g}"
+                    f"{float(lo):>13.6g}{float(hi):>13.6g}"
+                )
+        lines += [
+            "-" * len(head),
+            f"status: {self.status[r]} after {int(self.n_iter[r])} iterations"
+            + (f"; at a bound: {', '.join(self.at_bound[r])}" if self.at_bound[r] else ""),
+            f"log-likelihood: {float(self.loglik[r]):.6f}   "
+            f"AIC: {float(self.aic[r]):.4f}   BIC: {float(self.bic[r]):.4f}"
+            f"   parameters: {self.n_params}",
+        ]
+        lines += [
+            f"warning: degenerate fit: {reason} (a spike that the likelihood rewards without limit; "
+            "more data, more starts or a floor on the prompt's variance)"
+            for reason in self.degenerate[r]
+        ]
         return "\n".join(lines)
 
     def __repr__(self):
@@ -170,8 +215,9 @@ class FitResults:
     def _replication_index(self, r) -> int:
         """r as an index of the R fits (negative counts from the end); a one-line IndexError otherwise."""
         if isinstance(r, bool) or not isinstance(r, int) or not -len(self) <= r < len(self):
-            raise IndexError(f"replication {r!r} does not exist: these results hold {len(self)} fit(s), "
-                             f"r = 0..{len(self) - 1}")
+            raise IndexError(
+                f"replication {r!r} does not exist: these results hold {len(self)} fit(s), r = 0..{len(self) - 1}"
+            )
         return r % len(self)
 
     def _unflatten(self, flat) -> dict:

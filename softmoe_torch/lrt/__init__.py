@@ -1,5 +1,6 @@
 """Likelihood-ratio tests calibrated by the parametric bootstrap: is there a prompt at all
 (``contamination_test``), and K prompts against more (``prompts_test``)."""
+
 from .bootstrap import contamination_test, prompts_test, with_variance_floor
 from .results import BootstrapTest
 

@@ -27,6 +27,7 @@ Under "no contamination" the alternative's supremum is a spike on the box's boun
 optimizer approaches for hundreds of iterations; the capped statistic never goes there and costs
 20-40x less (experiments/contamination/contamination_pilot.py compares the two). ``iterations=None``: the MLE
 (the estimator's own stopping rule)."""
+
 import dataclasses
 import time
 import warnings
@@ -44,8 +45,16 @@ RULES = ("conservative", "as_fitted")
 ITERATIONS = 10  # the default cap on the alternative's fit
 
 
-def contamination_test(estimator: Estimator, X, y, B: int = 999, seed: int = 0, unconverged: str = "conservative",
-                       progress: bool = True, iterations: int | None = ITERATIONS) -> BootstrapTest:
+def contamination_test(
+    estimator: Estimator,
+    X,
+    y,
+    B: int = 999,
+    seed: int = 0,
+    unconverged: str = "conservative",
+    progress: bool = True,
+    iterations: int | None = ITERATIONS,
+) -> BootstrapTest:
     """H0: y | x follows the frozen pre-trained component alone; H1: ``estimator``'s contaminated
     model (its prompts and gate), fitted by at most ``iterations`` iterations (None: to
     convergence). X (n, d), y (n,)."""
@@ -59,14 +68,29 @@ def contamination_test(estimator: Estimator, X, y, B: int = 999, seed: int = 0, 
     Ystar = torch.stack([_draw(null, X0, _generator(seed, b)) for b in range(B)])
     boot = _refit(estimator, X0, Ystar, progress, "H1")
     return BootstrapTest(
-        test="contamination", raw_statistic=_lr(observed.loglik[0], _null_loglik(null, X0, Y0)),
+        test="contamination",
+        raw_statistic=_lr(observed.loglik[0], _null_loglik(null, X0, Y0)),
         raw_boot=[_lr(boot.loglik[b], _null_loglik(null, X0, Ystar[b])) for b in range(B)],
-        boot_status=list(boot.status), boot_degenerate=boot.degenerate, observed=observed,
-        rule=unconverged, seconds=time.perf_counter() - start, iterations=iterations)
+        boot_status=list(boot.status),
+        boot_degenerate=boot.degenerate,
+        observed=observed,
+        rule=unconverged,
+        seconds=time.perf_counter() - start,
+        iterations=iterations,
+    )
 
 
-def prompts_test(null_estimator: Estimator, estimator: Estimator, X, y, B: int = 999, seed: int = 0,
-                 unconverged: str = "conservative", progress: bool = True, iterations: int | None = ITERATIONS) -> BootstrapTest:
+def prompts_test(
+    null_estimator: Estimator,
+    estimator: Estimator,
+    X,
+    y,
+    B: int = 999,
+    seed: int = 0,
+    unconverged: str = "conservative",
+    progress: bool = True,
+    iterations: int | None = ITERATIONS,
+) -> BootstrapTest:
     """H0: ``null_estimator``'s model (K prompts), fitted to convergence; H1: ``estimator``'s (more
     prompts, the same pre-trained component), fitted by at most ``iterations`` iterations. B data
     sets are drawn from the fitted H0 at the observed X and both models are refitted on each; a
@@ -87,10 +111,17 @@ def prompts_test(null_estimator: Estimator, estimator: Estimator, X, y, B: int =
     boot1 = _refit(estimator, X0, Ystar, progress, f"H1 ({K1} prompts)")
     status = [s1 if s0 == "converged" else f"null {s0}" for s0, s1 in zip(boot0.status, boot1.status)]
     return BootstrapTest(
-        test=f"prompts {K0} vs {K1}", raw_statistic=_lr(observed.loglik[0], observed0.loglik[0]),
-        raw_boot=[_lr(boot1.loglik[b], boot0.loglik[b]) for b in range(B)], boot_status=status,
-        boot_degenerate=boot1.degenerate, observed=observed, rule=unconverged,
-        seconds=time.perf_counter() - start, observed_null=observed0, iterations=iterations)
+        test=f"prompts {K0} vs {K1}",
+        raw_statistic=_lr(observed.loglik[0], observed0.loglik[0]),
+        raw_boot=[_lr(boot1.loglik[b], boot0.loglik[b]) for b in range(B)],
+        boot_status=status,
+        boot_degenerate=boot1.degenerate,
+        observed=observed,
+        rule=unconverged,
+        seconds=time.perf_counter() - start,
+        observed_null=observed0,
+        iterations=iterations,
+    )
 
 
 def with_variance_floor(estimator: Estimator, ratio: float) -> Estimator:
@@ -103,8 +134,10 @@ def with_variance_floor(estimator: Estimator, ratio: float) -> Estimator:
     spec, options = estimator.spec, estimator.options
     bounds = dict(options.bounds or {})
     if not bounds.get("positive"):
-        raise ValueError("the variance floor bounds each prompt's variance in [floor, the variances' upper bound]; "
-                         "give fit.bounds.positive [lo, hi], or no floor")
+        raise ValueError(
+            "the variance floor bounds each prompt's variance in [floor, the variances' upper bound]; "
+            "give fit.bounds.positive [lo, hi], or no floor"
+        )
     high = float(bounds["positive"][1])
     floor = ratio * float(spec.pretrained.nu)
     if not floor < high:
@@ -128,22 +161,29 @@ def _fit(estimator: Estimator, X, y):
 def _check_contaminated(estimator, name: str):
     """A one-line ValueError unless ``estimator`` is an Estimator of a contaminated mixture."""
     if not isinstance(estimator, Estimator):
-        raise ValueError(f"{name} must be an Estimator (e.g. Estimator(model, 'newton')), got {type(estimator).__name__}")
+        raise ValueError(
+            f"{name} must be an Estimator (e.g. Estimator(model, 'newton')), got {type(estimator).__name__}"
+        )
     if not isinstance(estimator.spec, ContaminatedMoE):
-        raise ValueError(f"{name}'s model is a {type(estimator.spec).__name__}; these tests need a ContaminatedMoE "
-                         "(a frozen pre-trained component and its prompts)")
+        raise ValueError(
+            f"{name}'s model is a {type(estimator.spec).__name__}; these tests need a ContaminatedMoE "
+            "(a frozen pre-trained component and its prompts)"
+        )
 
 
 def _check(B, seed, unconverged, iterations):
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if isinstance(B, bool) or not isinstance(B, int) or B < 19:
-        raise ValueError(f"B must be an integer of at least 19 (the smallest p-value is 1/(B+1), and 0.05 needs "
-                         f"B >= 19), got {B!r}")
+        raise ValueError(
+            f"B must be an integer of at least 19 (the smallest p-value is 1/(B+1), and 0.05 needs B >= 19), got {B!r}"
+        )
     if unconverged not in RULES:
         raise ValueError(f"unconverged must be one of {', '.join(RULES)}, got {unconverged!r}")
     if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1):
-        raise ValueError(f"iterations must be a positive integer (the cap on the alternative's fit) or None, got {iterations!r}")
+        raise ValueError(
+            f"iterations must be a positive integer (the cap on the alternative's fit) or None, got {iterations!r}"
+        )
 
 
 @dataclasses.dataclass
@@ -161,8 +201,10 @@ def _refit(estimator, X0, Ystar, progress: bool, what: str) -> Refits:
     B, n = Ystar.shape
     step = max(1, CHUNK // n)
     loglik, status, degenerate = [], [], []
-    with tqdm(total=B, desc=f"bootstrap refits, {what}", unit="fit", disable=not progress) as bar, \
-            warnings.catch_warnings():
+    with (
+        tqdm(total=B, desc=f"bootstrap refits, {what}", unit="fit", disable=not progress) as bar,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore", ConvergenceWarning)  # unconverged refits are counted in the result
         for lo in range(0, B, step):
             hi = min(lo + step, B)

@@ -1,5 +1,6 @@
 """The result of a bootstrap likelihood-ratio test: statistic, p-value, the bootstrap statistics,
 what failed, the observed fits; a summary, a histogram and a JSON record."""
+
 import math
 from dataclasses import dataclass, field
 
@@ -72,34 +73,61 @@ class BootstrapTest:
         for s in self.boot_status:
             key = s.split(":")[0]
             statuses[key] = statuses.get(key, 0) + 1
-        return {"statuses": statuses, "n_failed": self.n_failed, "n_degenerate": int(sum(self.boot_degenerate)),
-                "n_negative": int(sum(b < 0 for b in self.raw_boot)), "observed_negative": self.raw_statistic < 0,
-                "observed_degenerate": self.observed.degenerate[0], "observed_status": self.observed.status[0]}
+        return {
+            "statuses": statuses,
+            "n_failed": self.n_failed,
+            "n_degenerate": int(sum(self.boot_degenerate)),
+            "n_negative": int(sum(b < 0 for b in self.raw_boot)),
+            "observed_negative": self.raw_statistic < 0,
+            "observed_degenerate": self.observed.degenerate[0],
+            "observed_status": self.observed.status[0],
+        }
 
     def to_dict(self) -> dict:
         """JSON-ready: statistic, pvalue, B, n_failed, seconds, counts, the bootstrap statistics."""
-        return {"test": self.test, "statistic": self.statistic, "pvalue": self.pvalue, "B": self.B,
-                "n_failed": self.n_failed, "rule": self.rule, "iterations": self.iterations, "seconds": self.seconds,
-                "n": self.observed.n,
-                **self.counts(), "raw_statistic": self.raw_statistic, "boot": [float(b) for b in self.raw_boot],
-                "boot_status": self.boot_status, "boot_degenerate": self.boot_degenerate}
+        return {
+            "test": self.test,
+            "statistic": self.statistic,
+            "pvalue": self.pvalue,
+            "B": self.B,
+            "n_failed": self.n_failed,
+            "rule": self.rule,
+            "iterations": self.iterations,
+            "seconds": self.seconds,
+            "n": self.observed.n,
+            **self.counts(),
+            "raw_statistic": self.raw_statistic,
+            "boot": [float(b) for b in self.raw_boot],
+            "boot_status": self.boot_status,
+            "boot_degenerate": self.boot_degenerate,
+        }
 
     def summary(self) -> str:
         c = self.counts()
-        rule = ("counted as LR* >= LR" if self.rule == "conservative" else "entered as fitted")
-        fitted = ("the alternative fitted to convergence (the MLE)" if not self.iterations else
-                  f"the alternative fitted by at most {self.iterations} iterations from each start (the EM-test form)")
-        lines = [f"Parametric-bootstrap likelihood-ratio test: {self.test}, n = {self.observed.n}, B = {self.B}; {fitted}",
-                 f"LR = {self.statistic:.4f}   p-value = {self.pvalue:.4f}"
-                 + "".join(f"   {'reject' if self.pvalue <= a else 'keep'} H0 at {a:g}" for a in self.alpha_levels),
-                 f"bootstrap LR*: median {np.median(self.boot):.3f}, 95% quantile {np.quantile(self.boot, 0.95):.3f}",
-                 f"refits: {', '.join(f'{k} {v}' for k, v in sorted(c['statuses'].items()))}; unconverged {rule}; "
-                 f"{c['n_failed']} counted as LR* >= LR; {c['n_degenerate']} degenerate; {c['n_negative']} below the null",
-                 f"observed fit: {c['observed_status']}"]
-        lines += [f"WARNING: the observed fit is degenerate: {reason}; LR then measures a spike on a few observations"
-                  for reason in c["observed_degenerate"]]
+        rule = "counted as LR* >= LR" if self.rule == "conservative" else "entered as fitted"
+        fitted = (
+            "the alternative fitted to convergence (the MLE)"
+            if not self.iterations
+            else f"the alternative fitted by at most {self.iterations} iterations from each start (the EM-test form)"
+        )
+        lines = [
+            f"Parametric-bootstrap likelihood-ratio test: {self.test}, n = {self.observed.n}, B = {self.B}; {fitted}",
+            f"LR = {self.statistic:.4f}   p-value = {self.pvalue:.4f}"
+            + "".join(f"   {'reject' if self.pvalue <= a else 'keep'} H0 at {a:g}" for a in self.alpha_levels),
+            f"bootstrap LR*: median {np.median(self.boot):.3f}, 95% quantile {np.quantile(self.boot, 0.95):.3f}",
+            f"refits: {', '.join(f'{k} {v}' for k, v in sorted(c['statuses'].items()))}; unconverged {rule}; "
+            f"{c['n_failed']} counted as LR* >= LR; {c['n_degenerate']} degenerate; {c['n_negative']} below the null",
+            f"observed fit: {c['observed_status']}",
+        ]
+        lines += [
+            f"WARNING: the observed fit is degenerate: {reason}; LR then measures a spike on a few observations"
+            for reason in c["observed_degenerate"]
+        ]
         if c["observed_negative"] and not self.iterations:
-            lines.append(f"note: the alternative's fit ended below the null's likelihood (raw LR {self.raw_statistic:.4g}); LR = 0")
+            lines.append(
+                "note: the alternative's fit ended below the null's likelihood "
+                f"(raw LR {self.raw_statistic:.4g}); LR = 0"
+            )
         lines.append(f"{self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -113,7 +141,9 @@ class BootstrapTest:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         finite = self.boot[np.isfinite(self.boot)]
         ax.hist(finite, bins=min(60, max(10, self.B // 10)), color="tab:blue", alpha=0.7, label=f"LR*, B = {self.B}")
-        ax.axvline(self.statistic, color="tab:red", lw=2, label=f"observed LR = {self.statistic:.2f}, p = {self.pvalue:.3g}")
+        ax.axvline(
+            self.statistic, color="tab:red", lw=2, label=f"observed LR = {self.statistic:.2f}, p = {self.pvalue:.3g}"
+        )
         ax.set_xlabel("likelihood-ratio statistic")
         ax.set_ylabel("bootstrap data sets")
         ax.set_title(f"{self.test} (n = {self.observed.n}); {self.n_failed} refits counted as LR* >= LR", fontsize=10)

@@ -3,11 +3,25 @@ mixtures of experts (``voronoi``), the Hellinger distance between conditional de
 (``hellinger``), empirical rates, slopes of log error on log n (``rates``), and intervals of a
 study's proportions (``intervals``). Imports the model
 and the estimation layer only; settings, studies and tests use it."""
+
 from .hellinger import hellinger, hellinger_batch
-from .parameters import PAPER_PARAMS, param_errors, paper_view
 from .intervals import wilson
+from .parameters import PAPER_PARAMS, paper_view, param_errors
 from .rates import bootstrap_slope, fit_power_law, window_slope
 from .voronoi import atoms, theory_slope, voronoi_errors, voronoi_loss
 
-__all__ = ["PAPER_PARAMS", "param_errors", "paper_view", "atoms", "voronoi_loss", "voronoi_errors", "theory_slope",
-           "hellinger", "hellinger_batch", "bootstrap_slope", "fit_power_law", "window_slope", "wilson"]
+__all__ = [
+    "PAPER_PARAMS",
+    "param_errors",
+    "paper_view",
+    "atoms",
+    "voronoi_loss",
+    "voronoi_errors",
+    "theory_slope",
+    "hellinger",
+    "hellinger_batch",
+    "bootstrap_slope",
+    "fit_power_law",
+    "window_slope",
+    "wilson",
+]

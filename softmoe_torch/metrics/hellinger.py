@@ -9,6 +9,7 @@ function against a normal weight: with 30 nodes, H^2 within about 1e-4 relative 
 adaptive quadrature) for Gaussian components; an approximation for the heavier-tailed Laplace and
 Student-t. The integrand is a square, so there is no
 cancellation even for distances near 1e-4."""
+
 import copy
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Confidence intervals of a Monte Carlo study's proportions (a test's size and power)."""
+
 import math
 
 

@@ -2,6 +2,7 @@
 results.csv has a column ``err_<name>`` for each.
 
 A gate without ``beta`` (``ConstantGate``) has no beta to estimate: its error is NaN."""
+
 import torch
 
 from ..model.names import PAPER_NAMES, expert_prefix

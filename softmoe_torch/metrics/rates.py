@@ -1,5 +1,6 @@
 """Empirical convergence rates: power-law slopes of errors on n, with bootstrap CIs (the paper's
 log-log plots with fitted slopes, Section 4)."""
+
 import numpy as np
 
 

@@ -20,6 +20,7 @@ whose reference cell holds several atoms, never brings to zero. For fixed t1 a l
 linear and convex in lambda = exp(t0), so its minimum over t0 is found exactly among the
 breakpoints lambda = exp(b0*_j) / M_j (and lambda -> 0); t1 is found by Nelder-Mead from t1 = 0
 and from every alignment of a fitted with a true gate slope."""
+
 import numpy as np
 from scipy.optimize import minimize
 
@@ -36,12 +37,18 @@ def atoms(params: dict, names: list, r: int) -> dict:
     expert_slope (K, q), expert_bias (K,), variance (K,); ``names`` the components' parameter prefixes."""
     K = len(names)
     tau = np.asarray(params["gate.tau"][r], float).reshape(-1)
-    beta = np.asarray(params["gate.beta"][r], float).reshape(K - 1, -1) if "gate.beta" in params else np.zeros((K - 1, 1))
+    beta = (
+        np.asarray(params["gate.beta"][r], float).reshape(K - 1, -1) if "gate.beta" in params else np.zeros((K - 1, 1))
+    )
     expert = [np.asarray(params[f"{p}.expert.eta"][r], float).reshape(-1) for p in names]
     bias = [float(params[f"{p}.expert.bias"][r]) if f"{p}.expert.bias" in params else 0.0 for p in names]
-    return {"intercept": np.concatenate([[0.0], tau]), "gate_slope": np.vstack([np.zeros((1, beta.shape[1])), beta]),
-            "expert_slope": np.vstack(expert), "expert_bias": np.array(bias),
-            "variance": np.array([float(params[f"{p}.nu"][r]) for p in names])}
+    return {
+        "intercept": np.concatenate([[0.0], tau]),
+        "gate_slope": np.vstack([np.zeros((1, beta.shape[1])), beta]),
+        "expert_slope": np.vstack(expert),
+        "expert_bias": np.array(bias),
+        "variance": np.array([float(params[f"{p}.nu"][r]) for p in names]),
+    }
 
 
 def _features(a: dict, t1) -> np.ndarray:
@@ -51,10 +58,12 @@ def _features(a: dict, t1) -> np.ndarray:
 
 def _deltas(fit: dict, true: dict, cell: np.ndarray, t1) -> dict:
     """Per fitted atom, the norm of each part's difference to its cell's true atom, (K,) each."""
-    return {"gate_slope": np.linalg.norm(fit["gate_slope"] + t1 - true["gate_slope"][cell], axis=1),
-            "expert_slope": np.linalg.norm(fit["expert_slope"] - true["expert_slope"][cell], axis=1),
-            "expert_bias": np.abs(fit["expert_bias"] - true["expert_bias"][cell]),
-            "variance": np.abs(fit["variance"] - true["variance"][cell])}
+    return {
+        "gate_slope": np.linalg.norm(fit["gate_slope"] + t1 - true["gate_slope"][cell], axis=1),
+        "expert_slope": np.linalg.norm(fit["expert_slope"] - true["expert_slope"][cell], axis=1),
+        "expert_bias": np.abs(fit["expert_bias"] - true["expert_bias"][cell]),
+        "variance": np.abs(fit["variance"] - true["variance"][cell]),
+    }
 
 
 def _cells(fit: dict, true: dict, t1) -> np.ndarray:
@@ -70,7 +79,12 @@ def _atom_costs(kind: str, deltas: dict, sizes: np.ndarray, cell: np.ndarray) ->
         return sum(deltas[p] for p in PARTS)
     r = np.where(m > 1, 2.0 * m, 1.0)  # rbar(m) for m > 1; 1 (linear) for a cell of one
     half = np.where(m > 1, r / 2, 1.0)
-    return deltas["gate_slope"] ** r + deltas["expert_bias"] ** r + deltas["expert_slope"] ** half + deltas["variance"] ** half
+    return (
+        deltas["gate_slope"] ** r
+        + deltas["expert_bias"] ** r
+        + deltas["expert_slope"] ** half
+        + deltas["variance"] ** half
+    )
 
 
 def _at(kind: str, fit: dict, true: dict, t1, translate: bool):
@@ -95,8 +109,11 @@ def voronoi_loss(kind: str, fit: dict, true: dict, translate: bool = True):
         return _at(kind, fit, true, 0.0, False)[0], np.zeros(fit["gate_slope"].shape[1]), 1.0
     d = fit["gate_slope"].shape[1]
     objective = lambda t1: _at(kind, fit, true, t1, True)[0]  # noqa: E731
-    starts = [np.zeros(d)] + [true["gate_slope"][j] - fit["gate_slope"][i]
-                              for i in range(len(fit["intercept"])) for j in range(len(true["intercept"]))]
+    starts = [np.zeros(d)] + [
+        true["gate_slope"][j] - fit["gate_slope"][i]
+        for i in range(len(fit["intercept"]))
+        for j in range(len(true["intercept"]))
+    ]
     best = min(starts, key=objective)
     found = minimize(objective, best, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 2000})
     t1 = found.x if found.fun < objective(best) else best

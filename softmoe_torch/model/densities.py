@@ -3,6 +3,7 @@
 Each family is a parameter-free ``nn.Module``; ``log_prob`` is element-wise with broadcasting
 and ``sample`` draws ``mean + sqrt(variance) * eps`` with ``eps`` of unit variance.
 """
+
 import math
 
 import torch
@@ -64,7 +65,14 @@ class Laplace(Density):
         a, sg, k = e.abs(), torch.sign(e), torch.sqrt(2 / v)  # k = 1 / scale
         L = -a * k - 0.5 * torch.log(2 * v)
         iv = 1 / v
-        return L, sg * k, 0.5 * (a * k - 1) * iv, torch.zeros_like(e), -0.5 * sg * k * iv, (0.5 - 0.75 * a * k) * iv * iv
+        return (
+            L,
+            sg * k,
+            0.5 * (a * k - 1) * iv,
+            torch.zeros_like(e),
+            -0.5 * sg * k * iv,
+            (0.5 - 0.75 * a * k) * iv * iv,
+        )
 
     def standard_sample(self, shape, generator=None, dtype=None, device=None):
         u = torch.rand(shape, generator=generator, dtype=dtype, device=device) - 0.5
@@ -96,15 +104,23 @@ class StudentT(Density):
         e2 = e * e
         A = v * c + e2
         iA = 1 / A
-        return (self.log_prob(y, mean, v), (df + 1) * e * iA, 0.5 * (df / v - (df + 1) * c * iA),
-                (df + 1) * (e2 - v * c) * iA * iA, -(df + 1) * c * e * iA * iA, 0.5 * ((df + 1) * c * c * iA * iA - df / (v * v)))
+        return (
+            self.log_prob(y, mean, v),
+            (df + 1) * e * iA,
+            0.5 * (df / v - (df + 1) * c * iA),
+            (df + 1) * (e2 - v * c) * iA * iA,
+            -(df + 1) * c * e * iA * iA,
+            0.5 * ((df + 1) * c * c * iA * iA - df / (v * v)),
+        )
 
     def standard_sample(self, shape, generator=None, dtype=None, device=None):
         z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         from scipy.stats import chi2  # imported here: scipy.stats costs seconds at start-up
 
         # chi-square(df) by inverse CDF, so that the draw follows ``generator``
-        u = torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device if generator else "cpu").cpu()
+        u = torch.rand(
+            shape, generator=generator, dtype=torch.float64, device=generator.device if generator else "cpu"
+        ).cpu()
         chi = torch.as_tensor(chi2.ppf(u.numpy(), self.df), dtype=z.dtype, device=z.device)
         t = z / torch.sqrt(chi / self.df)
         return t * math.sqrt((self.df - 2) / self.df)

@@ -3,6 +3,7 @@
 The module's parameters are the expert parameters eta. Any ``nn.Module`` with that contract can
 be used as an expert (see the README's extension guide); nothing here is special-cased.
 """
+
 import math
 
 import torch
@@ -21,7 +22,11 @@ class IndexExpert(nn.Module):
 
     def __init__(self, dim: int, eta=None):
         super().__init__()
-        self.eta = nn.Parameter(torch.zeros(dim) if eta is None else torch.as_tensor(eta, dtype=torch.get_default_dtype()).reshape(dim).clone())
+        self.eta = nn.Parameter(
+            torch.zeros(dim)
+            if eta is None
+            else torch.as_tensor(eta, dtype=torch.get_default_dtype()).reshape(dim).clone()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(x @ self.eta)

@@ -3,6 +3,7 @@
 Column 0 is the reference component (the pre-trained one of a contaminated mixture), whose
 logit is fixed at 0, so for K = 1 the prompt's weight is the paper's sigmoid(beta^T x + tau).
 """
+
 import torch
 from torch import nn
 from torch.distributions import constraints

@@ -1,5 +1,6 @@
 """Mixtures of experts as compositions of ``nn.Module``s: the general one (every component
 frozen or trainable) and the softmax-contaminated one (a frozen, known component 0)."""
+
 import torch
 from torch import nn
 from torch.distributions import constraints

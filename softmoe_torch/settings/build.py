@@ -1,12 +1,13 @@
 """Build the modules a ``setting`` config node describes: experts, densities and the gate by
 ``_target_``, the frozen pre-trained component from its known values, the whole mixture."""
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import load_checkpoint, load_torchscript
 from ..errors import module_name, one_line
 from ..model.mixture import Component, ContaminatedMoE
+from .checkpoints import load_checkpoint, load_torchscript
 from .module_checks import check_experts
 
 
@@ -45,8 +46,9 @@ def build_pretrained(cfg: DictConfig) -> Component:
         elif any(True for _ in expert.parameters()):
             names = ", ".join(n for n, _ in expert.named_parameters())
             raise ValueError(
-                f"the pre-trained expert {module_name(expert)} has parameters ({names}) but no known values: a pre-trained "
-                "expert is frozen and fully known; give setting.pretrained.checkpoint, .torchscript or .params"
+                f"the pre-trained expert {module_name(expert)} has parameters ({names}) but no known values: "
+                "a pre-trained expert is frozen and fully known; give setting.pretrained.checkpoint, .torchscript "
+                "or .params"
             )
     return Component(expert, instantiate_node(p.density, "pre-trained density"), nu=float(p.nu), frozen=True)
 
@@ -65,8 +67,10 @@ def build_model(cfg: DictConfig, n_prompts: int, dtype=torch.float64, device="cp
     """A fresh mixture of ``cfg`` (a setting node): frozen pre-trained component, ``n_prompts``
     prompts, the gate; checked by ``check_experts``. Built in float64 (so that nu0 = 0.001 is
     exact), then cast to ``dtype``."""
-    prompts = [Component(build_prompt_expert(cfg), instantiate_node(cfg.prompt.density, "prompt density"))
-               for _ in range(n_prompts)]
+    prompts = [
+        Component(build_prompt_expert(cfg), instantiate_node(cfg.prompt.density, "prompt density"))
+        for _ in range(n_prompts)
+    ]
     model = ContaminatedMoE(build_pretrained(cfg), prompts, build_gate(cfg)).to(dtype=dtype, device=device)
     check_experts(model, int(cfg.dim))
     return model

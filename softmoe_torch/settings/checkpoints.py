@@ -1,4 +1,5 @@
 """Restoring frozen networks from files: state-dict checkpoints and TorchScript modules."""
+
 import torch
 
 from ..errors import module_name, one_line
@@ -11,7 +12,9 @@ def load_checkpoint(module, path, what: str):
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state, strict=True)
     except Exception as err:
-        raise ValueError(f"cannot load the {what} checkpoint {path} into {module_name(module)}: {one_line(err)}") from None
+        raise ValueError(
+            f"cannot load the {what} checkpoint {path} into {module_name(module)}: {one_line(err)}"
+        ) from None
     return module
 
 

@@ -4,6 +4,7 @@ config value that must be a number (``config_number``).
 ``conf/`` sits at the top level of the repository; a wheel installs it as ``softmoe_torch/conf``.
 ``register_resolvers()`` must run before a setting's values are read (the entries and ``Setting``
 call it); nothing is registered at import."""
+
 import math
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def register_resolvers() -> None:
 
 def config_number(value, key: str, kind=float, minimum=None):
     """A config value as int or float; UserError naming ``key`` if it is not one (or below minimum)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+    ok = (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+    )
     if not ok:
         what = "an integer" if kind is int else "a number"
         raise UserError(f"{key} must be {what}, got {value!r}; write {key}=<{what.split()[-1]}>")

@@ -1,4 +1,5 @@
 """Probe a built mixture before fitting: the usual plug-in mistakes become one-line ``ValueError``s."""
+
 import torch
 
 from ..errors import module_name, one_line
@@ -38,7 +39,11 @@ def check_experts(model: ContaminatedMoE | MixtureOfExperts, dim: int, n: int = 
         with torch.no_grad():
             shape = tuple(model.gate(x).shape)
     except Exception as err:
-        raise ValueError(f"the gate {module_name(model.gate)} failed on x of shape {tuple(x.shape)}: {one_line(err)}") from None
+        raise ValueError(
+            f"the gate {module_name(model.gate)} failed on x of shape {tuple(x.shape)}: {one_line(err)}"
+        ) from None
     if shape != (n, K + 1):
-        raise ValueError(f"the gate {module_name(model.gate)} must give log-weights of shape ({n}, {K + 1}) for "
-                         f"{K + 1} components, got {shape}: its n_prompts must be the number of components less one")
+        raise ValueError(
+            f"the gate {module_name(model.gate)} must give log-weights of shape ({n}, {K + 1}) for "
+            f"{K + 1} components, got {shape}: its n_prompts must be the number of components less one"
+        )

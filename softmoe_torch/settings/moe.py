@@ -4,23 +4,29 @@ gate with component 0 as its reference, and (optionally) a true model of k* comp
 (``truth.components``, ``truth.gate``) from which data are simulated. K = n_components may exceed
 k* (an over-specified fit). Its results columns are the Voronoi losses and per-part errors of
 ``softmoe_torch.metrics.voronoi``, with ``sibling_slopes`` (by K) the sibling code's published slopes."""
+
 from collections import Counter
 
 import torch
 from omegaconf import DictConfig
 
+from ..metrics.voronoi import atoms, theory_slope, voronoi_errors
+from ..model.mixture import Component, MixtureOfExperts
 from .build import instantiate_node, load_values
 from .configs import config_number, register_resolvers
 from .module_checks import check_experts
-from ..model.mixture import Component, MixtureOfExperts
-from ..metrics.voronoi import atoms, theory_slope, voronoi_errors
 
 INPUTS = ("uniform", "grid")
 QUANTITIES = ("d1", "d1_fixed", "d2", "d2_fixed", "mass", "gate_slope", "expert_slope", "expert_bias", "variance")
 LABELS = {
-    "d1": r"$\mathcal{D}_1$", "d1_fixed": r"$\mathcal{D}_1$, no translation", "d2": r"$\mathcal{D}_2$",
-    "d2_fixed": r"$\mathcal{D}_2$, no translation", "mass": r"max$_j\,|\sum_{A_j} e^{\hat\beta_{0i}} - e^{\beta^*_{0j}}|$",
-    "gate_slope": r"max $\|\Delta\beta_1\|$", "expert_slope": r"max $\|\Delta a\|$", "expert_bias": r"max $|\Delta b|$",
+    "d1": r"$\mathcal{D}_1$",
+    "d1_fixed": r"$\mathcal{D}_1$, no translation",
+    "d2": r"$\mathcal{D}_2$",
+    "d2_fixed": r"$\mathcal{D}_2$, no translation",
+    "mass": r"max$_j\,|\sum_{A_j} e^{\hat\beta_{0i}} - e^{\beta^*_{0j}}|$",
+    "gate_slope": r"max $\|\Delta\beta_1\|$",
+    "expert_slope": r"max $\|\Delta a\|$",
+    "expert_bias": r"max $|\Delta b|$",
     "variance": r"max $|\Delta\nu|$",
 }
 
@@ -46,8 +52,13 @@ class MoESetting:
             raise ValueError(f"setting.x must be one of {', '.join(INPUTS)}, got {cfg.x!r}")
 
     def _mixture(self, K: int, dtype, device) -> MixtureOfExperts:
-        components = [Component(instantiate_node(self.cfg.component.expert, "expert").to(torch.float64),
-                                instantiate_node(self.cfg.component.density, "density")) for _ in range(K)]
+        components = [
+            Component(
+                instantiate_node(self.cfg.component.expert, "expert").to(torch.float64),
+                instantiate_node(self.cfg.component.density, "density"),
+            )
+            for _ in range(K)
+        ]
         gate = instantiate_node(self.cfg.gate, "gate", n_prompts=K - 1).to(torch.float64)
         model = MixtureOfExperts(components, gate).to(dtype=dtype, device=device)
         check_experts(model, self.dim)

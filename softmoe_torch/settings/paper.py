@@ -3,9 +3,10 @@ themselves are ``softmoe_torch.metrics.parameters``).
 
 A gate without ``beta`` (``ConstantGate``) has no beta to estimate: its ``err_beta`` is NaN in
 every row and the report leaves beta out (no slope, no panel)."""
+
 from omegaconf import DictConfig
 
-from ..metrics.parameters import PAPER_PARAMS, param_errors, paper_view  # noqa: F401 (param_errors, paper_view: the old path, kept for one release)
+from ..metrics.parameters import PAPER_PARAMS, paper_view, param_errors  # noqa: F401 (param_errors, paper_view: the old path, kept for one release)
 from .build import build_gate
 
 LABELS = {

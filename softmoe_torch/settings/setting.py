@@ -3,16 +3,18 @@ its mixture (``build``) and gives its truth at sample size n (``truth``), comput
 
 Every setting handle (this one, a contaminated mixture; ``moe.MoESetting``, a mixture of experts)
 answers what a simulated study asks of it: ``model()``, ``truth(n)``, ``true_model(n)``,
-``inputs(n, generator)`` (the x's), ``columns`` and ``errors(params, n)`` (its results columns), ``quantities()``, ``labels``,
+``inputs(n, generator)`` (the x's), ``columns`` and ``errors(params, n)`` (its results columns),
+``quantities()``, ``labels``,
 ``theory_slopes(rows)`` and ``reference_slopes()`` (what its report shows)."""
+
 import torch
 from omegaconf import DictConfig
 
+from ..metrics.parameters import PAPER_PARAMS, param_errors
+from ..model.mixture import Component, ContaminatedMoE
 from .build import build_model, build_pretrained
 from .configs import config_number, register_resolvers
-from ..model.mixture import Component, ContaminatedMoE
 from .moe import MoESetting
-from ..metrics.parameters import PAPER_PARAMS, param_errors
 from .paper import LABELS, reported_params
 from .truth import true_params
 
@@ -27,8 +29,10 @@ class Setting:
 
     def __init__(self, cfg: DictConfig):
         if cfg.get("kind", "contaminated") != "contaminated":
-            raise ValueError(f"setting {cfg.name} is a mixture of experts (kind: {cfg.kind}), not a contaminated one: "
-                             "this command takes contaminated settings; fit it with python -m softmoe_torch.fit")
+            raise ValueError(
+                f"setting {cfg.name} is a mixture of experts (kind: {cfg.kind}), not a contaminated one: "
+                "this command takes contaminated settings; fit it with python -m softmoe_torch.fit"
+            )
         register_resolvers()  # the setting's values use ${basis:..} and ${ones_over_sqrt:..}
         self.cfg = cfg
         self.name = cfg.name

@@ -7,6 +7,7 @@ the gate's parameters (``truth.beta``, ``truth.tau``, one entry per parameter th
 expert's truth is (first that is given) ``truth.expert_params`` ({name: value}, every parameter),
 its state dict in ``truth.expert_checkpoint``, else its own initialization under
 ``torch.manual_seed(truth.expert_seed)`` (default 0); perturb.eta then scales all its parameters."""
+
 import torch
 from omegaconf import DictConfig
 

@@ -1,4 +1,5 @@
 """Moved to ``softmoe_torch.metrics.voronoi``; this import path is kept for one release (it warns)."""
+
 import warnings
 
 from ..metrics.voronoi import *  # noqa: F403 (the moved module's public names)

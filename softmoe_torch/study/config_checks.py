@@ -1,7 +1,9 @@
 """The checks of a sweep's configuration, all before the first fit: every value a number where a
 number is due (``config_number``), the sample sizes, the fit options, the init policy; ``validate``
 gives the checked ``Plan``. (``config_number`` itself lives with the configs, in
-``softmoe_torch.settings.configs``, so that a setting checks its own values.) Each problem is a one-line UserError naming the key."""
+``softmoe_torch.settings.configs``, so that a setting checks its own values.) Each problem is a one-line
+UserError naming the key."""
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +30,10 @@ def sample_sizes(sweep: DictConfig) -> list:
             raise UserError(f"sweep.n_min={lo} is above sweep.n_max={hi}; swap them")
         sizes = sorted({int(round(n)) for n in np.logspace(np.log10(lo), np.log10(hi), num)})
     if len(sizes) < 2:
-        raise UserError(f"the sweep has one sample size ({sizes[0]}) and a slope needs two; "
-                        "set sweep.num_sizes=2 or more (with n_min < n_max) or sweep.sizes=[n1,n2,...]")
+        raise UserError(
+            f"the sweep has one sample size ({sizes[0]}) and a slope needs two; "
+            "set sweep.num_sizes=2 or more (with n_min < n_max) or sweep.sizes=[n1,n2,...]"
+        )
     return sizes
 
 
@@ -46,7 +50,9 @@ def _check_fit_values(node, key: str):
         for i, v in enumerate(node):
             _check_fit_values(v, f"{key}[{i}]")
     elif node is not None and not isinstance(node, bool) and key not in STRING_KEYS:
-        config_number(node, key, int if key.endswith(("max_iter", "max_ls", "squarem_after", "anderson_depth")) else float)
+        config_number(
+            node, key, int if key.endswith(("max_iter", "max_ls", "squarem_after", "anderson_depth")) else float
+        )
 
 
 def fit_options(cfg: DictConfig, dtype) -> FitOptions:

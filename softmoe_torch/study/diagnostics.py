@@ -1,6 +1,7 @@
 """Per-fit diagnostics of a simulated sweep, beside the parameter errors: is the MLE found
 (log-likelihood at the estimate minus at the truth), how far the fit moved from its start, and
 how far the fitted conditional density is from the true one (Hellinger, ``softmoe_torch.metrics.hellinger``)."""
+
 import copy
 import math
 
@@ -17,7 +18,9 @@ def loglik_at_truth(truth: ContaminatedMoE, X: torch.Tensor, Y: torch.Tensor) ->
     The means are taken in numpy (pairwise, one thread), so they do not depend on torch's threads."""
     truth = copy.deepcopy(truth).to(device=X.device, dtype=X.dtype)
     with torch.no_grad():
-        return torch.tensor([truth.log_prob(x, y).cpu().double().numpy().mean() for x, y in zip(X, Y)], dtype=torch.float64)
+        return torch.tensor(
+            [truth.log_prob(x, y).cpu().double().numpy().mean() for x, y in zip(X, Y)], dtype=torch.float64
+        )
 
 
 def moved_from_start(starts: list, params: dict) -> torch.Tensor:

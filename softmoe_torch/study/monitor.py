@@ -5,6 +5,7 @@ optional log-likelihood traces, and at the end the figure and hyper-parameters.
 All of a run directory's events go to <run dir>/tensorboard, which TensorBoard shows as one run.
 Steps are sample sizes (or fit counts), so a resumed run continues the same curves; the writer is
 created at the first event, so a rerun with nothing to do adds no event file."""
+
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,12 @@ class Monitor:
         for p in setting.quantities():
             sizes, table = error_table(rows, p)
             errs = table[list(sizes).index(n)]
-            for tag, value in (("mean", np.nanmean(errs)), ("median", np.nanmedian(errs)),
-                               ("q10", np.nanquantile(errs, 0.1)), ("q90", np.nanquantile(errs, 0.9))):
+            for tag, value in (
+                ("mean", np.nanmean(errs)),
+                ("median", np.nanmedian(errs)),
+                ("q10", np.nanquantile(errs, 0.1)),
+                ("q90", np.nanquantile(errs, 0.9)),
+            ):
                 self.writer.add_scalar(f"error/{p}" if tag == "mean" else f"error_{tag}/{p}", float(value), n)
         below = [m for m in finished if m <= n]  # batches may finish out of order when several run at once
         if len(below) >= 3:

@@ -1,5 +1,6 @@
 """The sweep's progress bar. Its unit is work (the sample size n summed over fits), it moves
 within a batch, and its ETA comes from a cost model fitted to the batches already done."""
+
 import heapq
 import threading
 import time
@@ -37,8 +38,14 @@ class WorkBar:
         self.done = 0
         self.running = {}  # (n, replications) -> start time of the batches in flight
         self.lock = threading.Lock()
-        self.bar = tqdm(total=sum(n * k for n, k in self.plan), desc=desc, disable=disable,
-                        unit_scale=True, bar_format=FORMAT, postfix="eta ?")
+        self.bar = tqdm(
+            total=sum(n * k for n, k in self.plan),
+            desc=desc,
+            disable=disable,
+            unit_scale=True,
+            bar_format=FORMAT,
+            postfix="eta ?",
+        )
         self.stop = threading.Event()
         self.ticker = None if disable else threading.Thread(target=self._tick, args=(tick,), daemon=True)
         if self.ticker:

@@ -1,5 +1,6 @@
 """Summaries of a sweep: slopes with bootstrap CIs against theory and the paper, the paper-style
 figure, slopes.json and report.md."""
+
 import json
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def verdict(fit: dict, theory, paper, reference: str = "paper") -> str:
     """One line: which reference slopes (theory's, ``reference``'s published one) lie inside the 95% interval."""
     inside = lambda s: s is not None and fit["ci_low"] <= s <= fit["ci_high"]  # noqa: E731
     if theory is None:
-        return "no theory" + ("" if paper is None else f"; {'agrees' if inside(paper) else 'disagrees'} with the {reference}")
+        return "no theory" + (
+            "" if paper is None else f"; {'agrees' if inside(paper) else 'disagrees'} with the {reference}"
+        )
     if inside(theory) and inside(paper):
         return f"agrees with theory and the {reference}"
     if inside(theory):
@@ -52,7 +55,12 @@ def summarize(rows, setting, n_boot: int = 2000, seed: int = 0) -> dict:
             raise ValueError("a slope needs at least two sample sizes with finished fits")
         fit = bootstrap_slope(sizes[usable], table[usable], n_boot=n_boot, seed=seed)
         theory, paper_p = theories[p], paper.get(p)
-        out["params"][p] = {**fit, "theory": theory, "paper": paper_p, "verdict": verdict(fit, theory, paper_p, setting.reference)}
+        out["params"][p] = {
+            **fit,
+            "theory": theory,
+            "paper": paper_p,
+            "verdict": verdict(fit, theory, paper_p, setting.reference),
+        }
     return out
 
 
@@ -66,7 +74,7 @@ def figure(rows, summary: dict, title: str, labels: dict):
     ncols = min(len(params), COLUMNS_PER_ROW)
     nrows = -(-len(params) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.6 * nrows), constrained_layout=True, squeeze=False)
-    for ax in axes.flat[len(params):]:
+    for ax in axes.flat[len(params) :]:
         ax.set_visible(False)
     for ax, p in zip(axes.flat, params):
         sizes, table = error_table(rows, p)
@@ -76,7 +84,13 @@ def figure(rows, summary: dict, title: str, labels: dict):
         ax.fill_between(sizes, lo, hi, color="C0", alpha=0.2, label="10-90% of reps")
         ax.plot(sizes, mean, "o", color="C0", ms=4, label="mean error")
         fitted = np.exp(s["intercept"]) * sizes ** s["slope"]
-        ax.plot(sizes, fitted, "--", color="C1", label=f"fit: slope {s['slope']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
+        ax.plot(
+            sizes,
+            fitted,
+            "--",
+            color="C1",
+            label=f"fit: slope {s['slope']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]",
+        )
         centre = np.exp(np.mean(np.log(sizes)))
         anchor = np.exp(s["intercept"]) * centre ** s["slope"]
         if s["theory"] is not None:
@@ -114,15 +128,24 @@ def wall_time_line(runs: list) -> str:
 def markdown(summary: dict, runs: list | None = None) -> str:
     """report.md text for one setting; ``runs`` as returned by record_run."""
     lines = [f"# {summary['setting']}", ""]
-    lines.append(f"{summary['n_fits']} fits; {summary['failed']} failed; {summary['not_converged']} did not converge; "
-                 f"{summary['at_bound']} ended on a bound of the parameter space (see the at_bound column).")
+    lines.append(
+        f"{summary['n_fits']} fits; {summary['failed']} failed; {summary['not_converged']} did not converge; "
+        f"{summary['at_bound']} ended on a bound of the parameter space (see the at_bound column)."
+    )
     if runs:
         lines.append(wall_time_line(runs))
-    lines += ["", f"| parameter | fitted slope | 95% CI | theory | {summary['reference']} | verdict |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"| parameter | fitted slope | 95% CI | theory | {summary['reference']} | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for p, s in summary["params"].items():
         paper = "-" if s["paper"] is None else f"{s['paper']:.2f}"
         theory = "-" if s["theory"] is None else f"{s['theory']:.3f}"
-        lines.append(f"| {p} | {s['slope']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {theory} | {paper} | {s['verdict']} |")
+        lines.append(
+            f"| {p} | {s['slope']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
+            f"| {theory} | {paper} | {s['verdict']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

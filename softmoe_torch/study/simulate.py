@@ -1,4 +1,5 @@
 """Draw data sets from a setting's true model, deterministic given (seed, setting, n, rep)."""
+
 import numpy as np
 import torch
 

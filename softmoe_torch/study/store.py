@@ -1,6 +1,7 @@
 """A sweep's results store: results.csv (one typed row per fit, keyed by setting, n, rep and seed,
 rewritten atomically) and fingerprint.json (what makes the rows comparable: a resume into a
 directory of another configuration is refused)."""
+
 import csv
 import json
 import os
@@ -26,8 +27,18 @@ def _bool(text: str) -> bool:
     return text == "True"
 
 
-TYPES = {"n": int, "rep": int, "seed": int, "mean_loglik": float, "loglik_truth": float, "moved": float,
-         "hellinger": float, "n_iter": int, "converged": _bool, "seconds": float}  # and float for every err_ column
+TYPES = {
+    "n": int,
+    "rep": int,
+    "seed": int,
+    "mean_loglik": float,
+    "loglik_truth": float,
+    "moved": float,
+    "hellinger": float,
+    "n_iter": int,
+    "converged": _bool,
+    "seconds": float,
+}  # and float for every err_ column
 
 
 def typed_row(row: dict, where: str) -> dict:
@@ -38,8 +49,10 @@ def typed_row(row: dict, where: str) -> dict:
         try:
             out[key] = cast(row[key])
         except (TypeError, ValueError):
-            raise UserError(f"{where}: bad {key} value {row[key]!r} (a damaged file?); "
-                            "delete that line (its fit is redone) or move the file away") from None
+            raise UserError(
+                f"{where}: bad {key} value {row[key]!r} (a damaged file?); "
+                "delete that line (its fit is redone) or move the file away"
+            ) from None
     return out
 
 
@@ -61,15 +74,20 @@ class Results:
             with open(path, newline="") as fh:
                 reader = csv.DictReader(fh)
                 if reader.fieldnames is not None and reader.fieldnames != list(columns):
-                    raise UserError(f"{path} has columns {','.join(reader.fieldnames)}, expected {','.join(columns)}; "
-                                    "move it away (it is not this version's results file, or another setting's)")
+                    raise UserError(
+                        f"{path} has columns {','.join(reader.fieldnames)}, expected {','.join(columns)}; "
+                        "move it away (it is not this version's results file, or another setting's)"
+                    )
                 rows = [typed_row(r, f"{path} line {reader.line_num}") for r in reader]
         return cls(path, rows, list(columns))
 
     def done(self, setting: str, seed: int) -> set:
         """(n, rep) of finished fits; a batch that raised ('error: ...') is not finished."""
-        return {(r["n"], r["rep"]) for r in self.rows
-                if r["setting"] == setting and r["seed"] == seed and not r["status"].startswith("error")}
+        return {
+            (r["n"], r["rep"])
+            for r in self.rows
+            if r["setting"] == setting and r["seed"] == seed and not r["status"].startswith("error")
+        }
 
     def add(self, new_rows):
         """Add rows (replacing earlier rows of the same fits) and rewrite the file atomically
@@ -93,12 +111,18 @@ def fit_rows(setting, n, reps, seed, result, errors, diagnostics) -> list:
     share = result.seconds / len(reps)
     return [
         {
-            "setting": setting.name, "n": n, "rep": rep, "seed": seed,
+            "setting": setting.name,
+            "n": n,
+            "rep": rep,
+            "seed": seed,
             **{k: v[j] if isinstance(v[j], str) else float(v[j]) for k, v in errors.items()},
-            "mean_loglik": float(result.mean_loglik[j]), **{k: float(v[j]) for k, v in diagnostics.items()},
+            "mean_loglik": float(result.mean_loglik[j]),
+            **{k: float(v[j]) for k, v in diagnostics.items()},
             "n_iter": int(result.n_iter[j]),
-            "converged": bool(result.converged[j]), "status": result.status[j],
-            "at_bound": " ".join(result.at_bound[j]), "seconds": share,
+            "converged": bool(result.converged[j]),
+            "status": result.status[j],
+            "at_bound": " ".join(result.at_bound[j]),
+            "seconds": share,
         }
         for j, rep in enumerate(reps)
     ]
@@ -108,8 +132,22 @@ def failed_rows(setting, n, reps, seed, reason) -> list:
     """results.csv rows of a batch that raised: NaN errors, status 'error: <reason>' (redone on resume)."""
     nan = float("nan")
     return [
-        {"setting": setting.name, "n": n, "rep": rep, "seed": seed, **{c: nan if c.startswith("err_") else "" for c in setting.columns},
-         "mean_loglik": nan, "loglik_truth": nan, "moved": nan, "hellinger": nan, "n_iter": 0, "converged": False, "status": f"error: {reason}", "at_bound": "", "seconds": 0.0}
+        {
+            "setting": setting.name,
+            "n": n,
+            "rep": rep,
+            "seed": seed,
+            **{c: nan if c.startswith("err_") else "" for c in setting.columns},
+            "mean_loglik": nan,
+            "loglik_truth": nan,
+            "moved": nan,
+            "hellinger": nan,
+            "n_iter": 0,
+            "converged": False,
+            "status": f"error: {reason}",
+            "at_bound": "",
+            "seconds": 0.0,
+        }
         for rep in reps
     ]
 
@@ -133,12 +171,16 @@ def check_fingerprint(cfg: DictConfig, plan, out_dir: Path):
         try:
             theirs = json.loads(path.read_text())
         except json.JSONDecodeError:
-            raise UserError(f"{path} is not valid JSON (an interrupted write?); delete it if results.csv "
-                            "came from this same command") from None
+            raise UserError(
+                f"{path} is not valid JSON (an interrupted write?); delete it if results.csv "
+                "came from this same command"
+            ) from None
         changed = [k for k in FINGERPRINT_KEYS if k in theirs and theirs[k] != mine[k]]
         if changed:
-            raise UserError(f"{out_dir} holds results of another configuration (different {', '.join(changed)}); "
-                            "choose another directory with hydra.run.dir=...")
+            raise UserError(
+                f"{out_dir} holds results of another configuration (different {', '.join(changed)}); "
+                "choose another directory with hydra.run.dir=..."
+            )
     else:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(mine, indent=2))

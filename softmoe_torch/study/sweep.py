@@ -4,6 +4,7 @@ Each sample size's missing replications are simulated and fitted together (one b
 in this process or, for large sweeps on the CPU, in one worker process per core (``workers``);
 after every batch the results file is rewritten atomically, so an interruption loses only the
 batches in flight and a rerun into the same directory skips every finished fit."""
+
 import traceback
 import warnings
 from concurrent.futures.process import BrokenProcessPool
@@ -21,16 +22,14 @@ from ..estimation.device import keep_freed_memory
 from ..estimation.driver import fit_best_of, replication_groups
 from ..estimation.init import starting_points
 from ..settings.configs import register_resolvers
-from .config_checks import Plan, validate
+
+# Kept importable from here for one release (they moved to config_checks.py and store.py):
+from .config_checks import Plan, config_number, fit_options, sample_sizes, validate  # noqa: E402, F401 (config_number: settings.configs)
 from .diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
 from .progress import WorkBar
 from .simulate import data_seed, simulate
-from .store import Results, check_fingerprint, columns, failed_rows, fit_rows
+from .store import Results, check_fingerprint, columns, failed_rows, fingerprint, fit_rows, typed_row  # noqa: E402, F401
 from .workers import run_batches
-
-# Kept importable from here for one release (they moved to config_checks.py and store.py):
-from .config_checks import config_number, fit_options, sample_sizes  # noqa: E402, F401 (config_number: settings.configs)
-from .store import fingerprint, typed_row  # noqa: E402, F401
 
 AUTO_MIN_SAMPLES = 2_000_000  # workers=auto starts worker processes (a few seconds each) only for
 # sweeps of at least this many samples (n summed over the fits to run): some seconds of fitting
@@ -53,9 +52,14 @@ def sweep_starts(cfg, setting, model, n, reps, Y):
     init.scale * n^-init.power (power 0 unless given)."""
     policy = cfg.init.policy
     if policy == "near_truth":
-        seed_of = lambda i, j: data_seed(cfg.seed + 1, setting.name if i == 0 else f"{setting.name}/near{i}", n, reps[j])  # noqa: E731
+
+        def seed_of(i, j):
+            return data_seed(cfg.seed + 1, setting.name if i == 0 else f"{setting.name}/near{i}", n, reps[j])
     else:
-        seed_of = lambda i, j: data_seed(cfg.seed, f"{setting.name}/random{i}", n, reps[j])  # noqa: E731
+
+        def seed_of(i, j):
+            return data_seed(cfg.seed, f"{setting.name}/random{i}", n, reps[j])
+
     truth = setting.truth(n) if policy == "near_truth" else None
     scale = float(cfg.init.get("scale", 0.1)) * float(n) ** -float(cfg.init.get("power", 0.0))
     return starting_points(model, Y, policy, seed_of, truth=truth, scale=scale, n_init=int(cfg.init.get("n_init", 1)))
@@ -71,8 +75,11 @@ def _fit_batch(cfg, plan: Plan, n: int, reps: list):
             warnings.simplefilter("ignore", ConvergenceWarning)
             result = fit_best_of(plan.model, X, Y, starts, plan.opts)
         truth = setting.true_model(n)
-        diagnostics = {"loglik_truth": loglik_at_truth(truth, X, Y), "moved": moved_from_start(starts, result.params),
-                       "hellinger": hellinger_to_truth(truth, setting, plan.model, result.params, plan.hellinger_points)}
+        diagnostics = {
+            "loglik_truth": loglik_at_truth(truth, X, Y),
+            "moved": moved_from_start(starts, result.params),
+            "hellinger": hellinger_to_truth(truth, setting, plan.model, result.params, plan.hellinger_points),
+        }
         errors = setting.errors(result.params, n)
         return fit_rows(setting, n, reps, seed, result, errors, diagnostics), result
     except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:
@@ -95,7 +102,7 @@ def split_for_workers(todo, workers: int) -> list:
         groups = replication_groups(len(reps), n)
         count = max(workers, -(-n * len(reps) // BATCH_SAMPLES))
         cuts = np.linspace(0, len(groups), min(count, len(groups)) + 1).round().astype(int)
-        parts += [(n, reps[groups[a].start:groups[b - 1].stop]) for a, b in zip(cuts[:-1], cuts[1:])]
+        parts += [(n, reps[groups[a].start : groups[b - 1].stop]) for a, b in zip(cuts[:-1], cuts[1:])]
     return parts
 
 
@@ -138,10 +145,18 @@ def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
     print(f"{name}: {n_todo} fits to run{where}, {len(plan.sizes) * len(plan.reps) - n_todo} already done in {out_dir}")
     bar = None
     if progress is None:
-        progress = bar = WorkBar([(n, len(reps)) for n, reps in todo], f"{name}", disable=not cfg.progress, workers=workers)
+        progress = bar = WorkBar(
+            [(n, len(reps)) for n, reps in todo], f"{name}", disable=not cfg.progress, workers=workers
+        )
     local = lambda n, reps: _fit_batch(cfg, plan, n, reps)  # noqa: E731
-    batches = run_batches(_worker_batch if workers > 1 else local, todo, workers, lambda n, reps: progress(n, reps, None),
-                          init=_worker_init, init_args=(cfg,))
+    batches = run_batches(
+        _worker_batch if workers > 1 else local,
+        todo,
+        workers,
+        lambda n, reps: progress(n, reps, None),
+        init=_worker_init,
+        init_args=(cfg,),
+    )
     try:
         with closing(batches):
             for n, reps, (rows, result), seconds in batches:
@@ -152,11 +167,15 @@ def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
                     monitor.log_progress(n, results.rows, plan.setting, seed)
     except KeyboardInterrupt:
         kept = len(results.done(name, seed))
-        raise Interrupted(f"kept {kept} finished fits in {results.path}; run the same command again to resume") from None
+        raise Interrupted(
+            f"kept {kept} finished fits in {results.path}; run the same command again to resume"
+        ) from None
     except BrokenProcessPool:
         kept = len(results.done(name, seed))
-        raise UserError(f"a worker process died (out of memory?); kept {kept} finished fits in {results.path}; "
-                        "run the same command again with workers=1 to resume in one process") from None
+        raise UserError(
+            f"a worker process died (out of memory?); kept {kept} finished fits in {results.path}; "
+            "run the same command again with workers=1 to resume in one process"
+        ) from None
     finally:
         if bar is not None:
             bar.close()

@@ -3,6 +3,7 @@
 A batch is fitted by the same call in a worker as in the parent (``sweep.batch_plan`` cuts
 sample sizes only along the groups that a fit computes alone), so the results do not depend
 on the number of workers."""
+
 import concurrent.futures as cf
 import multiprocessing
 import os
@@ -52,8 +53,12 @@ def run_batches(task, batches, workers: int, started, init=None, init_args=()):
         return
     queue = list(batches)
     threads = max(1, torch.get_num_threads() // workers)
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_start_worker, initargs=(os.getpid(), threads, init, init_args))
+    pool = cf.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(os.getpid(), threads, init, init_args),
+    )
     running = {}
     try:
         while queue or running:
