@@ -342,16 +342,18 @@ def run_page(page: Path, tmp: Path) -> dict:
 
 @pytest.fixture
 def page_folder(tmp_path, monkeypatch):
-    """A fresh folder as working directory and on sys.path; one torch thread; modules imported from it
-    forgotten after."""
+    """A fresh folder as working directory and on sys.path; one torch thread; torch's default dtype as a
+    user's session has it (float32; other test modules set float64); modules imported from it forgotten after."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    threads = torch.get_num_threads()
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
     before = set(sys.modules)
     yield tmp_path
     torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
     for name in set(sys.modules) - before:
         f = getattr(sys.modules[name], "__file__", None) or ""
         if f.startswith(str(tmp_path)):
