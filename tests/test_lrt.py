@@ -310,3 +310,21 @@ def test_clone_changes_only_what_it_is_given():
     assert est.options.max_iter == 2000  # the original is untouched
     em = est.clone(method="em", n_init=1)
     assert em.options.method == "em" and em.options.tol == 1e-8 and em.n_init == 1 and em.seed == 7
+
+
+def test_the_statistic_of_many_data_sets_is_the_tests_own(estimator, one_thread):
+    """contamination_statistics (what the size and power studies call) gives, on the observed data
+    and on the bootstrap draws, the statistics contamination_test computes."""
+    from softmoe_torch.lrt import contamination_statistics
+    from softmoe_torch.lrt.bootstrap import _draw, _generator
+
+    X, y = data(150, contaminated=True)
+    test = contamination_test(estimator, X, y, B=19, seed=3, progress=False)
+    draws = torch.stack([y, *(_draw(estimator.spec.pretrained, X, _generator(3, b)) for b in (0, 7))])
+    stats = contamination_statistics(estimator, X.expand(3, *X.shape), draws)
+    assert stats.shape == (3,) and stats.dtype == torch.float64
+    assert stats[0].item() == pytest.approx(test.raw_statistic, rel=1e-8, abs=1e-6)
+    assert stats[1:].tolist() == pytest.approx([test.raw_boot[0], test.raw_boot[7]], rel=1e-8, abs=1e-6)
+    assert contamination_statistics(estimator, X, y).item() == pytest.approx(test.raw_statistic, rel=1e-12)
+    uncapped = contamination_statistics(estimator, X, y, iterations=None).item()
+    assert uncapped >= test.raw_statistic - 1e-6  # the MLE's statistic: a different number, named by its option

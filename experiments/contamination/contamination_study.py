@@ -1,4 +1,4 @@
-"""Calibration and power of the contamination test (python -m softmoe_torch.test's procedure: newton,
+"""Calibration and power of the contamination test (python -m softmoe_torch.bootstrap_test's procedure: newton,
 2 random starts, the alternative capped at 10 iterations, variance floor 0.1 nu0, unconverged
 refits counted conservatively), for the distinguishable setting's f0 (Laplace) and the
 non-distinguishable one's (Gaussian), X ~ N(0, I_8).
@@ -43,12 +43,12 @@ import studykit  # noqa: E402
 from studykit import model_with, response, setting_of  # noqa: E402
 
 from softmoe_torch import Estimator  # noqa: E402
-from softmoe_torch.lrt import contamination_test, with_variance_floor  # noqa: E402
+from softmoe_torch.bootstrap_test import procedure  # noqa: E402
+from softmoe_torch.lrt import contamination_statistics, contamination_test, with_variance_floor  # noqa: E402
 from softmoe_torch.metrics.intervals import wilson  # noqa: E402
 from softmoe_torch.settings.configs import register_resolvers  # noqa: E402
 from softmoe_torch.settings.setting import Setting  # noqa: E402
 from softmoe_torch.study.simulate import data_seed  # noqa: E402
-from softmoe_torch.test import procedure  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = ("distinguishable", "nondistinguishable_eta")
@@ -111,13 +111,12 @@ def calibration_task(name: str, n: int, indices: list, B: int, naive: int) -> li
 
 
 def statistic_task(name: str, n: int, truth: dict | None, tag: str, indices: list) -> list:
-    """The test's statistic (its alternative's capped fit) on data sets ``indices`` of one cell."""
+    """The test's statistic on data sets ``indices`` of one cell, by the package's own function (the
+    alternative capped at the test's iterations, as ``contamination_test`` computes it)."""
     setting = setting_of(name)
-    estimator = test_procedure(setting)
     data = [draw(setting, n, truth, i, tag) for i in indices]
     X, Y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
-    res = estimator.fit(X, Y, replications=[0] * len(indices))
-    return [2 * (float(ll) - d[2]) for ll, d in zip(res.loglik, data)]
+    return contamination_statistics(test_procedure(setting), X, Y).tolist()
 
 
 def chunks(indices: list, size: int) -> list:

@@ -1,7 +1,14 @@
 """Likelihood-ratio tests calibrated by the parametric bootstrap: is there a prompt at all
-(``contamination_test``), and K prompts against more (``prompts_test``)."""
+(``contamination_test``; its statistic on many data sets, ``contamination_statistics``), and K
+prompts against more (``prompts_test``)."""
 
-from .bootstrap import contamination_test, prompts_test, with_variance_floor
+from .bootstrap import contamination_statistics, contamination_test, prompts_test, with_variance_floor
 from .results import BootstrapTest
 
-__all__ = ["contamination_test", "prompts_test", "with_variance_floor", "BootstrapTest"]
+__all__ = [
+    "contamination_test",
+    "contamination_statistics",
+    "prompts_test",
+    "with_variance_floor",
+    "BootstrapTest",
+]

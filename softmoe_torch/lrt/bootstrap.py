@@ -38,6 +38,7 @@ from tqdm import tqdm
 from ..estimation.convergence import ConvergenceWarning
 from ..estimation.driver import CHUNK
 from ..estimation.estimator import Estimator
+from ..estimation.inputs import fit_data
 from ..model.mixture import ContaminatedMoE
 from .results import BootstrapTest
 
@@ -63,14 +64,15 @@ def contamination_test(
     _check_contaminated(estimator, "estimator")
     estimator = _capped(estimator, iterations)
     observed = _fit(estimator, X, y)
-    X0, Y0 = observed.X[0], observed.Y[0]
+    X0 = observed.X[0]
     null = estimator.spec.pretrained
     Ystar = torch.stack([_draw(null, X0, _generator(seed, b)) for b in range(B)])
-    boot = _refit(estimator, X0, Ystar, progress, "H1")
+    Xstar = X0.expand(B, *X0.shape)
+    boot = _refit(estimator, Xstar, Ystar, progress, "H1")
     return BootstrapTest(
         test="contamination",
-        raw_statistic=_lr(observed.loglik[0], _null_loglik(null, X0, Y0)),
-        raw_boot=[_lr(boot.loglik[b], _null_loglik(null, X0, Ystar[b])) for b in range(B)],
+        raw_statistic=float(_statistics(observed.loglik, null, observed.X, observed.Y)[0]),
+        raw_boot=_statistics(boot.loglik, null, Xstar, Ystar).tolist(),
         boot_status=list(boot.status),
         boot_degenerate=boot.degenerate,
         observed=observed,
@@ -78,6 +80,21 @@ def contamination_test(
         seconds=time.perf_counter() - start,
         iterations=iterations,
     )
+
+
+def contamination_statistics(
+    estimator: Estimator, X, y, iterations: int | None = ITERATIONS, progress: bool = False
+) -> torch.Tensor:
+    """The contamination test's statistic on each of R data sets, by the code path of
+    ``contamination_test``: 2 (loglik of ``estimator``'s fit capped at ``iterations`` iterations -
+    loglik of the frozen pre-trained component alone), raw (not clamped), every fit numbered 0 as
+    the test numbers its own. X (n, d) or (R, n, d), y (n,) or (R, n) -> (R,) float64. Studies of the
+    test's size and power call this, so they measure the statistic users run."""
+    _check_contaminated(estimator, "estimator")
+    _check_iterations(iterations)
+    X, Y = fit_data(estimator.spec, X, y, estimator.dtype, estimator.device)
+    refits = _refit(_capped(estimator, iterations), X, Y, progress, "H1")
+    return _statistics(refits.loglik, estimator.spec.pretrained, X, Y)
 
 
 def prompts_test(
@@ -107,8 +124,9 @@ def prompts_test(
     X0 = observed.X[0]
     fitted_null = observed0.model(0)
     Ystar = torch.stack([fitted_null.sample(X0, generator=_generator(seed, b)) for b in range(B)])
-    boot0 = _refit(null_estimator, X0, Ystar, progress, f"H0 ({K0} prompt{'s' * (K0 > 1)})")
-    boot1 = _refit(estimator, X0, Ystar, progress, f"H1 ({K1} prompts)")
+    Xstar = X0.expand(B, *X0.shape)
+    boot0 = _refit(null_estimator, Xstar, Ystar, progress, f"H0 ({K0} prompt{'s' * (K0 > 1)})")
+    boot1 = _refit(estimator, Xstar, Ystar, progress, f"H1 ({K1} prompts)")
     status = [s1 if s0 == "converged" else f"null {s0}" for s0, s1 in zip(boot0.status, boot1.status)]
     return BootstrapTest(
         test=f"prompts {K0} vs {K1}",
@@ -180,6 +198,10 @@ def _check(B, seed, unconverged, iterations):
         )
     if unconverged not in RULES:
         raise ValueError(f"unconverged must be one of {', '.join(RULES)}, got {unconverged!r}")
+    _check_iterations(iterations)
+
+
+def _check_iterations(iterations):
     if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1):
         raise ValueError(
             f"iterations must be a positive integer (the cap on the alternative's fit) or None, got {iterations!r}"
@@ -195,8 +217,8 @@ class Refits:
     degenerate: list
 
 
-def _refit(estimator, X0, Ystar, progress: bool, what: str) -> Refits:
-    """The estimator's fit of every row of Ystar (B, n) at X0 (n, d), each numbered 0 (the
+def _refit(estimator, Xstar, Ystar, progress: bool, what: str) -> Refits:
+    """The estimator's fit of every data set (Xstar (B, n, d), Ystar (B, n)), each numbered 0 (the
     observed fit's starts), in batched calls of the driver's chunk size."""
     B, n = Ystar.shape
     step = max(1, CHUNK // n)
@@ -208,7 +230,7 @@ def _refit(estimator, X0, Ystar, progress: bool, what: str) -> Refits:
         warnings.simplefilter("ignore", ConvergenceWarning)  # unconverged refits are counted in the result
         for lo in range(0, B, step):
             hi = min(lo + step, B)
-            part = estimator.fit(X0.expand(hi - lo, *X0.shape), Ystar[lo:hi], replications=[0] * (hi - lo))
+            part = estimator.fit(Xstar[lo:hi], Ystar[lo:hi], replications=[0] * (hi - lo))
             loglik.append(part.loglik.cpu())
             status += part.status
             degenerate += [bool(d) for d in part.degenerate]
@@ -222,9 +244,12 @@ def _draw(component, X0, generator):
         return component.density.sample(component.mean(X0), component.nu.expand(X0.shape[0]), generator)
 
 
-def _null_loglik(component, X0, y) -> float:
+def _statistics(loglik: torch.Tensor, null, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """2 (loglik - the null component's log-likelihood) of each data set; loglik (R,), X (R, n, d),
+    Y (R, n) -> (R,) float64 on the CPU."""
     with torch.no_grad():
-        return float(component(X0, y).sum())
+        null_loglik = torch.stack([null(x, y).sum() for x, y in zip(X, Y)])
+    return 2.0 * (loglik.cpu().double() - null_loglik.cpu().double())
 
 
 def _generator(seed: int, b: int):
