@@ -56,3 +56,87 @@ def test_old_names_of_the_sweep_and_the_paper_errors_still_import():
     assert (
         sweep.columns is store.columns and sweep.Results is store.Results and sweep.validate is config_checks.validate
     )
+
+
+def _atoms(intercept, gate_slope, expert_slope, expert_bias, variance) -> dict:
+    """One-dimensional atoms (d = q = 1) as ``voronoi.atoms`` lays them out."""
+    return {
+        "intercept": np.array(intercept, float),
+        "gate_slope": np.array(gate_slope, float).reshape(-1, 1),
+        "expert_slope": np.array(expert_slope, float).reshape(-1, 1),
+        "expert_bias": np.array(expert_bias, float),
+        "variance": np.array(variance, float),
+    }
+
+
+TRUE = _atoms([0.0, 0.0], [0.0, 10.0], [1.0, -1.0], [0.0, 5.0], [1.0, 2.0])
+# three fitted atoms, cells 2+1: two around true atom 0 (gate slopes 0 +- 0.1, one expert slope off by
+# 0.2), one at true atom 1 with its variance off by 0.5; fitted weights 1, 1, 2 (total 4, the truth's 2)
+TWO_PLUS_ONE = _atoms([0.0, 0.0, np.log(2)], [0.1, -0.1, 10.0], [1.0, 1.2, -1.0], [0.0, 0.0, 5.0], [1.0, 1.0, 2.5])
+
+
+def test_papers_loss_of_a_two_plus_one_fit_by_hand():
+    """On the canonical scale the weights are 0.5, 0.5, 1 and the masses match (mu = 1); t1 = 0 is
+    optimal (the two slopes sit symmetrically about the true one). D1 = 0.5 (0.1) + 0.5 (0.1 + 0.2)
+    + 1 (0.5) = 0.7; D2 raises the cell of two to r = 4 (slopes, biases) and r/2 = 2 (expert slopes,
+    variances): 0.5 (0.1^4) + 0.5 (0.1^4 + 0.2^2) + 1 (0.5) = 0.5201. Unscaled (weights 1, 1, 2)
+    every atom term doubles: 1.4 and 1.0402."""
+    from softmoe_torch.metrics.voronoi import papers_loss
+
+    for kind, scaled, unscaled in (("d1", 0.7, 1.4), ("d2", 0.5201, 1.0402)):
+        loss, t1, mu = papers_loss(kind, TWO_PLUS_ONE, TRUE)
+        assert loss == pytest.approx(scaled, abs=1e-9) and abs(t1[0]) < 1e-8 and mu == pytest.approx(1.0)
+        assert papers_loss(kind, TWO_PLUS_ONE, TRUE, scale=False)[0] == pytest.approx(unscaled, abs=1e-9)
+
+
+def test_papers_loss_when_the_fitted_reference_sits_in_another_cell_by_hand():
+    """The truth written with its component 1 as the reference (intercepts 0, -1; slopes 0, -2), the
+    reference's variance off by 0.1. The canonical scale shifts the intercepts by log((1 + e) /
+    (1 + 1/e)) = 1, t1 = 2 aligns the slopes, the masses match: D1 = D2 = e (0.1). Unscaled, the
+    reference atom weighs 1: 0.1."""
+    from softmoe_torch.metrics.voronoi import papers_loss
+
+    true = _atoms([0.0, 1.0], [0.0, 2.0], [1.0, -1.0], [0.0, 3.0], [1.0, 0.5])
+    fit = _atoms([0.0, -1.0], [0.0, -2.0], [-1.0, 1.0], [3.0, 0.0], [0.6, 1.0])
+    for kind in ("d1", "d2"):
+        loss, t1, mu = papers_loss(kind, fit, true)
+        assert loss == pytest.approx(np.e * 0.1, abs=1e-9) and t1[0] == pytest.approx(2.0) and mu == pytest.approx(1.0)
+        assert papers_loss(kind, fit, true, scale=False)[0] == pytest.approx(0.1, abs=1e-9)
+
+
+def test_papers_loss_is_zero_at_the_truth_written_with_any_reference():
+    from softmoe_torch.metrics.voronoi import papers_loss
+
+    for reference in (0, 1):
+        order = [reference, 1 - reference]
+        written = {k: v[order] for k, v in TRUE.items()}
+        written["intercept"] = written["intercept"] - written["intercept"][0]
+        written["gate_slope"] = written["gate_slope"] - written["gate_slope"][0]
+        for kind in ("d1", "d2"):
+            assert papers_loss(kind, written, TRUE)[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_papers_loss_is_unchanged_when_every_fitted_logit_is_translated():
+    """The softmax gate is the same under (b0_i, b1_i) -> (b0_i + s0, b1_i + s1): so is the loss,
+    thanks to the canonical scale (s0) and the infimum over t1 (s1). Not so without the scale."""
+    from softmoe_torch.metrics.voronoi import papers_loss
+
+    rng = np.random.default_rng(0)
+    fit = {k: v + 0.05 * rng.standard_normal(v.shape) for k, v in TWO_PLUS_ONE.items()}
+    for kind in ("d1", "d2"):
+        base = papers_loss(kind, fit, TRUE)[0]
+        for s0, s1 in ((3.0, 0.0), (-2.0, 1.5), (0.7, -4.0)):
+            moved = {**fit, "intercept": fit["intercept"] + s0, "gate_slope": fit["gate_slope"] + s1}
+            assert papers_loss(kind, moved, TRUE)[0] == pytest.approx(base, rel=1e-6)
+        moved = {**fit, "intercept": fit["intercept"] + 3.0}
+        assert papers_loss(kind, moved, TRUE, scale=False)[0] > 10 * papers_loss(kind, fit, TRUE, scale=False)[0]
+
+
+def test_the_fitted_side_translation_caps_the_loss_and_the_papers_does_not():
+    """voronoi_loss (lambda on the fitted measure) is bounded by sum_j exp(b0*_j) = 2 however far
+    the atoms are; papers_loss grows with them."""
+    from softmoe_torch.metrics.voronoi import papers_loss, voronoi_loss
+
+    far = {**TWO_PLUS_ONE, "expert_slope": TWO_PLUS_ONE["expert_slope"] + np.array([[0.0], [30.0], [0.0]])}
+    assert voronoi_loss("d2", far, TRUE)[0] <= 2.0 + 1e-12
+    assert papers_loss("d2", far, TRUE)[0] > 100

@@ -40,6 +40,7 @@ from ..estimation.driver import CHUNK
 from ..estimation.estimator import Estimator
 from ..estimation.inputs import fit_data
 from ..model.mixture import ContaminatedMoE
+from ..model.names import variance_name
 from .results import BootstrapTest
 
 RULES = ("conservative", "as_fitted")
@@ -160,7 +161,7 @@ def with_variance_floor(estimator: Estimator, ratio: float) -> Estimator:
     floor = ratio * float(spec.pretrained.nu)
     if not floor < high:
         raise ValueError(f"the variance floor {floor:g} is not below the variances' upper bound {high:g}")
-    bounds.update({f"prompts.{k}.nu": [floor, high] for k in range(len(spec.prompts))})
+    bounds.update({variance_name(k): [floor, high] for k in range(len(spec.prompts))})
     return estimator.clone(bounds=bounds)
 
 

@@ -17,9 +17,15 @@ logits, (b0_i, b1_i) -> (b0_i + t0, b1_i + t1), so the losses are defined as the
 (t0, t1); the variants ``*_fixed`` take the parametrization as fitted (t = 0, both measures with
 logit 0 for component 0), which a fit whose reference component went to another true atom, or
 whose reference cell holds several atoms, never brings to zero. For fixed t1 a loss is piecewise
-linear and convex in lambda = exp(t0), so its minimum over t0 is found exactly among the
-breakpoints lambda = exp(b0*_j) / M_j (and lambda -> 0); t1 is found by Nelder-Mead from t1 = 0
-and from every alignment of a fitted with a true gate slope."""
+linear and convex in exp(t0), so its minimum over t0 is found exactly among its breakpoints; t1 is
+found by Nelder-Mead from t1 = 0 and from every alignment of a fitted with a true gate slope.
+
+Two translations are here. ``papers_loss`` is the papers' definition: exp(t0) translates the true
+masses, the atom terms keep the fitted weights, and the fitted measure is first put on a canonical
+scale. ``voronoi_loss`` (what the sweeps' d1 and d2 columns hold today) applies lambda = exp(t0) to
+the fitted measure instead, which multiplies the atom terms too: lambda -> 0 bounds every value by
+sum_j exp(b0*_j), a cap that an over-specified fit with a poorly identified cell reaches. It stays
+until the studies are rerun with ``papers_loss``."""
 
 import numpy as np
 from scipy.optimize import minimize
@@ -103,12 +109,11 @@ def _at(kind: str, fit: dict, true: dict, t1, translate: bool):
     return value(lam), lam, cell
 
 
-def voronoi_loss(kind: str, fit: dict, true: dict, translate: bool = True):
-    """(loss, t1, lambda) of ``kind`` 'd1' or 'd2' between two atom sets (see ``atoms``)."""
-    if not translate:
-        return _at(kind, fit, true, 0.0, False)[0], np.zeros(fit["gate_slope"].shape[1]), 1.0
+def _best_t1(objective, fit: dict, true: dict) -> np.ndarray:
+    """The gate-slope translation t1 minimizing ``objective(t1)``: the best of t1 = 0 and every
+    alignment of a fitted with a true gate slope (the cells jump with t1, so a local search alone can
+    stall), refined by Nelder-Mead from there; deterministic."""
     d = fit["gate_slope"].shape[1]
-    objective = lambda t1: _at(kind, fit, true, t1, True)[0]  # noqa: E731
     starts = [np.zeros(d)] + [
         true["gate_slope"][j] - fit["gate_slope"][i]
         for i in range(len(fit["intercept"]))
@@ -116,9 +121,63 @@ def voronoi_loss(kind: str, fit: dict, true: dict, translate: bool = True):
     ]
     best = min(starts, key=objective)
     found = minimize(objective, best, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 2000})
-    t1 = found.x if found.fun < objective(best) else best
+    return found.x if found.fun < objective(best) else best
+
+
+def voronoi_loss(kind: str, fit: dict, true: dict, translate: bool = True):
+    """(loss, t1, lambda) of ``kind`` 'd1' or 'd2' between two atom sets (see ``atoms``), the
+    translation exp(t0) = lambda applied to the fitted measure (see the module docstring)."""
+    if not translate:
+        return _at(kind, fit, true, 0.0, False)[0], np.zeros(fit["gate_slope"].shape[1]), 1.0
+    t1 = _best_t1(lambda t: _at(kind, fit, true, t, True)[0], fit, true)
     loss, lam, _ = _at(kind, fit, true, t1, True)
     return loss, t1, lam
+
+
+def canonical_scale(fit: dict, true: dict) -> dict:
+    """``fit`` with every fitted intercept shifted by one constant so that its total mass
+    sum_i exp(b0_i) equals the truth's sum_j exp(b0*_j): the fitted measure's scale, which the
+    choice of the fitted reference component would otherwise set, fixed before the papers' infimum."""
+    shift = np.logaddexp.reduce(true["intercept"]) - np.logaddexp.reduce(fit["intercept"])
+    return {**fit, "intercept": fit["intercept"] + shift}
+
+
+def _papers_at(kind: str, fit: dict, true: dict, t1):
+    """(loss, mu, cell) of the papers' loss at gate-slope translation t1, minimized over mu = exp(t0)
+    applied to the true masses: sum_j |M_j - mu exp(b0*_j)| is convex and piecewise linear in mu, so
+    its minimum lies at a breakpoint mu = M_j / exp(b0*_j); the atom terms keep the fitted weights."""
+    cell = _cells(fit, true, t1)
+    sizes = np.bincount(cell, minlength=len(true["intercept"]))
+    w = np.exp(fit["intercept"])
+    mass = np.bincount(cell, weights=w, minlength=len(sizes))
+    target = np.exp(true["intercept"])
+    linear = float((w * _atom_costs(kind, _deltas(fit, true, cell, t1), sizes, cell)).sum())
+
+    def value(mu):
+        return float(np.abs(mass - mu * target).sum()) + linear
+
+    mu = min((mass[j] / target[j] for j in range(len(mass)) if mass[j] > 0), key=value)
+    return value(mu), mu, cell
+
+
+def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True):
+    """(loss, t1, mu) of ``kind`` 'd1' or 'd2' as the papers define it: the infimum over the gate's
+    translation (t0, t1) applied to the true measure (Nguyen, Nguyen & Ho, NeurIPS 2023; written with
+    the infimum by the dendrogram paper, arXiv 2510.12744, its over-fit loss D_O),
+
+        sum_j |sum_{i in A_j} exp(b0_i) - exp(b0*_j + t0)| + sum_j sum_{i in A_j} exp(b0_i) cost_i,
+
+    cost_i the atom terms of the module docstring with the gate slopes compared as b1_i + t1 - b1*_j
+    (t1's sign is a convention) and the cells A_j drawn at that t1, by Euclidean distance over
+    (b1 + t1, a, c, v), whose scales mix. With ``scale`` the fitted measure is first put on the
+    canonical scale (``canonical_scale``), so that translating every fitted logit by any (s0, s1)
+    leaves the loss unchanged; without it, the value depends on which fitted component carries
+    logit 0. Unlike ``voronoi_loss``, the translation never scales the atom terms, so the value has
+    no cap."""
+    fit = canonical_scale(fit, true) if scale else fit
+    t1 = _best_t1(lambda t: _papers_at(kind, fit, true, t)[0], fit, true)
+    loss, mu, _ = _papers_at(kind, fit, true, t1)
+    return loss, t1, mu
 
 
 def voronoi_errors(fit: dict, true: dict, main: str) -> dict:
