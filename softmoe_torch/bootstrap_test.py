@@ -4,7 +4,8 @@
         [fit=newton] [out=PATH]
 
 ``test=contamination`` (default): is there a prompt at all? H0 the setting's frozen pre-trained
-component alone, H1 its contaminated model. ``test=prompts``: setting.n_prompts prompts against
+component alone, H1 its contaminated model (its fit starting from the init group's starts, or at
+the null with ``test.starts=anchored``). ``test=prompts``: setting.n_prompts prompts against
 ``test.extra`` more. Every fit of the test (the observed one and the B refits) runs the same
 procedure (``fit``, ``init``, the variance floor ``test.variance_floor``, the alternative's cap of
 ``test.iterations`` iterations). Writes a JSON result
@@ -30,7 +31,7 @@ from .settings.setting import Setting
 
 def contamination(cfg: DictConfig, setting: Setting, X, y, options: dict):
     """H0 the setting's frozen pre-trained component alone, H1 its contaminated model."""
-    return contamination_test(procedure(cfg, setting.model()), X, y, **options)
+    return contamination_test(procedure(cfg, setting.model()), X, y, **options, starts=cfg.test.get("starts", "policy"))
 
 
 def prompts(cfg: DictConfig, setting: Setting, X, y, options: dict):

@@ -165,6 +165,7 @@ TEST_CASES = {  # the bootstrap test's face: id: (extra overrides, message); the
     "iterations text": (["test.iterations=ten"], "test.iterations must be an integer"),
     "iterations zero": (["test.iterations=0"], "test.iterations must be at least 1"),
     "floor text": (["test.variance_floor=low"], "variance floor ratio must be a number in (0, 1), got 'low'"),
+    "starts no config offers": (["test.starts=null_model"], "starts must be one of policy, anchored, got 'null_model'"),
     "extra text": (["test=prompts", "test.extra=one"], "test.extra must be an integer"),
     "a mixture of experts": (["setting=softmax_gaussian_moe"], "this command takes contaminated settings"),
     "out is a directory": (["out={a_dir}"], "is a directory; choose a file path for out"),

@@ -10,7 +10,16 @@ import pytest
 import torch
 from conftest import run_cli
 
-from softmoe_torch import Component, ContaminatedMoE, Estimator, Gaussian, Laplace, SoftmaxGate, TanhExpert
+from softmoe_torch import (
+    AffineExpert,
+    Component,
+    ContaminatedMoE,
+    Estimator,
+    Gaussian,
+    Laplace,
+    SoftmaxGate,
+    TanhExpert,
+)
 from softmoe_torch.estimation.degeneracy import degeneracy, trainable_sizes
 from softmoe_torch.lrt import BootstrapTest, contamination_test, prompts_test, with_variance_floor
 
@@ -328,3 +337,46 @@ def test_the_statistic_of_many_data_sets_is_the_tests_own(estimator, one_thread)
     assert contamination_statistics(estimator, X, y).item() == pytest.approx(test.raw_statistic, rel=1e-12)
     uncapped = contamination_statistics(estimator, X, y, iterations=None).item()
     assert uncapped >= test.raw_statistic - 1e-6  # the MLE's statistic: a different number, named by its option
+
+
+def test_anchored_starts_sit_at_the_null():
+    from softmoe_torch.lrt import anchored_starts
+
+    m = model(n_prompts=2)
+    starts = anchored_starts(m)
+    assert [float(s["gate.tau"][0]) for s in starts] == [-2.0, 0.0, 2.0]
+    for s in starts:
+        assert set(s) == set(m.trainable_parameters())
+        for k in (0, 1):
+            assert torch.equal(s[f"prompts.{k}.expert.eta"], m.pretrained.expert.eta)  # f0's e1, not the prompt's -e1
+            assert float(s[f"prompts.{k}.nu"]) == float(m.pretrained.nu)
+        assert not s["gate.beta"].any() and s["gate.tau"].shape == (2,)
+    other = ContaminatedMoE(
+        Component(TanhExpert(D), Laplace(), nu=0.01, frozen=True),
+        Component(AffineExpert(D), Gaussian(), nu=0.01),
+        SoftmaxGate(D),
+    )
+    with pytest.raises(ValueError, match="anchored starts put each prompt's expert at the pre-trained expert's"):
+        anchored_starts(other)
+
+
+def test_the_anchored_statistic_is_the_best_of_its_starts_and_the_tests_own(estimator, one_thread):
+    """starts='anchored': the observed statistic is that of the best of the three anchored fits (each
+    capped), and contamination_statistics computes the same by the same path."""
+    from softmoe_torch.lrt import anchored_starts, contamination_statistics
+
+    X, y = data(200, contaminated=True)
+    test = contamination_test(estimator, X, y, B=19, seed=1, progress=False, starts="anchored")
+    assert test.starts == "anchored" and test.to_dict()["starts"] == "anchored"
+    capped = estimator.clone(max_iter=10)
+    f0 = estimator.spec.pretrained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = max(
+            float(capped.fit(X, y, start=s, replications=[0]).loglik[0]) for s in anchored_starts(estimator.spec)
+        )
+    assert test.raw_statistic == pytest.approx(2 * (best - float(f0(X, y).sum())), rel=1e-9)
+    again = contamination_statistics(estimator, X, y, starts="anchored").item()
+    assert again == pytest.approx(test.raw_statistic, rel=1e-12)
+    with pytest.raises(ValueError, match="starts must be one of policy, anchored"):
+        contamination_statistics(estimator, X, y, starts="null")

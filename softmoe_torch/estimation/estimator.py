@@ -62,10 +62,11 @@ class Estimator:
         self.method, self.init, self.n_init, self.seed = method, init, n_init, seed
         self.truth, self.init_scale = truth, init_scale
 
-    def fit(self, X, y, start: dict | None = None, replications=None) -> FitResults:
+    def fit(self, X, y, start: dict | list | None = None, replications=None) -> FitResults:
         """Fit to X (n, d) or (R, n, d) and y (n,) or (R, n), numpy or torch, any float dtype.
         ``start`` {name: value of the parameter's shape, or (R, *shape)} replaces the init policy;
-        parameters it leaves out start from the policy's first start. ``replications`` (R numbers,
+        parameters it leaves out start from the policy's first start; a list of such dicts is a set
+        of starts, of which each replication keeps its best fit. ``replications`` (R numbers,
         default 0..R-1) seed each data set's starts, so that a data set fitted alone, as number r,
         starts where it starts in any batch that numbers it r."""
         X, Y = fit_data(self.spec, X, y, self.dtype, self.device)
@@ -84,7 +85,10 @@ class Estimator:
             n_init=1 if start else self.n_init,
         )
         if start:
-            starts = [self._with_start(starts[0], start, X.shape[0])]
+            given = start if isinstance(start, list) else [start]
+            if not all(isinstance(one, dict) for one in given):
+                raise ValueError("start must be a dict {parameter name: value} or a list of such dicts")
+            starts = [self._with_start(starts[0], one, X.shape[0]) for one in given]
         fit = fit_best_of(self.spec, X, Y, starts, self.options)
         return FitResults(self.spec, fit, X, Y)
 

@@ -2,7 +2,7 @@
 (``contamination_test``; its statistic on many data sets, ``contamination_statistics``), and K
 prompts against more (``prompts_test``)."""
 
-from .bootstrap import contamination_statistics, contamination_test, prompts_test, with_variance_floor
+from .bootstrap import anchored_starts, contamination_statistics, contamination_test, prompts_test, with_variance_floor
 from .results import BootstrapTest
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "contamination_statistics",
     "prompts_test",
     "with_variance_floor",
+    "anchored_starts",
     "BootstrapTest",
 ]

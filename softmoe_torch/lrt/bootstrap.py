@@ -26,7 +26,16 @@ calibrates exactly as it does the MLE's (it is not clamped; reaching the cap is 
 Under "no contamination" the alternative's supremum is a spike on the box's boundary that the
 optimizer approaches for hundreds of iterations; the capped statistic never goes there and costs
 20-40x less (experiments/contamination/contamination_pilot.py compares the two). ``iterations=None``: the MLE
-(the estimator's own stopping rule)."""
+(the estimator's own stopping rule).
+
+``starts`` chooses where the alternative's fit starts: the estimator's own init policy (None, the
+default), or ``'anchored'``: at the null, in the spirit of Chen & Li's EM test: each prompt's
+expert at the pre-trained expert's parameters and its variance at the pre-trained one's, the gate's
+slopes 0 and its intercepts on the grid ``ANCHOR_TAUS`` (one start each, the best kept). A prompt
+near f0 is then found by a few iterations from where it is, not from a random start that the
+iterations spend emptying the gate. (In the distinguishable setting the prompt's family differs
+from f0's, so the anchor is the prompt of its family closest to f0 and the statistic can be
+negative; the bootstrap calibrates it all the same.)"""
 
 import dataclasses
 import time
@@ -40,11 +49,13 @@ from ..estimation.driver import CHUNK
 from ..estimation.estimator import Estimator
 from ..estimation.inputs import fit_data
 from ..model.mixture import ContaminatedMoE
-from ..model.names import variance_name
+from ..model.names import expert_prefix, variance_name
 from .results import BootstrapTest
 
 RULES = ("conservative", "as_fitted")
 ITERATIONS = 10  # the default cap on the alternative's fit
+ANCHOR_TAUS = (-2.0, 0.0, 2.0)  # the gate intercepts of the anchored starts
+STARTS = ("policy", "anchored")
 
 
 def contamination_test(
@@ -56,20 +67,22 @@ def contamination_test(
     unconverged: str = "conservative",
     progress: bool = True,
     iterations: int | None = ITERATIONS,
+    starts: str = "policy",
 ) -> BootstrapTest:
     """H0: y | x follows the frozen pre-trained component alone; H1: ``estimator``'s contaminated
     model (its prompts and gate), fitted by at most ``iterations`` iterations (None: to
-    convergence). X (n, d), y (n,)."""
+    convergence) from ``starts`` ('policy' or 'anchored', see the module docstring). X (n, d), y (n,)."""
     start = time.perf_counter()
     _check(B, seed, unconverged, iterations)
     _check_contaminated(estimator, "estimator")
+    given = _starts(estimator, starts)
     estimator = _capped(estimator, iterations)
-    observed = _fit(estimator, X, y)
+    observed = _fit(estimator, X, y, given)
     X0 = observed.X[0]
     null = estimator.spec.pretrained
     Ystar = torch.stack([_draw(null, X0, _generator(seed, b)) for b in range(B)])
     Xstar = X0.expand(B, *X0.shape)
-    boot = _refit(estimator, Xstar, Ystar, progress, "H1")
+    boot = _refit(estimator, Xstar, Ystar, progress, "H1", given)
     return BootstrapTest(
         test="contamination",
         raw_statistic=float(_statistics(observed.loglik, null, observed.X, observed.Y)[0]),
@@ -80,11 +93,12 @@ def contamination_test(
         rule=unconverged,
         seconds=time.perf_counter() - start,
         iterations=iterations,
+        starts=starts,
     )
 
 
 def contamination_statistics(
-    estimator: Estimator, X, y, iterations: int | None = ITERATIONS, progress: bool = False
+    estimator: Estimator, X, y, iterations: int | None = ITERATIONS, progress: bool = False, starts: str = "policy"
 ) -> torch.Tensor:
     """The contamination test's statistic on each of R data sets, by the code path of
     ``contamination_test``: 2 (loglik of ``estimator``'s fit capped at ``iterations`` iterations -
@@ -93,8 +107,9 @@ def contamination_statistics(
     test's size and power call this, so they measure the statistic users run."""
     _check_contaminated(estimator, "estimator")
     _check_iterations(iterations)
+    given = _starts(estimator, starts)
     X, Y = fit_data(estimator.spec, X, y, estimator.dtype, estimator.device)
-    refits = _refit(_capped(estimator, iterations), X, Y, progress, "H1")
+    refits = _refit(_capped(estimator, iterations), X, Y, progress, "H1", given)
     return _statistics(refits.loglik, estimator.spec.pretrained, X, Y)
 
 
@@ -169,12 +184,39 @@ def _capped(estimator: Estimator, iterations: int | None) -> Estimator:
     return estimator if iterations is None else estimator.clone(max_iter=iterations)
 
 
-def _fit(estimator: Estimator, X, y):
-    """The observed fit of the alternative (numbered 0, as every refit); a capped fit's stop at its
-    cap is not worth a warning."""
+def anchored_starts(model: ContaminatedMoE, taus=ANCHOR_TAUS) -> list:
+    """Starts of ``model``'s prompts and gate at the null: every prompt's expert at the pre-trained
+    expert's parameters (same names and shapes needed) and its variance at the pre-trained one's, the
+    gate's slopes 0 and its intercepts at each value of ``taus``: one start {name: value} per value."""
+    f0 = dict(model.pretrained.expert.named_parameters())
+    start = {}
+    for k, prompt in enumerate(model.prompts):
+        own = dict(prompt.expert.named_parameters())
+        if set(own) != set(f0) or any(own[n].shape != f0[n].shape for n in own):
+            raise ValueError(
+                f"anchored starts put each prompt's expert at the pre-trained expert's parameters, but prompt {k}'s "
+                f"expert has {sorted(own)} and the pre-trained one {sorted(f0)}; use the estimator's own starts"
+            )
+        start.update({f"{expert_prefix(k)}{n}": f0[n].detach().clone() for n in own})
+        start[variance_name(k)] = model.pretrained.nu.detach().clone()
+    gate = dict(model.gate.named_parameters())
+    slopes = {f"gate.{n}": torch.zeros_like(p.detach()) for n, p in gate.items() if n != "tau"}
+    return [{**start, **slopes, "gate.tau": torch.full_like(gate["tau"].detach(), float(t))} for t in taus]
+
+
+def _starts(estimator: Estimator, starts: str):
+    """The alternative's given starts: None for the estimator's own policy, else the anchored ones."""
+    if starts not in STARTS:
+        raise ValueError(f"starts must be one of {', '.join(STARTS)}, got {starts!r}")
+    return anchored_starts(estimator.spec) if starts == "anchored" else None
+
+
+def _fit(estimator: Estimator, X, y, starts=None):
+    """The observed fit of the alternative (numbered 0, as every refit) from ``starts`` (None: the
+    estimator's policy); a capped fit's stop at its cap is not worth a warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*\(max_iter\)", category=ConvergenceWarning)
-        return estimator.fit(X, y, replications=[0])
+        return estimator.fit(X, y, start=starts, replications=[0])
 
 
 def _check_contaminated(estimator, name: str):
@@ -218,9 +260,10 @@ class Refits:
     degenerate: list
 
 
-def _refit(estimator, Xstar, Ystar, progress: bool, what: str) -> Refits:
+def _refit(estimator, Xstar, Ystar, progress: bool, what: str, starts=None) -> Refits:
     """The estimator's fit of every data set (Xstar (B, n, d), Ystar (B, n)), each numbered 0 (the
-    observed fit's starts), in batched calls of the driver's chunk size."""
+    observed fit's starts) and from ``starts`` (None: the estimator's policy), in batched calls of
+    the driver's chunk size."""
     B, n = Ystar.shape
     step = max(1, CHUNK // n)
     loglik, status, degenerate = [], [], []
@@ -231,7 +274,7 @@ def _refit(estimator, Xstar, Ystar, progress: bool, what: str) -> Refits:
         warnings.simplefilter("ignore", ConvergenceWarning)  # unconverged refits are counted in the result
         for lo in range(0, B, step):
             hi = min(lo + step, B)
-            part = estimator.fit(Xstar[lo:hi], Ystar[lo:hi], replications=[0] * (hi - lo))
+            part = estimator.fit(Xstar[lo:hi], Ystar[lo:hi], start=starts, replications=[0] * (hi - lo))
             loglik.append(part.loglik.cpu())
             status += part.status
             degenerate += [bool(d) for d in part.degenerate]

@@ -17,7 +17,8 @@ class BootstrapTest:
     (``observed_null`` the H0 fit's, when H0 is fitted); ``iterations`` the cap on the
     alternative's fit (None: fitted to convergence, the MLE, and the statistic clamped at 0; K: at
     most K iterations from each start, a statistic of its own that is not clamped, and stopping at
-    the cap is the procedure, not a failure)."""
+    the cap is the procedure, not a failure); ``starts`` the alternative's starts ('policy': the
+    estimator's own init policy; 'anchored': at the null, ``anchored_starts``)."""
 
     test: str
     raw_statistic: float
@@ -29,6 +30,7 @@ class BootstrapTest:
     seconds: float
     observed_null: object = None
     iterations: int | None = None
+    starts: str = "policy"
     alpha_levels: tuple = field(default=(0.05, 0.01))
 
     @property
@@ -93,6 +95,7 @@ class BootstrapTest:
             "n_failed": self.n_failed,
             "rule": self.rule,
             "iterations": self.iterations,
+            "starts": self.starts,
             "seconds": self.seconds,
             "n": self.observed.n,
             **self.counts(),
