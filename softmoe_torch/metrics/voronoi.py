@@ -93,14 +93,20 @@ def _atom_costs(kind: str, deltas: dict, sizes: np.ndarray, cell: np.ndarray) ->
     )
 
 
-def _at(kind: str, fit: dict, true: dict, t1, translate: bool):
-    """(loss, lambda, cell) at gate-slope translation t1, minimized over lambda = exp(t0) if ``translate``."""
+def _terms(kind: str, fit: dict, true: dict, t1):
+    """At gate-slope translation t1: the cells (K,), each true atom's fitted mass M_j and true mass
+    exp(b0*_j) (k*,), and the atom terms summed at the fitted weights."""
     cell = _cells(fit, true, t1)
     sizes = np.bincount(cell, minlength=len(true["intercept"]))
     w = np.exp(fit["intercept"])
     mass = np.bincount(cell, weights=w, minlength=len(sizes))
-    target = np.exp(true["intercept"])
     linear = float((w * _atom_costs(kind, _deltas(fit, true, cell, t1), sizes, cell)).sum())
+    return cell, mass, np.exp(true["intercept"]), linear
+
+
+def _at(kind: str, fit: dict, true: dict, t1, translate: bool):
+    """(loss, lambda, cell) at gate-slope translation t1, minimized over lambda = exp(t0) if ``translate``."""
+    cell, mass, target, linear = _terms(kind, fit, true, t1)
     value = lambda lam: float(np.abs(lam * mass - target).sum() + lam * linear)  # noqa: E731
     if not translate:
         return value(1.0), 1.0, cell
@@ -146,12 +152,7 @@ def _papers_at(kind: str, fit: dict, true: dict, t1):
     """(loss, mu, cell) of the papers' loss at gate-slope translation t1, minimized over mu = exp(t0)
     applied to the true masses: sum_j |M_j - mu exp(b0*_j)| is convex and piecewise linear in mu, so
     its minimum lies at a breakpoint mu = M_j / exp(b0*_j); the atom terms keep the fitted weights."""
-    cell = _cells(fit, true, t1)
-    sizes = np.bincount(cell, minlength=len(true["intercept"]))
-    w = np.exp(fit["intercept"])
-    mass = np.bincount(cell, weights=w, minlength=len(sizes))
-    target = np.exp(true["intercept"])
-    linear = float((w * _atom_costs(kind, _deltas(fit, true, cell, t1), sizes, cell)).sum())
+    cell, mass, target, linear = _terms(kind, fit, true, t1)
 
     def value(mu):
         return float(np.abs(mass - mu * target).sum()) + linear
