@@ -23,12 +23,13 @@ from ..estimation.driver import fit_best_of, replication_groups
 from ..estimation.init import starting_points
 from ..settings.configs import register_resolvers
 
-# Kept importable from here for one release (they moved to config_checks.py and store.py):
-from .config_checks import Plan, config_number, fit_options, sample_sizes, validate  # noqa: E402, F401 (config_number: settings.configs)
+# config_number, fit_options, sample_sizes, fingerprint and typed_row are imported only to stay importable from
+# here for one release (they moved to config_checks.py, store.py and settings/configs.py)
+from .config_checks import Plan, config_number, fit_options, sample_sizes, validate  # noqa: F401
 from .diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
 from .progress import WorkBar
 from .simulate import data_seed, simulate
-from .store import Results, check_fingerprint, columns, failed_rows, fingerprint, fit_rows, typed_row  # noqa: E402, F401
+from .store import Results, check_fingerprint, columns, failed_rows, fingerprint, fit_rows, typed_row  # noqa: F401
 from .workers import run_batches
 
 AUTO_MIN_SAMPLES = 2_000_000  # workers=auto starts worker processes (a few seconds each) only for
