@@ -285,3 +285,40 @@ def test_bad_options_are_rejected():
         FitOptions(rule="gradient")
     with pytest.raises(ValueError, match="fit.tol"):
         FitOptions(tol=0)
+
+
+def test_valuing_trials_first_changes_no_iterate_and_saves_hessians(monkeypatch):
+    """Rosenbrock's function from three starts by Newton on |H|: with trial steps valued first
+    (derivatives only where a trial is accepted) the iterates, values and statuses are the same as
+    with every trial differentiated, and fewer Hessians are computed."""
+    from softmoe_torch.estimation import optim
+    from softmoe_torch.estimation.evaluation import Evaluation
+
+    def rosenbrock(u, idx, order):
+        x, y = u[:, 0], u[:, 1]
+        loss = (1 - x) ** 2 + 100 * (y - x**2) ** 2
+        orders.extend([order] * len(idx))  # one entry per problem evaluated
+        if order == 0:
+            return Evaluation(loss)
+        grad = torch.stack([-2 * (1 - x) - 400 * x * (y - x**2), 200 * (y - x**2)], 1)
+        hess = torch.stack(
+            [torch.stack([2 - 400 * (y - 3 * x**2), -400 * x], 1), torch.stack([-400 * x, 200 + 0 * x], 1)],
+            1,
+        )
+        return Evaluation(loss, grad, hess if order == 2 else None)
+
+    u0 = torch.tensor([[-1.2, 1.0], [2.0, -1.0], [0.5, 3.0]], dtype=torch.float64)
+    opts = optim.SolverOptions(max_iter=200)
+    done = lambda f_old, f_new, u_old, u_new, g: (f_old - f_new).abs() < 1e-14  # noqa: E731
+    stationary = lambda g: g.abs().amax(1) < 1e-9  # noqa: E731
+    runs, real_try = {}, optim._try
+    for value_first in (True, False):
+        if not value_first:  # every trial differentiated at once
+            monkeypatch.setattr(optim, "_try", lambda *args: real_try(*args[:-1], False))
+        orders = []
+        runs[value_first] = optim.minimize(rosenbrock, u0, "newton_eigen", opts, done, stationary), orders
+    (first, orders_first), (every, orders_every) = runs[True], runs[False]
+    assert torch.equal(first[0], every[0]) and torch.equal(first[1], every[1]) and torch.equal(first[3], every[3])
+    assert first[4] == every[4] == ["converged"] * 3 and torch.allclose(first[0], torch.ones_like(u0))
+    assert 0 in orders_first and 0 not in orders_every
+    assert orders_first.count(2) < orders_every.count(2)

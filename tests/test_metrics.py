@@ -132,11 +132,11 @@ def test_papers_loss_is_unchanged_when_every_fitted_logit_is_translated():
         assert papers_loss(kind, moved, TRUE, scale=False)[0] > 10 * papers_loss(kind, fit, TRUE, scale=False)[0]
 
 
-def test_the_fitted_side_translation_caps_the_loss_and_the_papers_does_not():
-    """voronoi_loss (lambda on the fitted measure) is bounded by sum_j exp(b0*_j) = 2 however far
-    the atoms are; papers_loss grows with them."""
-    from softmoe_torch.metrics.voronoi import papers_loss, voronoi_loss
+def test_papers_loss_has_no_cap():
+    """An atom of the cell of two 30 off in its expert slope: D2 takes it at r / 2 = 2 with its
+    canonical weight 0.5, 0.5 (0.1^4) + 0.5 (0.1^4 + 30.2^2) + 1 (0.5) = 456.5201 (the translation
+    of the fitted measure that the sweeps once used capped every loss at sum_j exp(b0*_j) = 2)."""
+    from softmoe_torch.metrics.voronoi import papers_loss
 
     far = {**TWO_PLUS_ONE, "expert_slope": TWO_PLUS_ONE["expert_slope"] + np.array([[0.0], [30.0], [0.0]])}
-    assert voronoi_loss("d2", far, TRUE)[0] <= 2.0 + 1e-12
-    assert papers_loss("d2", far, TRUE)[0] > 100
+    assert papers_loss("d2", far, TRUE)[0] == pytest.approx(456.5201, abs=1e-6)

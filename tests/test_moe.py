@@ -24,7 +24,7 @@ from softmoe_torch import (
 from softmoe_torch.estimation.degeneracy import degeneracy, trainable_sizes
 from softmoe_torch.estimation.inference import load_params
 from softmoe_torch.estimation.init import spread_truth
-from softmoe_torch.metrics.voronoi import atoms, theory_slope, voronoi_errors, voronoi_loss
+from softmoe_torch.metrics.voronoi import atoms, papers_loss, theory_slope, voronoi_errors
 from softmoe_torch.settings.moe import QUANTITIES
 from softmoe_torch.settings.setting import load_setting
 
@@ -219,13 +219,13 @@ def test_d1_is_the_formula_and_label_order_does_not_matter():
         true, expert_bias=np.array([0.01, -0.02]), variance=np.array([0.003, 0.0]), intercept=np.array([0.0, 0.05])
     )
     expected = abs(np.exp(-7.95) - np.exp(-8)) + 1.0 * (0.01 + 0.003) + np.exp(-7.95) * 0.02
-    assert voronoi_loss("d1", fit, true, translate=False)[0] == pytest.approx(expected)
-    assert voronoi_loss("d1", fit, true)[0] <= expected + 1e-12
+    assert papers_loss("d1", fit, true, scale=False, translate=False)[0] == pytest.approx(expected)
+    assert papers_loss("d1", fit, true, scale=False)[0] <= expected + 1e-12
     swapped = {k: v[::-1].copy() for k, v in fit.items()}  # component 1 becomes the reference: logits minus its own
     swapped["gate_slope"] = swapped["gate_slope"] - swapped["gate_slope"][0]
     swapped["intercept"] = swapped["intercept"] - swapped["intercept"][0]
-    assert voronoi_loss("d1", swapped, true)[0] == pytest.approx(voronoi_loss("d1", fit, true)[0], abs=1e-9)
-    assert voronoi_loss("d1", swapped, true, translate=False)[0] > 1
+    assert papers_loss("d1", swapped, true)[0] == pytest.approx(papers_loss("d1", fit, true)[0], abs=1e-9)
+    assert papers_loss("d1", swapped, true, scale=False, translate=False)[0] > 1
 
 
 def test_d2_raises_the_differences_in_a_cell_of_two_to_its_exponents():

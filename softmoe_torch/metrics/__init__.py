@@ -8,7 +8,7 @@ from .hellinger import hellinger, hellinger_batch
 from .intervals import wilson
 from .parameters import PAPER_PARAMS, paper_view, param_errors
 from .rates import bootstrap_slope, fit_power_law, window_slope
-from .voronoi import atoms, canonical_scale, papers_loss, theory_slope, voronoi_errors, voronoi_loss
+from .voronoi import atoms, canonical_scale, papers_loss, theory_slope, voronoi_errors
 
 __all__ = [
     "PAPER_PARAMS",
@@ -17,7 +17,6 @@ __all__ = [
     "atoms",
     "papers_loss",
     "canonical_scale",
-    "voronoi_loss",
     "voronoi_errors",
     "theory_slope",
     "hellinger",

@@ -13,19 +13,19 @@ Delta = fitted - true atom and M_j = sum_{i in A_j} exp(b0_i):
     r = rbar(|A_j|) = 4, 6 for cells of 2, 3 atoms (2 m beyond: the conjectured pattern),
 
 |.| the Euclidean norm of a vector. The softmax gate is the same under a common translation of all
-logits, (b0_i, b1_i) -> (b0_i + t0, b1_i + t1), so the losses are defined as the infimum over
-(t0, t1); the variants ``*_fixed`` take the parametrization as fitted (t = 0, both measures with
-logit 0 for component 0), which a fit whose reference component went to another true atom, or
-whose reference cell holds several atoms, never brings to zero. For fixed t1 a loss is piecewise
-linear and convex in exp(t0), so its minimum over t0 is found exactly among its breakpoints; t1 is
-found by Nelder-Mead from t1 = 0 and from every alignment of a fitted with a true gate slope.
-
-Two translations are here. ``papers_loss`` is the papers' definition: exp(t0) translates the true
-masses, the atom terms keep the fitted weights, and the fitted measure is first put on a canonical
-scale. ``voronoi_loss`` (what the sweeps' d1 and d2 columns hold today) applies lambda = exp(t0) to
-the fitted measure instead, which multiplies the atom terms too: lambda -> 0 bounds every value by
-sum_j exp(b0*_j), a cap that an over-specified fit with a poorly identified cell reaches. It stays
-until the studies are rerun with ``papers_loss``."""
+logits, (b0_i, b1_i) -> (b0_i + t0, b1_i + t1), so the papers define the losses as the infimum over
+(t0, t1), applied to the true measure: the mass term becomes |M_j - exp(b0*_j + t0)|, the atom
+terms keep the fitted weights exp(b0_i) and compare b1_i with b1*_j + t1 (``papers_loss``; written
+with the infimum by the dendrogram paper, arXiv 2510.12744, its over-fit loss D_O). That value still
+depends on which fitted component carries logit 0, which multiplies every fitted weight, so the
+fitted measure is first put on a canonical scale (``canonical_scale``: total mass equal to the
+truth's); ``scale=False`` gives the papers' value without it. For fixed t1 a loss is piecewise linear
+and convex in exp(t0), so its minimum over t0 is found exactly among its breakpoints; t1 is found
+by Nelder-Mead from the best of t1 = 0 and every alignment of a fitted with a true gate slope.
+The variants ``*_fixed`` take the parametrization as fitted (t = 0, no scale: both measures with
+logit 0 for component 0, as the sibling code computes them), which a fit whose reference component
+went to another true atom, or whose reference cell holds several atoms, never brings to zero.
+Cells are drawn by Euclidean distance over (b1 + t1, a, c, v), whose scales mix, as the papers do."""
 
 import numpy as np
 from scipy.optimize import minimize
@@ -104,17 +104,6 @@ def _terms(kind: str, fit: dict, true: dict, t1):
     return cell, mass, np.exp(true["intercept"]), linear
 
 
-def _at(kind: str, fit: dict, true: dict, t1, translate: bool):
-    """(loss, lambda, cell) at gate-slope translation t1, minimized over lambda = exp(t0) if ``translate``."""
-    cell, mass, target, linear = _terms(kind, fit, true, t1)
-    value = lambda lam: float(np.abs(lam * mass - target).sum() + lam * linear)  # noqa: E731
-    if not translate:
-        return value(1.0), 1.0, cell
-    candidates = [target[j] / mass[j] for j in range(len(mass)) if mass[j] > 0] + [0.0]
-    lam = min(candidates, key=value)
-    return value(lam), lam, cell
-
-
 def _best_t1(objective, fit: dict, true: dict) -> np.ndarray:
     """The gate-slope translation t1 minimizing ``objective(t1)``: the best of t1 = 0 and every
     alignment of a fitted with a true gate slope (the cells jump with t1, so a local search alone can
@@ -128,16 +117,6 @@ def _best_t1(objective, fit: dict, true: dict) -> np.ndarray:
     best = min(starts, key=objective)
     found = minimize(objective, best, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 2000})
     return found.x if found.fun < objective(best) else best
-
-
-def voronoi_loss(kind: str, fit: dict, true: dict, translate: bool = True):
-    """(loss, t1, lambda) of ``kind`` 'd1' or 'd2' between two atom sets (see ``atoms``), the
-    translation exp(t0) = lambda applied to the fitted measure (see the module docstring)."""
-    if not translate:
-        return _at(kind, fit, true, 0.0, False)[0], np.zeros(fit["gate_slope"].shape[1]), 1.0
-    t1 = _best_t1(lambda t: _at(kind, fit, true, t, True)[0], fit, true)
-    loss, lam, _ = _at(kind, fit, true, t1, True)
-    return loss, t1, lam
 
 
 def canonical_scale(fit: dict, true: dict) -> dict:
@@ -161,7 +140,7 @@ def _papers_at(kind: str, fit: dict, true: dict, t1):
     return value(mu), mu, cell
 
 
-def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True):
+def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True, translate: bool = True):
     """(loss, t1, mu) of ``kind`` 'd1' or 'd2' as the papers define it: the infimum over the gate's
     translation (t0, t1) applied to the true measure (Nguyen, Nguyen & Ho, NeurIPS 2023; written with
     the infimum by the dendrogram paper, arXiv 2510.12744, its over-fit loss D_O),
@@ -169,31 +148,35 @@ def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True):
         sum_j |sum_{i in A_j} exp(b0_i) - exp(b0*_j + t0)| + sum_j sum_{i in A_j} exp(b0_i) cost_i,
 
     cost_i the atom terms of the module docstring with the gate slopes compared as b1_i + t1 - b1*_j
-    (t1's sign is a convention) and the cells A_j drawn at that t1, by Euclidean distance over
-    (b1 + t1, a, c, v), whose scales mix. With ``scale`` the fitted measure is first put on the
-    canonical scale (``canonical_scale``), so that translating every fitted logit by any (s0, s1)
-    leaves the loss unchanged; without it, the value depends on which fitted component carries
-    logit 0. Unlike ``voronoi_loss``, the translation never scales the atom terms, so the value has
-    no cap."""
+    (t1's sign is a convention) and the cells A_j drawn at that t1, mu = exp(t0). With ``scale`` the
+    fitted measure is first put on the canonical scale (``canonical_scale``), so that translating
+    every fitted logit by any (s0, s1) leaves the loss unchanged; without it, the value depends on
+    which fitted component carries logit 0. ``translate=False``: the value at t = 0 (mu = 1), as
+    fitted. The translation never scales the atom terms, so the value has no cap."""
     fit = canonical_scale(fit, true) if scale else fit
+    if not translate:
+        cell, mass, target, linear = _terms(kind, fit, true, 0.0)
+        return float(np.abs(mass - target).sum()) + linear, np.zeros(fit["gate_slope"].shape[1]), 1.0
     t1 = _best_t1(lambda t: _papers_at(kind, fit, true, t)[0], fit, true)
     loss, mu, _ = _papers_at(kind, fit, true, t1)
     return loss, t1, mu
 
 
 def voronoi_errors(fit: dict, true: dict, main: str) -> dict:
-    """Every loss and per-part error of one fit: d1, d1_fixed, d2, d2_fixed; and at the
-    translation minimizing ``main`` ('d1' or 'd2'): mass (max over cells of |M_j - exp(b0*_j)|), the
-    largest error of each part over the fitted atoms, and ``cells`` (atoms per true atom, '2+1')."""
-    out = {}
+    """Every loss and per-part error of one fit: d1 and d2 (the papers' loss on the canonical
+    scale), d1_unscaled and d2_unscaled (without the scale fix), d1_fixed and d2_fixed (as fitted,
+    no translation); and at the translation minimizing ``main`` ('d1' or 'd2'): mass (max over cells
+    of |M_j - exp(b0*_j + t0)|), the largest error of each part over the fitted atoms, and ``cells``
+    (atoms per true atom, '2+1')."""
+    out, at = {}, {}
     for kind in ("d1", "d2"):
-        out[kind] = voronoi_loss(kind, fit, true)[0]
-        out[f"{kind}_fixed"] = voronoi_loss(kind, fit, true, translate=False)[0]
-    _, t1, lam = voronoi_loss(main, fit, true)
-    cell = _cells(fit, true, t1)
-    masses = np.bincount(cell, weights=lam * np.exp(fit["intercept"]), minlength=len(true["intercept"]))
-    out["mass"] = float(np.abs(masses - np.exp(true["intercept"])).max())
-    out.update({p: float(v.max()) for p, v in _deltas(fit, true, cell, t1).items()})
+        out[kind], *at[kind] = papers_loss(kind, fit, true)
+        out[f"{kind}_unscaled"] = papers_loss(kind, fit, true, scale=False)[0]
+        out[f"{kind}_fixed"] = papers_loss(kind, fit, true, scale=False, translate=False)[0]
+    scaled, (t1, mu) = canonical_scale(fit, true), at[main]
+    cell, mass, target, _ = _terms(main, scaled, true, t1)
+    out["mass"] = float(np.abs(mass - mu * target).max())
+    out.update({p: float(v.max()) for p, v in _deltas(scaled, true, cell, t1).items()})
     out["cells"] = "+".join(str(c) for c in np.bincount(cell, minlength=len(true["intercept"])))
     return out
 
@@ -204,7 +187,7 @@ def theory_slope(quantity: str, largest_cell: int, exact: bool):
     over-specified fit need not vanish)."""
     if quantity.endswith("_fixed") and not exact:
         return None
-    base = quantity.removesuffix("_fixed")
+    base = quantity.removesuffix("_fixed").removesuffix("_unscaled")
     if base in ("d2", "mass") or largest_cell == 1:
         return -0.5
     r = rbar(largest_cell)

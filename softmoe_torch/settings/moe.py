@@ -17,13 +17,27 @@ from .configs import config_number, register_resolvers
 from .module_checks import check_experts
 
 INPUTS = ("uniform", "grid")
-QUANTITIES = ("d1", "d1_fixed", "d2", "d2_fixed", "mass", "gate_slope", "expert_slope", "expert_bias", "variance")
+QUANTITIES = (
+    "d1",
+    "d1_unscaled",
+    "d1_fixed",
+    "d2",
+    "d2_unscaled",
+    "d2_fixed",
+    "mass",
+    "gate_slope",
+    "expert_slope",
+    "expert_bias",
+    "variance",
+)
 LABELS = {
     "d1": r"$\mathcal{D}_1$",
+    "d1_unscaled": r"$\mathcal{D}_1$, fitted scale",
     "d1_fixed": r"$\mathcal{D}_1$, no translation",
     "d2": r"$\mathcal{D}_2$",
+    "d2_unscaled": r"$\mathcal{D}_2$, fitted scale",
     "d2_fixed": r"$\mathcal{D}_2$, no translation",
-    "mass": r"max$_j\,|\sum_{A_j} e^{\hat\beta_{0i}} - e^{\beta^*_{0j}}|$",
+    "mass": r"max$_j\,|\sum_{A_j} e^{\hat\beta_{0i}} - e^{\beta^*_{0j} + t_0}|$",
     "gate_slope": r"max $\|\Delta\beta_1\|$",
     "expert_slope": r"max $\|\Delta a\|$",
     "expert_bias": r"max $|\Delta b|$",
