@@ -134,6 +134,34 @@ def test_groups_fitted_side_by_side_equal_groups_fitted_one_after_another(compos
         assert torch.equal(alone.params[k], side_by_side.params[k]), k
 
 
+def test_starts_fitted_side_by_side_equal_starts_fitted_one_after_another(compose_cfg, monkeypatch):
+    """Three starts of one data set, each fitted on its own thread where torch has two: the
+    same best fit, number for number, as the starts one after another on one thread."""
+    from softmoe_torch.estimation.driver import fit_best_of
+
+    pools = []
+
+    class Pool(driver.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(driver, "ThreadPoolExecutor", Pool)
+    _, model, X, Y, init = problem(compose_cfg, "distinguishable", 2000, 1, scale=0.3)
+    starts = [init] + [problem(compose_cfg, "distinguishable", 2000, 1, seed=s, scale=0.3)[4] for s in (5, 9)]
+    opts = FitOptions.for_method("newton")
+    alone = fit_best_of(model, X, Y, starts, opts)
+    torch.set_num_threads(2)
+    try:
+        side_by_side = fit_best_of(model, X, Y, starts, opts)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(alone.mean_loglik, side_by_side.mean_loglik) and alone.status == side_by_side.status
+    assert alone.n_evals == side_by_side.n_evals and pools == [2]  # one pool of two threads, the second time only
+    for k in alone.params:
+        assert torch.equal(alone.params[k], side_by_side.params[k]), k
+
+
 def test_a_failing_or_early_replication_does_not_change_the_others(compose_cfg):
     _, model, X, Y, init = problem(compose_cfg, "distinguishable", 1500, 3)
     opts = FitOptions()

@@ -28,6 +28,20 @@ def test_window_slope_takes_the_sizes_in_its_window_only():
     assert rates.window_slope(sizes, np.full((5, 4), np.nan)) is None
 
 
+def test_the_slope_of_the_median_ignores_an_outlying_replication():
+    """At n = 1e2 and 1e4 two replications follow n^-1/2 and one sits at 1000: the median is
+    n^-1/2 (slope -0.5, every bootstrap draw with two or more regular ones agrees), the mean is
+    about 333.4 and 333.3 (slope near 0)."""
+    sizes = np.array([100, 10_000])
+    errors = np.array([[0.1, 0.1, 1000.0], [0.01, 0.01, 1000.0]])
+    median = rates.bootstrap_slope(sizes, errors, statistic="median")
+    assert median["slope"] == pytest.approx(-0.5)
+    mean = rates.bootstrap_slope(sizes, errors)
+    assert mean["slope"] == pytest.approx(np.log(1000.02 / 1000.2) / np.log(100), rel=1e-9)
+    with pytest.raises(ValueError, match="statistic must be one of mean, median"):
+        rates.bootstrap_slope(sizes, errors, statistic="mode")
+
+
 @pytest.mark.parametrize(
     "old, new",
     [
