@@ -375,8 +375,6 @@ def test_page_runs(page, page_folder):
 
 # ------------------------------------------------------------------------------------ what pages point at
 
-TOP = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")} | {".ci"}
-
 
 def _fences_removed(text: str) -> str:
     return FENCE.sub("", text)
@@ -391,7 +389,8 @@ def linked_paths(text: str) -> set:
 def backticked_paths(text: str) -> set:
     """`a/b/c` spans whose first part is a top-level entry of the repository (no placeholders)."""
     spans = re.findall(r"`([A-Za-z0-9_.][A-Za-z0-9_./-]*)`", _fences_removed(text))
-    return {s for s in spans if "/" in s and s.split("/")[0] in TOP}
+    top = {t.split("/")[0] for t in tracked()}  # the repository's own entries: not a build output like site/
+    return {s for s in spans if "/" in s and s.split("/")[0] in top}
 
 
 def study_files() -> dict:
