@@ -116,6 +116,15 @@ def test_batched_fits_match_single_fits(compose_cfg, method, name, extra):
         )
 
 
+def on_two_threads(call):
+    """call() with two torch threads (the tests' one_thread fixture gives one), then one again."""
+    torch.set_num_threads(2)
+    try:
+        return call()
+    finally:
+        torch.set_num_threads(1)
+
+
 @pytest.mark.parametrize("method", ["em", "newton"])
 def test_groups_fitted_side_by_side_equal_groups_fitted_one_after_another(compose_cfg, monkeypatch, method):
     """Groups of replications run on threads side by side (fused path), each on one torch thread:
@@ -124,11 +133,7 @@ def test_groups_fitted_side_by_side_equal_groups_fitted_one_after_another(compos
     monkeypatch.setattr(driver, "CHUNK", 800)  # groups of two replications
     opts = FitOptions.for_method(method)
     alone = fit_batch(model, X, Y, init, opts)
-    torch.set_num_threads(2)
-    try:
-        side_by_side = fit_batch(model, X, Y, init, opts)
-    finally:
-        torch.set_num_threads(1)
+    side_by_side = on_two_threads(lambda: fit_batch(model, X, Y, init, opts))
     assert torch.equal(alone.n_iter, side_by_side.n_iter) and alone.status == side_by_side.status
     for k in alone.params:
         assert torch.equal(alone.params[k], side_by_side.params[k]), k
@@ -151,11 +156,7 @@ def test_starts_fitted_side_by_side_equal_starts_fitted_one_after_another(compos
     starts = [init] + [problem(compose_cfg, "distinguishable", 2000, 1, seed=s, scale=0.3)[4] for s in (5, 9)]
     opts = FitOptions.for_method("newton")
     alone = fit_best_of(model, X, Y, starts, opts)
-    torch.set_num_threads(2)
-    try:
-        side_by_side = fit_best_of(model, X, Y, starts, opts)
-    finally:
-        torch.set_num_threads(1)
+    side_by_side = on_two_threads(lambda: fit_best_of(model, X, Y, starts, opts))
     assert torch.equal(alone.mean_loglik, side_by_side.mean_loglik) and alone.status == side_by_side.status
     assert alone.n_evals == side_by_side.n_evals and pools == [2]  # one pool of two threads, the second time only
     for k in alone.params:

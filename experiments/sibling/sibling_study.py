@@ -159,6 +159,11 @@ def theory_of(q: str, largest: int) -> str:
     return "-" if slope is None else f"{slope:.3f}"
 
 
+def table_head(*columns) -> list:
+    """The two first lines of a Markdown table with these column names."""
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def patterns(rows) -> list:
     """The cell patterns ('1+2', ...) in order of frequency."""
     return [c for c, _ in Counter(r["cells"] for r in rows).most_common()]
@@ -172,8 +177,7 @@ def distribution(rows, title: str) -> list:
     lines = [
         f"### {title}: the distribution",
         "",
-        "| n | fits | " + " | ".join(kinds) + " | on a bound | D2 mean | D2 median | D2 quartiles |",
-        "|---" * (len(kinds) + 6) + "|",
+        *table_head("n", "fits", *kinds, "on a bound", "D2 mean", "D2 median", "D2 quartiles"),
     ]
     for n in sizes:
         at = [r for r in rows if int(r["n"]) == n]
@@ -189,8 +193,12 @@ def distribution(rows, title: str) -> list:
     largest = largest_cell(rows)
     lines += [
         "",
-        f"| quantity | slope of the mean | slope of the median | theory (largest cell of {largest} atoms, the most common) |",
-        "|---|---|---|---|",
+        *table_head(
+            "quantity",
+            "slope of the mean",
+            "slope of the median",
+            f"theory (largest cell of {largest} atoms, the most common)",
+        ),
     ]
     for q in QUANTITIES:
         sz, err = error_table(rows, q)
@@ -205,8 +213,7 @@ def by_pattern(rows, title: str) -> list:
     lines = [
         f"### {title}: slope of the median by cell pattern",
         "",
-        "| quantity | " + " | ".join(f"{k} fits" for k in kinds) + " | theory (the most common largest cell) |",
-        "|---" * (len(kinds) + 2) + "|",
+        *table_head("quantity", *(f"{k} fits" for k in kinds), "theory (the most common largest cell)"),
     ]
     for q in QUANTITIES:
         cells = []
@@ -225,8 +232,7 @@ def gain_over_truth(rows, title: str) -> list:
     lines = [
         f"### {title}: log-likelihood above the truth's, n (l_fit - l_truth), mean [fits] by cell pattern",
         "",
-        "| n | " + " | ".join(kinds) + " |",
-        "|---" * (len(kinds) + 1) + "|",
+        *table_head("n", *kinds),
     ]
     for n in sizes:
         cells = []

@@ -261,12 +261,11 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
         return _fit_batch(model, X[rows], Y[rows], {k: v[rows] for k, v in init.items()}, opts)
 
     start = time.perf_counter()
-    # side by side only on the fused path: the generic one's functional_call swaps the shared model's parameters
-    fused = opts.fused and fused_supported(model)
-    side_by_side = min(torch.get_num_threads(), len(groups)) if fused and size * n < SMALL_BATCH else 1
+    side_by_side = (
+        min(torch.get_num_threads(), len(groups)) if size * n < SMALL_BATCH and _shareable(model, opts) else 1
+    )
     if side_by_side > 1:
-        with _threads_for(0), ThreadPoolExecutor(side_by_side) as pool:  # (0 samples: one intra-op thread each)
-            parts = list(pool.map(fit_group, groups))
+        parts = _side_by_side(fit_group, groups, side_by_side)
     else:
         parts = []
         for rows in groups:
@@ -277,6 +276,18 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
     if warn:
         _warn(result, opts)
     return result
+
+
+def _shareable(model, opts: FitOptions) -> bool:
+    """Whether fits of ``model`` may run on threads side by side: the fused path only (the generic
+    one's functional_call swaps the shared model's parameters)."""
+    return opts.fused and fused_supported(model)
+
+
+def _side_by_side(fit, items: list, workers: int) -> list:
+    """[fit(item) for item in items] on ``workers`` threads side by side, each with one intra-op thread."""
+    with _threads_for(0), ThreadPoolExecutor(workers) as pool:  # (0 samples: one intra-op thread each)
+        return list(pool.map(fit, items))
 
 
 def _warn(result: BatchFit, opts: FitOptions) -> None:
@@ -456,11 +467,10 @@ def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None) ->
     Xb, Yb = as_batch(X, Y)
     opts = options or FitOptions()
     # starts side by side where fit_batch would leave cores idle (fewer groups than threads); each start
-    # then runs on one thread, as a small group does, so its fit is the same either way (fused path only)
+    # then runs on one thread, as a small group does, so its fit is the same either way
     side_by_side = min(torch.get_num_threads(), len(starts))
-    if side_by_side > 1 and opts.fused and fused_supported(model) and len(replication_groups(*Yb.shape)) < side_by_side:
-        with _threads_for(0), ThreadPoolExecutor(side_by_side) as pool:
-            fits = list(pool.map(fit_one, starts))
+    if side_by_side > 1 and len(replication_groups(*Yb.shape)) < side_by_side and _shareable(model, opts):
+        fits = _side_by_side(fit_one, starts, side_by_side)
     else:
         fits = [fit_one(init) for init in starts]
     best = fits[0]

@@ -127,16 +127,17 @@ def canonical_scale(fit: dict, true: dict) -> dict:
     return {**fit, "intercept": fit["intercept"] + shift}
 
 
-def _papers_at(kind: str, fit: dict, true: dict, t1):
+def _papers_at(kind: str, fit: dict, true: dict, t1, translate: bool = True):
     """(loss, mu, cell) of the papers' loss at gate-slope translation t1, minimized over mu = exp(t0)
-    applied to the true masses: sum_j |M_j - mu exp(b0*_j)| is convex and piecewise linear in mu, so
-    its minimum lies at a breakpoint mu = M_j / exp(b0*_j); the atom terms keep the fitted weights."""
+    applied to the true masses if ``translate`` (else mu = 1): sum_j |M_j - mu exp(b0*_j)| is convex
+    and piecewise linear in mu, so its minimum lies at a breakpoint mu = M_j / exp(b0*_j); the atom
+    terms keep the fitted weights."""
     cell, mass, target, linear = _terms(kind, fit, true, t1)
 
     def value(mu):
         return float(np.abs(mass - mu * target).sum()) + linear
 
-    mu = min((mass[j] / target[j] for j in range(len(mass)) if mass[j] > 0), key=value)
+    mu = min((mass[j] / target[j] for j in range(len(mass)) if mass[j] > 0), key=value) if translate else 1.0
     return value(mu), mu, cell
 
 
@@ -154,11 +155,12 @@ def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True, translate:
     which fitted component carries logit 0. ``translate=False``: the value at t = 0 (mu = 1), as
     fitted. The translation never scales the atom terms, so the value has no cap."""
     fit = canonical_scale(fit, true) if scale else fit
-    if not translate:
-        cell, mass, target, linear = _terms(kind, fit, true, 0.0)
-        return float(np.abs(mass - target).sum()) + linear, np.zeros(fit["gate_slope"].shape[1]), 1.0
-    t1 = _best_t1(lambda t: _papers_at(kind, fit, true, t)[0], fit, true)
-    loss, mu, _ = _papers_at(kind, fit, true, t1)
+    t1 = (
+        _best_t1(lambda t: _papers_at(kind, fit, true, t)[0], fit, true)
+        if translate
+        else np.zeros(fit["gate_slope"].shape[1])
+    )
+    loss, mu, _ = _papers_at(kind, fit, true, t1, translate)
     return loss, t1, mu
 
 
