@@ -8,7 +8,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from softmoe_torch.settings.setting import Setting, load_setting
-from softmoe_torch.study.config_checks import fit_options, sample_sizes
+from softmoe_torch.errors import UserError
+from softmoe_torch.study.config_checks import fit_options, sample_sizes, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = {
@@ -71,6 +72,20 @@ def test_every_fit_option_instantiates(compose_cfg, fit):
     opts = fit_options(cfg, torch.float64)
     assert opts.method == cfg.fit.method and opts.max_iter == 7
     assert fit_options(cfg, torch.float32).tol >= 1e-5
+
+
+def test_fit_compile_is_on_for_large_sweeps_on_the_cpu_and_off_for_single_fits(compose_cfg):
+    """fit.compile=auto: a sweep of at least 2e6 samples x starts on the CPU compiles (the K = 3
+    sibling study: 40 replications x 5 starts over 1e4..1e5), a tiny one does not, nor does a
+    single fit; true and false are taken as given, anything else is a one-line error."""
+    moe = ["setting=softmax_gaussian_moe", "setting.n_components=3", "init=near_truth_shrinking", "device=cpu"]
+    assert validate(compose_cfg([*moe, "sweep=sibling_over", "init.n_init=5"])).opts.compile is True
+    assert validate(compose_cfg([*moe, "sweep=tiny"])).opts.compile is False
+    assert validate(compose_cfg([*moe, "sweep=tiny", "fit.compile=true"])).opts.compile is True
+    assert validate(compose_cfg([*moe, "sweep=sibling_over", "fit.compile=false"])).opts.compile is False
+    assert fit_options(compose_cfg(moe), torch.float64).compile is False
+    with pytest.raises(UserError, match="fit.compile must be true, false or auto, got 'yes'"):
+        validate(compose_cfg([*moe, "sweep=tiny", "fit.compile=yes"]))
 
 
 @pytest.mark.parametrize("init", OPTIONS["init"])

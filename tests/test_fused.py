@@ -3,6 +3,7 @@ built-in density and index expert, under both gates: the paper's one-prompt path
 K >= 2 components with any subset trainable; plug-ins fall back to autograd."""
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -226,3 +227,62 @@ def test_mixtures_with_plugins_take_the_generic_path():
     ).double()
     assert not fused_supported(plugin) and not fused_supported(frozen_expert)
     assert mixture_fused_supported(frozen_plugin)
+
+
+def _compiled_and_eager(monkeypatch=None):
+    model = mixture_of("moe_frozen_middle", Gaussian, AffineExpert, "softmax")
+    X, Y = data(model)
+    space = ParamSpace(model, {"real": 10.0, "positive": [1e-6, 10.0]})
+    u = space.to_unconstrained(stack_params(model, R)) + 0.1
+    # blocks of 128, 128 and 44 samples: one compiled graph serves every block size
+    eager, fast = (MixtureFusedObjective(model, X, Y, space, block=128, compile=c) for c in (False, True))
+    return eager, fast, u
+
+
+def assert_same_evaluations(eager, fast, u, idx, resp=None):
+    for x, y in zip(eager.evaluate(u[idx], idx, 2, resp=resp), fast.evaluate(u[idx], idx, 2, resp=resp)):
+        if x is not None:
+            torch.testing.assert_close(y, x, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_mixture_path_equals_the_eager_one():
+    """fit.compile: value, gradient, Hessian and responsibilities through torch.compile equal the
+    eager evaluation's to rounding, for the log-likelihood and for the EM's Q function."""
+    eager, fast, u = _compiled_and_eager()
+    idx = torch.tensor([1, 0])
+    assert_same_evaluations(eager, fast, u, idx)
+    assert_same_evaluations(eager, fast, u, idx, resp=eager.evaluate(u, torch.arange(R), 0).resp[idx])
+
+
+def test_a_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
+    """Where torch.compile cannot run (no C++ compiler, say), the fit goes on eagerly, the same
+    numbers, and says so once."""
+    from softmoe_torch.estimation import fused_mixture
+
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("C++ compiler not found")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setitem(fused_mixture._COMPILE, "failed", None)
+    eager, fast, u = _compiled_and_eager()
+    idx = torch.arange(R)
+    with pytest.warns(RuntimeWarning, match="fit.compile: torch.compile failed .*C\\+\\+ compiler not found"):
+        assert_same_evaluations(eager, fast, u, idx)
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        assert_same_evaluations(eager, fast, u, idx)
+    assert not [w for w in later if "fit.compile" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_compiled_mixture_path_equals_the_eager_one_for_one_replication():
+    """Batches of one replication (a specialised graph) as well."""
+    eager, fast, u = _compiled_and_eager()
+    for order in (0, 1):
+        for x, y in zip(eager.evaluate(u[:1], torch.arange(1), order), fast.evaluate(u[:1], torch.arange(1), order)):
+            if x is not None:
+                torch.testing.assert_close(y, x, rtol=1e-12, atol=1e-12)
+    assert_same_evaluations(eager, fast, u, torch.tensor([1]))

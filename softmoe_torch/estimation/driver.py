@@ -84,7 +84,10 @@ class FitOptions:
     next (short, inexact M-steps then suffice; every step still raises Q, so the likelihood never
     drops). ``indefinite``: what a Newton step does where the Hessian is not positive definite:
     'bfgs' (the BFGS direction) or 'eigen' (Newton on |H|, saddle-free; far fewer iterations for
-    over-specified mixtures). ``fused``: use the fused fast path where the model allows it."""
+    over-specified mixtures). ``fused``: use the fused fast path where the model allows it.
+    ``compile``: run the fused mixture path (K >= 2 components) through ``torch.compile`` on the
+    CPU: 2-4x faster evaluations, the same numbers to rounding, but the first fits in a process pay
+    the compilation (about 10-30 s; less once inductor's disk cache holds it); for sweeps."""
 
     method: str = "em"
     mstep: str = "lbfgs"
@@ -100,6 +103,7 @@ class FitOptions:
     warm_mstep: bool = True
     fused: bool = True
     indefinite: str = "bfgs"
+    compile: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -108,6 +112,8 @@ class FitOptions:
             raise ValueError(f"fit.mstep must be one of {', '.join(MSTEPS)}, got {self.mstep!r}")
         if self.indefinite not in INDEFINITE:
             raise ValueError(f"fit.indefinite must be one of {', '.join(INDEFINITE)}, got {self.indefinite!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"fit.compile must be true or false here, got {self.compile!r}")
         if self.accelerate not in ACCELERATIONS:
             raise ValueError(f"fit.accelerate must be one of {', '.join(ACCELERATIONS)}, got {self.accelerate!r}")
         for name in ("tol", "gtol", "max_iter", "squarem_after", "anderson_depth"):
@@ -301,7 +307,9 @@ def _warn(result: BatchFit, opts: FitOptions) -> None:
 
 def _fit_batch(model, X, Y, init, opts) -> BatchFit:
     space = ParamSpace(model, opts.bounds)
-    obj = _Counted(make_objective(model, X, Y, space) if opts.fused else GenericObjective(model, X, Y, space))
+    obj = _Counted(
+        make_objective(model, X, Y, space, opts.compile) if opts.fused else GenericObjective(model, X, Y, space)
+    )
     start = time.perf_counter()
     u = space.to_unconstrained({k: v.to(X) for k, v in init.items()})
     eigen = opts.indefinite == "eigen"

@@ -15,6 +15,8 @@ with r the posterior, s the gate weights, c, c' the components of q_i, q_j and D
 matrix Z^T diag(w) Z. With responsibilities given (the EM's Q function) the posterior-covariance
 term drops and r is held fixed."""
 
+import warnings
+
 import torch
 
 from ..model.densities import Density
@@ -63,22 +65,54 @@ def _softmax(logits: list):
     return torch.stack(e, 1) / total.unsqueeze(1), top + torch.log(total)
 
 
+_COMPILE = {"failed": None}  # the first compilation failure in this process (then every objective runs eagerly)
+
+
+def compiled(fn):
+    """``fn`` through ``torch.compile`` (inductor with its C++ wrapper, so that the compiled code
+    releases the GIL and starts run side by side on threads; dynamic shapes, so that one graph
+    serves every n and batch size): the element-wise work fused into a few passes over the samples.
+    Where compilation fails (no C++ compiler, an unsupported platform) a warning says so once and
+    ``fn`` runs eagerly, as it does after that for the whole process."""
+    import torch._dynamo
+
+    # one graph per order and batch shape, again for each new model: room for many models in one process
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    fast = torch.compile(fn, dynamic=True, options={"cpp_wrapper": True})
+
+    def call(*args):
+        if _COMPILE["failed"] is None:
+            try:
+                return fast(*args)
+            except Exception as err:  # noqa: BLE001  (a compiler error of any kind: fall back, say so once)
+                _COMPILE["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                warnings.warn(
+                    f"fit.compile: torch.compile failed ({_COMPILE['failed'][:200]}); fitting without it "
+                    "(the same numbers, slower); set fit.compile=false to skip the attempt",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return fn(*args)
+
+    return call
+
+
 class MixtureFusedObjective(Blocked):
     """X (R, n, d), Y (R, n); the frozen components' log-densities are computed once.
-    resp: (m, n, K) responsibilities, as the generic objective's."""
+    resp: (m, n, K) responsibilities, as the generic objective's. ``compile``: the per-sample
+    work through ``torch.compile`` (see ``compiled``; the same numbers to rounding)."""
 
-    def __init__(self, model, X, Y, space: ParamSpace, block: int = BLOCK):
+    def __init__(self, model, X, Y, space: ParamSpace, block: int = BLOCK, compile: bool = False):
         self.Y, self.space = Y, space
         R, n, d = X.shape
         self.K, self.d = len(model.components), d
         self.blocks = sample_blocks(n, block)
         Z = torch.cat([X, X.new_ones(R, n, 1)], dim=2)  # features (x, 1)
-        self.Z = [Z[:, a:b].contiguous() for a, b in self.blocks]
-        self.Zt = [Z[:, a:b].transpose(1, 2).contiguous() for a, b in self.blocks]
-        # (R, n, F F) per block: the products z_f z_f' that every within-component Hessian block sums against
-        self.ZZ = [
-            (z.unsqueeze(3) * z.unsqueeze(2)).reshape(R, b - a, -1).contiguous()
-            for z, (a, b) in zip(self.Z, self.blocks)
+        self.Zt = [Z[:, a:b].transpose(1, 2).contiguous() for a, b in self.blocks]  # (R, F, n) per block
+        # (R, F F, n) per block: the products z_f z_f' that every within-component Hessian block sums against
+        self.ZZt = [
+            (z.unsqueeze(2) * z.unsqueeze(1)).reshape(R, -1, b - a).contiguous()
+            for z, (a, b) in zip(self.Zt, self.blocks)
         ]
         sl, names = space.slices, model.component_names()
         self.fixed, self.trained = {}, []  # frozen k -> L_k (R, n); trainable: (k, activation, density, nu slice)
@@ -101,6 +135,9 @@ class MixtureFusedObjective(Blocked):
         self.trained_components = [k for k, *_ in self.trained]
         self.coef_index = torch.tensor(coef, device=X.device)  # (K - 1 + trainable experts, d + 1)
         self._feature_maps(coef, space.dim)
+        if compile and X.device.type != "cpu":
+            raise ValueError(f"compile=True is for the CPU; the data are on {X.device.type}")
+        self.per_sample = compiled(self._per_sample) if compile else self._per_sample
 
     def _feature_maps(self, coef, p: int):
         """Where each parameter sits among the (quantity, feature) coordinates: ``position`` (p,)
@@ -125,40 +162,62 @@ class MixtureFusedObjective(Blocked):
         self.mean_quantity = [
             j for j, (kind, _) in enumerate(self.quantities) if kind == "m"
         ]  # its variance's is j + 1
-        # within-component pairs (j <= j') of quantities: their per-sample Hessian weights are summed against z z'
-        self.pairs = [(j, jj) for j in range(len(comps)) for jj in range(j, len(comps)) if comps[j] == comps[jj]]
+        self.comps = comps
+        # the pairs (j <= j') of quantities: their per-sample Hessian weights are summed against z z'
+        self.pairs = [(j, jj) for j in range(len(comps)) for jj in range(j, len(comps))]
         self.pair_rows = torch.tensor([j for j, _ in self.pairs], device=dev)
         self.pair_cols = torch.tensor([jj for _, jj in self.pairs], device=dev)
         self.position = torch.tensor([j * F + f for j, f in where], device=dev)
 
     def _block(self, u, theta, d1, d2, idx, blk: int, order: int, resp) -> Evaluation:
         a0, b0 = self.blocks[blk]
-        Z, Zt, ZZ, Y = (rows(t, idx) for t in (self.Z[blk], self.Zt[blk], self.ZZ[blk], self.Y[:, a0:b0]))
+        Zt, ZZt, Y = (rows(t, idx) for t in (self.Zt[blk], self.ZZt[blk], self.Y[:, a0:b0]))
         m, n = Y.shape
         padded = torch.cat([theta, theta.new_zeros(m, 1)], dim=1)
         lin = torch.bmm(padded[:, self.coef_index], Zt)  # (m, gate logits + expert indices, n): one pass over X
+        fixed = tuple(rows(L_k[:, a0:b0], idx) for L_k in self.fixed.values())
+        nus = tuple(theta[:, nu] for *_, nu in self.trained)
+        r = None if resp is None else resp.transpose(1, 2)
+        loss, out_resp, g, H = self.per_sample(lin, Y, Zt, ZZt, fixed, nus, r, order)
+        if order == 0:
+            return Evaluation(loss, None, None, out_resp)
+        g = (g / n).reshape(m, -1)[:, self.position]
+        grad = -g * d1
+        if order == 1:
+            return Evaluation(loss, grad, None, out_resp)
+        H = self._assemble(H / n)[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
+        hess = -(d1.unsqueeze(2) * H * d1.unsqueeze(1) + torch.diag_embed(g * d2))
+        return Evaluation(loss, grad, hess, out_resp)
+
+    def _per_sample(self, lin, Y, Zt, ZZt, fixed, nus, resp, order: int):
+        """The block's loss and its sums over samples: lin (m, predictors, n), Y (m, n), Zt (m, F,
+        n), ZZt (m, F F, n), the frozen components' log-densities (m, n), the trainable ones'
+        variances (m, 1), resp (m, K, n) or None. Returns (loss (m,), responsibilities (m, n, K)
+        or None, from order 1 the gradient's sums (m, Q, F), from order 2 the Hessian's sums over
+        the pairs of quantities (see ``_hessian``)); element-wise work and sums only, so that
+        ``torch.compile`` can fuse it into a few passes."""
         gate_rows = self.K - 1
         A = [torch.zeros_like(Y), *lin[:, :gate_rows].unbind(1)]  # gate logits, the reference's 0
         L = [None] * self.K
-        for k, L_k in self.fixed.items():
-            L[k] = rows(L_k[:, a0:b0], idx)
+        for k, L_k in zip(self.fixed, fixed):
+            L[k] = L_k
         local = []  # per trainable component: (mean's act', act'', the density's derivatives)
-        for t, (k, activation, density, nu) in enumerate(self.trained):
+        for t, ((k, activation, density, _), nu) in enumerate(zip(self.trained, nus)):
             mean, h1, h2 = activation(lin[:, gate_rows + t])
-            derivs = density.derivatives(Y, mean, theta[:, nu])
+            derivs = density.derivatives(Y, mean, nu)
             L[k] = derivs[0]
             local.append((h1, h2, derivs))
         s, log_norm = _softmax(A)
         if resp is None:
             r, lse = _softmax([a + lf for a, lf in zip(A, L)])
             loss = -(lse - log_norm).mean(-1)
-            out_resp = r.transpose(1, 2).detach()
+            out_resp = r.transpose(1, 2)
         else:
-            r = resp.transpose(1, 2)
+            r = resp
             loss = -sum(r[:, k] * (A[k] - log_norm + L[k]) for k in range(self.K)).mean(-1)
             out_resp = None
         if order == 0:
-            return Evaluation(loss, None, None, out_resp)
+            return loss, out_resp, None, None
         ones = torch.ones_like(Y)
         derivs = {k: local[t] for t, k in enumerate(self.trained_components)}  # component -> (act', act'', density's)
         D = torch.stack(
@@ -169,30 +228,21 @@ class MixtureFusedObjective(Blocked):
         )  # d q / d predictor
         rc, sc = r[:, self.comp], s[:, self.comp]  # (m, Q, n): each quantity's component's r and s
         G = rc * D - torch.where(self.is_gate.unsqueeze(1), sc, 0)  # d ll / d q, (m, Q, n)
-        g = (torch.bmm(G * mult, Z) / n).reshape(m, -1)[:, self.position]
-        grad = -g * d1
+        g = torch.bmm(G * mult, Zt.transpose(1, 2))  # (m, Q, F)
         if order == 1:
-            return Evaluation(loss, grad, None, out_resp)
-        H = self._hessian(Z, Zt, ZZ, rc, sc, D * mult, G, derivs, resp is None)  # (m, Q F, Q F)
-        H = H[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
-        hess = -(d1.unsqueeze(2) * H * d1.unsqueeze(1) + torch.diag_embed(g * d2))
-        return Evaluation(loss, grad, hess, out_resp)
+            return loss, out_resp, g, None
+        return loss, out_resp, g, self._hessian(ZZt, rc, sc, D * mult, G, derivs, resp is None)
 
-    def _hessian(self, Z, Zt, ZZ, rc, sc, dq, G, derivs, marginal: bool):
-        """The Hessian of the mean ll in (quantity, feature) coordinates, (m, Q F, Q F). Within a
-        component, every term is a per-sample weight of a pair of its quantities summed against
-        z z' (one product with the precomputed feature products ZZ); across components only the
-        posterior covariance and the gate's log-normalizer reach, as Gram matrices of
-        (quantity, feature) vectors. dq (m, Q, n): d phi / d predictor of each quantity (1 for a
-        gate logit); rc, sc (m, Q, n): each quantity's component's posterior and gate weight."""
-        m, Q, n = dq.shape
-        F, a = Zt.shape[1], self.n_gate
-        j, jj = self.pair_rows, self.pair_cols
+    def _hessian(self, ZZt, rc, sc, dq, G, derivs, marginal: bool):
+        """The Hessian's sums over samples (m, pairs, F F): for each pair q <= q' of quantities, its
+        per-sample weight summed against z z'. The weight: within a component, the posterior's
+        r_c dq_q dq_q' (marginal only) and the curvature (the density's second derivatives, the
+        mean's act'', the gate normalizer's -s_q on its diagonal); across all pairs, minus
+        w_q w_q' of the posterior covariance (marginal only, w = r dq) and plus s_q s_q' of the
+        normalizer between gate logits. dq (m, Q, n): d phi / d predictor of each quantity (1 for
+        a gate logit); rc, sc (m, Q, n): each quantity's component's posterior and gate weight."""
+        a = self.n_gate
         w = rc * dq  # (m, Q, n): d ll / d predictor through each quantity's component, as the posterior weighs it
-        W = dq.new_zeros(m, len(self.pairs), n)
-        if marginal:
-            for p, (q, qq) in enumerate(self.pairs):
-                torch.mul(w[:, q], dq[:, qq], out=W[:, p])
         curvature = {}  # (j, j') -> weight: the density's second derivatives and the mean's act''
         for k, qm in zip(self.trained_components, self.mean_quantity):
             h1, h2, dens = derivs[k]
@@ -202,20 +252,24 @@ class MixtureFusedObjective(Blocked):
             curvature[(qm + 1, qm + 1)] = rk * dens[5]
         for q in range(a):  # the gate's log-normalizer, on its diagonal: -s_k
             curvature[(q, q)] = -sc[:, q]
-        for p, pair in enumerate(self.pairs):
-            if pair in curvature:
-                W[:, p] += curvature[pair]
-        blocks = torch.bmm(W, ZZ).reshape(m, -1, F, F)  # (m, pairs, F, F)
-        H = dq.new_zeros(m, Q, Q, F, F)
+        weights = []
+        for q, qq in self.pairs:
+            terms = [curvature[(q, qq)]] if (q, qq) in curvature else []
+            if marginal:
+                terms.append(w[:, q] * (dq[:, qq] - w[:, qq]) if self.comps[q] == self.comps[qq] else -w[:, q] * w[:, qq])
+            if q < a and qq < a:
+                terms.append(sc[:, q] * sc[:, qq])
+            weights.append(sum(terms) if terms else torch.zeros_like(dq[:, 0]))
+        return torch.bmm(torch.stack(weights, 1), ZZt.transpose(1, 2))
+
+    def _assemble(self, sums):
+        """The Hessian of the mean ll in (quantity, feature) coordinates, (m, Q F, Q F), from the
+        mean over samples of ``_hessian``'s sums, (m, pairs, F F)."""
+        m, Q, F = sums.shape[0], len(self.quantities), self.d + 1
+        j, jj = self.pair_rows, self.pair_cols
+        blocks = sums.reshape(m, -1, F, F)  # (m, pairs, F, F)
+        H = sums.new_zeros(m, Q, Q, F, F)
         H[:, j, jj] = blocks
         off = j != jj
         H[:, jj[off], j[off]] = blocks[:, off].transpose(2, 3)
-        H = H.transpose(2, 3).reshape(m, Q * F, Q * F)
-        if marginal:  # minus (sum_c r_c V_c)(...)^T of the posterior covariance, V = d phi / d (quantity, feature)
-            Vr = (w.unsqueeze(2) * Zt.unsqueeze(1)).reshape(m, Q * F, n)
-            H -= torch.bmm(Vr, Vr.transpose(1, 2))
-        Vs = (sc[:, :a].unsqueeze(2) * Zt.unsqueeze(1)).reshape(
-            m, a * F, n
-        )  # plus (sum_k s_k z)(...)^T of the normalizer
-        H[:, : a * F, : a * F] += torch.bmm(Vs, Vs.transpose(1, 2))
-        return H / n
+        return H.transpose(2, 3).reshape(m, Q * F, Q * F)

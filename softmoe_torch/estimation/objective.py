@@ -166,9 +166,11 @@ def fused_supported(model) -> bool:
     return paper_fused_supported(model) or mixture_fused_supported(model)
 
 
-def make_objective(model, X, Y, space: ParamSpace):
+def make_objective(model, X, Y, space: ParamSpace, compile: bool = False):
     """A fused objective where the model allows it (the paper's one-prompt families first), else
-    the generic one."""
+    the generic one. ``compile``: the fused mixture path's per-sample work through torch.compile."""
     if paper_fused_supported(model):
         return FusedObjective(model, X, Y, space)
-    return (MixtureFusedObjective if mixture_fused_supported(model) else GenericObjective)(model, X, Y, space)
+    if mixture_fused_supported(model):
+        return MixtureFusedObjective(model, X, Y, space, compile=compile)
+    return GenericObjective(model, X, Y, space)

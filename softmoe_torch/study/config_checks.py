@@ -37,7 +37,15 @@ def sample_sizes(sweep: DictConfig) -> list:
     return sizes
 
 
-STRING_KEYS = ("fit.method", "fit.mstep", "fit.rule", "fit.accelerate", "fit.indefinite", "setting.fit.indefinite")
+STRING_KEYS = (
+    "fit.method",
+    "fit.mstep",
+    "fit.rule",
+    "fit.accelerate",
+    "fit.indefinite",
+    "setting.fit.indefinite",
+    "fit.compile",
+)
 
 
 def _check_fit_values(node, key: str):
@@ -55,11 +63,24 @@ def _check_fit_values(node, key: str):
         )
 
 
-def fit_options(cfg: DictConfig, dtype) -> FitOptions:
+COMPILE_MIN_SAMPLES = 2_000_000  # fit.compile=auto compiles sweeps on the CPU of at least this many samples x starts
+
+
+def compile_choice(value, auto: bool) -> bool:
+    """``fit.compile``: true, false, or 'auto' (then ``auto``); a UserError (one line) otherwise."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return auto
+    raise UserError(f"fit.compile must be true, false or auto, got {value!r}")
+
+
+def fit_options(cfg: DictConfig, dtype, compile_auto: bool = False) -> FitOptions:
     """FitOptions from the ``fit`` config group, with the options a setting needs (``setting.fit``,
     if it has any: its own parameter box, its Newton variant) replacing the group's (``bounds``
-    entry by entry); float32 gets looser tolerances."""
+    entry by entry); float32 gets looser tolerances. ``fit.compile=auto`` becomes ``compile_auto``."""
     f = OmegaConf.to_container(cfg.fit, resolve=True)
+    f["compile"] = compile_choice(f.get("compile", "auto"), compile_auto)
     _check_fit_values(f, "fit")
     if cfg.setting.get("fit"):
         own = OmegaConf.to_container(cfg.setting.fit, resolve=True)
@@ -98,7 +119,6 @@ def validate(cfg: DictConfig) -> Plan:
     setting = load_setting(cfg.setting)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    opts = fit_options(cfg, dtype)
     config_number(cfg.seed, "seed", int)
     reps = list(range(config_number(cfg.sweep.reps, "sweep.reps", int, 1)))
     sizes = sample_sizes(cfg.sweep)
@@ -110,6 +130,10 @@ def validate(cfg: DictConfig) -> Plan:
         config_number(cfg.init.n_init, "init.n_init", int, 1)
     else:
         raise UserError(f"unknown init.policy {cfg.init.policy!r} for a sweep; use init=near_truth or init=random")
+    work = sum(sizes) * len(reps) * int(cfg.init.get("n_init", 1))  # samples x starts
+    opts = fit_options(cfg, dtype, compile_auto=device.type == "cpu" and work >= COMPILE_MIN_SAMPLES)
+    if opts.compile and device.type != "cpu":
+        raise UserError(f"fit.compile=true is for the CPU; this sweep runs on {device.type} (set fit.compile=false)")
     model = setting.model(dtype=dtype, device=device)
     ParamSpace(model, opts.bounds)  # bad bounds fail here, not at the first fit
     setting.truth(sizes[0])  # a setting without a truth fails here, in one line, not per batch
