@@ -88,6 +88,18 @@ def test_fit_compile_is_on_for_large_sweeps_on_the_cpu_and_off_for_single_fits(c
         validate(compose_cfg([*moe, "sweep=tiny", "fit.compile=yes"]))
 
 
+def test_a_sweep_resumes_across_fit_compile_but_not_across_what_changes_the_fits(compose_cfg):
+    """fit.compile changes how fast, not what (the numbers to rounding): results stay comparable."""
+    from softmoe_torch.study.store import fingerprint
+
+    def print_of(*extra):
+        cfg = compose_cfg(["setting=softmax_gaussian_moe", "sweep=tiny", "device=cpu", *extra])
+        return fingerprint(cfg, validate(cfg))
+
+    assert print_of("fit.compile=true") == print_of("fit.compile=false") == print_of()
+    assert print_of("fit.tol=1e-6") != print_of()
+
+
 @pytest.mark.parametrize("init", OPTIONS["init"])
 @pytest.mark.parametrize("sweep", OPTIONS["sweep"])
 def test_init_and_sweep_options_compose(compose_cfg, init, sweep):

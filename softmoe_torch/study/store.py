@@ -153,11 +153,14 @@ def failed_rows(setting, n, reps, seed, reason) -> list:
 
 
 FINGERPRINT_KEYS = ("setting", "fit", "init", "device", "dtype")
+HOW_NOT_WHAT = ("compile",)  # fit options that change how fast a fit runs, not its numbers (beyond rounding)
 
 
 def fingerprint(cfg: DictConfig, plan) -> dict:
-    """What makes results comparable: setting, fit, init and the resolved device type and dtype."""
+    """What makes results comparable: setting, fit (less ``HOW_NOT_WHAT``), init and the resolved
+    device type and dtype."""
     mine = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("setting", "fit", "init")}
+    mine["fit"] = {k: v for k, v in mine["fit"].items() if k not in HOW_NOT_WHAT}
     mine.update(device=plan.device.type, dtype=str(plan.dtype).removeprefix("torch."))
     return json.loads(json.dumps(mine))
 
