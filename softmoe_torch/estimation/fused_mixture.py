@@ -75,6 +75,7 @@ def compiled(fn):
     Where compilation fails (no C++ compiler, an unsupported platform) a warning says so once and
     ``fn`` runs eagerly, as it does after that for the whole process."""
     import torch._dynamo
+    import torch.fx.experimental._config
 
     # one graph per order and batch shape, again for each new model: room for many models in one process
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -83,7 +84,10 @@ def compiled(fn):
     def call(*args):
         if _COMPILE["failed"] is None:
             try:
-                return fast(*args)
+                # one grad mode, one graph (the fused path needs no autograd); sizes that happen to be
+                # equal (2 replications, 2 features) are not taken for one symbol
+                with torch.no_grad(), torch.fx.experimental._config.patch(use_duck_shape=False):
+                    return fast(*args)
             except Exception as err:  # noqa: BLE001  (a compiler error of any kind: fall back, say so once)
                 _COMPILE["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 warnings.warn(
@@ -97,6 +101,12 @@ def compiled(fn):
     return call
 
 
+def _packed(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` with row-major strides, also along axes of length 1 (where ``contiguous``
+    keeps a view's strides)."""
+    return t.new_empty(t.shape).copy_(t)
+
+
 class MixtureFusedObjective(Blocked):
     """X (R, n, d), Y (R, n); the frozen components' log-densities are computed once.
     resp: (m, n, K) responsibilities, as the generic objective's. ``compile``: the per-sample
@@ -108,14 +118,16 @@ class MixtureFusedObjective(Blocked):
         self.K, self.d = len(model.components), d
         self.blocks = sample_blocks(n, block)
         Z = torch.cat([X, X.new_ones(R, n, 1)], dim=2)  # features (x, 1)
-        self.Zt = [Z[:, a:b].transpose(1, 2).contiguous() for a, b in self.blocks]  # (R, F, n) per block
+        # per block, packed (a compiled evaluation then sees the same strides at every n): Y (R, n), Z (R, F, n)
+        self.Yb = [_packed(Y[:, a:b]) for a, b in self.blocks]
+        self.Zt = [_packed(Z[:, a:b].transpose(1, 2)) for a, b in self.blocks]
         # (R, F F, n) per block: the products z_f z_f' that every within-component Hessian block sums against
         self.ZZt = [
-            (z.unsqueeze(2) * z.unsqueeze(1)).reshape(R, -1, b - a).contiguous()
+            _packed((z.unsqueeze(2) * z.unsqueeze(1)).reshape(R, -1, b - a))
             for z, (a, b) in zip(self.Zt, self.blocks)
         ]
         sl, names = space.slices, model.component_names()
-        self.fixed, self.trained = {}, []  # frozen k -> L_k (R, n); trainable: (k, activation, density, nu slice)
+        self.fixed, self.trained = {}, []  # frozen k -> L_k per block (R, n); trainable: (k, activation, density, nu slice)
         quantities = [("a", k) for k in range(1, self.K)]  # the per-sample quantities q_j
         coef = []  # per linear predictor (gate logits, then expert indices): theta index of each feature, -1 for 0
         p_of = lambda name: list(range(sl[name].start, sl[name].stop)) if name in sl else None  # noqa: E731
@@ -130,7 +142,8 @@ class MixtureFusedObjective(Blocked):
                 quantities += [("m", k), ("v", k)]
             else:
                 with torch.no_grad():
-                    self.fixed[k] = c(X.reshape(R * n, d), Y.reshape(R * n)).reshape(R, n)
+                    L_k = c(X.reshape(R * n, d), Y.reshape(R * n)).reshape(R, n)
+                self.fixed[k] = [_packed(L_k[:, a:b]) for a, b in self.blocks]
         self.quantities = quantities
         self.trained_components = [k for k, *_ in self.trained]
         self.coef_index = torch.tensor(coef, device=X.device)  # (K - 1 + trainable experts, d + 1)
@@ -170,12 +183,11 @@ class MixtureFusedObjective(Blocked):
         self.position = torch.tensor([j * F + f for j, f in where], device=dev)
 
     def _block(self, u, theta, d1, d2, idx, blk: int, order: int, resp) -> Evaluation:
-        a0, b0 = self.blocks[blk]
-        Zt, ZZt, Y = (rows(t, idx) for t in (self.Zt[blk], self.ZZt[blk], self.Y[:, a0:b0]))
+        Zt, ZZt, Y = (rows(t, idx) for t in (self.Zt[blk], self.ZZt[blk], self.Yb[blk]))
         m, n = Y.shape
         padded = torch.cat([theta, theta.new_zeros(m, 1)], dim=1)
         lin = torch.bmm(padded[:, self.coef_index], Zt)  # (m, gate logits + expert indices, n): one pass over X
-        fixed = tuple(rows(L_k[:, a0:b0], idx) for L_k in self.fixed.values())
+        fixed = tuple(rows(L_k[blk], idx) for L_k in self.fixed.values())
         nus = tuple(theta[:, nu] for *_, nu in self.trained)
         r = None if resp is None else resp.transpose(1, 2)
         loss, out_resp, g, H = self.per_sample(lin, Y, Zt, ZZt, fixed, nus, r, order)
