@@ -121,7 +121,9 @@ def fit_command_compiled(data_csv: Path, repeats: int) -> list:
     from hydra import compose, initialize_config_dir
 
     from softmoe_torch.fit import fit_file
+    from softmoe_torch.settings.configs import register_resolvers
 
+    register_resolvers()
     with initialize_config_dir(config_dir=str(studykit.ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             "fit_data", [f"data={data_csv}", "setting=softmax_gaussian_moe", "fit=newton", "fit.compile=true"]

@@ -118,14 +118,12 @@ class MixtureFusedObjective(Blocked):
         self.K, self.d = len(model.components), d
         self.blocks = sample_blocks(n, block)
         Z = torch.cat([X, X.new_ones(R, n, 1)], dim=2)  # features (x, 1)
-        # per block, packed (a compiled evaluation then sees the same strides at every n): Y (R, n), Z (R, F, n)
+        # per block, packed (a compiled evaluation then sees the same strides at every n): Y (R, n),
+        # Z (R, n, F) and (R, F, n), and the products z_f z_f' that the Hessian's pair weights sum against (R, n, F F)
         self.Yb = [_packed(Y[:, a:b]) for a, b in self.blocks]
-        self.Zt = [_packed(Z[:, a:b].transpose(1, 2)) for a, b in self.blocks]
-        # (R, F F, n) per block: the products z_f z_f' that every within-component Hessian block sums against
-        self.ZZt = [
-            _packed((z.unsqueeze(2) * z.unsqueeze(1)).reshape(R, -1, b - a))
-            for z, (a, b) in zip(self.Zt, self.blocks)
-        ]
+        self.Z = [_packed(Z[:, a:b]) for a, b in self.blocks]
+        self.Zt = [_packed(z.transpose(1, 2)) for z in self.Z]
+        self.ZZ = [_packed((z.unsqueeze(3) * z.unsqueeze(2)).reshape(R, z.shape[1], -1)) for z in self.Z]
         sl, names = space.slices, model.component_names()
         self.fixed, self.trained = {}, []  # frozen k -> L_k per block (R, n); trainable: (k, activation, density, nu slice)
         quantities = [("a", k) for k in range(1, self.K)]  # the per-sample quantities q_j
@@ -150,6 +148,7 @@ class MixtureFusedObjective(Blocked):
         self._feature_maps(coef, space.dim)
         if compile and X.device.type != "cpu":
             raise ValueError(f"compile=True is for the CPU; the data are on {X.device.type}")
+        self.compiled = bool(compile)
         self.per_sample = compiled(self._per_sample) if compile else self._per_sample
 
     def _feature_maps(self, coef, p: int):
@@ -176,34 +175,37 @@ class MixtureFusedObjective(Blocked):
             j for j, (kind, _) in enumerate(self.quantities) if kind == "m"
         ]  # its variance's is j + 1
         self.comps = comps
-        # the pairs (j <= j') of quantities: their per-sample Hessian weights are summed against z z'
-        self.pairs = [(j, jj) for j in range(len(comps)) for jj in range(j, len(comps))]
-        self.pair_rows = torch.tensor([j for j, _ in self.pairs], device=dev)
-        self.pair_cols = torch.tensor([jj for _, jj in self.pairs], device=dev)
+        # the pairs (j <= j') of quantities whose per-sample Hessian weights are summed against z z':
+        # [eager: those within a component, compiled: all], and their (rows, columns) as tensors
+        pairs = [(j, jj) for j in range(len(comps)) for jj in range(j, len(comps))]
+        self.pairs = [[(j, jj) for j, jj in pairs if comps[j] == comps[jj]], pairs]
+        self.pair_index = [
+            tuple(torch.tensor([pair[i] for pair in chosen], device=dev) for i in (0, 1)) for chosen in self.pairs
+        ]
         self.position = torch.tensor([j * F + f for j, f in where], device=dev)
 
     def _block(self, u, theta, d1, d2, idx, blk: int, order: int, resp) -> Evaluation:
-        Zt, ZZt, Y = (rows(t, idx) for t in (self.Zt[blk], self.ZZt[blk], self.Yb[blk]))
+        Z, Zt, ZZ, Y = (rows(t, idx) for t in (self.Z[blk], self.Zt[blk], self.ZZ[blk], self.Yb[blk]))
         m, n = Y.shape
         padded = torch.cat([theta, theta.new_zeros(m, 1)], dim=1)
         lin = torch.bmm(padded[:, self.coef_index], Zt)  # (m, gate logits + expert indices, n): one pass over X
         fixed = tuple(rows(L_k[blk], idx) for L_k in self.fixed.values())
         nus = tuple(theta[:, nu] for *_, nu in self.trained)
         r = None if resp is None else resp.transpose(1, 2)
-        loss, out_resp, g, H = self.per_sample(lin, Y, Zt, ZZt, fixed, nus, r, order)
+        loss, out_resp, g, H = self.per_sample(lin, Y, Z, Zt, ZZ, fixed, nus, r, order)
         if order == 0:
             return Evaluation(loss, None, None, out_resp)
         g = (g / n).reshape(m, -1)[:, self.position]
         grad = -g * d1
         if order == 1:
             return Evaluation(loss, grad, None, out_resp)
-        H = self._assemble(H / n)[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
+        H = self._assemble(*(None if h is None else h / n for h in H))[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
         hess = -(d1.unsqueeze(2) * H * d1.unsqueeze(1) + torch.diag_embed(g * d2))
         return Evaluation(loss, grad, hess, out_resp)
 
-    def _per_sample(self, lin, Y, Zt, ZZt, fixed, nus, resp, order: int):
-        """The block's loss and its sums over samples: lin (m, predictors, n), Y (m, n), Zt (m, F,
-        n), ZZt (m, F F, n), the frozen components' log-densities (m, n), the trainable ones'
+    def _per_sample(self, lin, Y, Z, Zt, ZZ, fixed, nus, resp, order: int):
+        """The block's loss and its sums over samples: lin (m, predictors, n), Y (m, n), Z (m, n, F)
+        and Zt (m, F, n), ZZ (m, n, F F), the frozen components' log-densities (m, n), the trainable ones'
         variances (m, 1), resp (m, K, n) or None. Returns (loss (m,), responsibilities (m, n, K)
         or None, from order 1 the gradient's sums (m, Q, F), from order 2 the Hessian's sums over
         the pairs of quantities (see ``_hessian``)); element-wise work and sums only, so that
@@ -240,20 +242,25 @@ class MixtureFusedObjective(Blocked):
         )  # d q / d predictor
         rc, sc = r[:, self.comp], s[:, self.comp]  # (m, Q, n): each quantity's component's r and s
         G = rc * D - torch.where(self.is_gate.unsqueeze(1), sc, 0)  # d ll / d q, (m, Q, n)
-        g = torch.bmm(G * mult, Zt.transpose(1, 2))  # (m, Q, F)
+        g = torch.bmm(G * mult, Z)  # (m, Q, F)
         if order == 1:
             return loss, out_resp, g, None
-        return loss, out_resp, g, self._hessian(ZZt, rc, sc, D * mult, G, derivs, resp is None)
+        return loss, out_resp, g, self._hessian(Zt, ZZ, rc, sc, D * mult, G, derivs, resp is None)
 
-    def _hessian(self, ZZt, rc, sc, dq, G, derivs, marginal: bool):
-        """The Hessian's sums over samples (m, pairs, F F): for each pair q <= q' of quantities, its
-        per-sample weight summed against z z'. The weight: within a component, the posterior's
-        r_c dq_q dq_q' (marginal only) and the curvature (the density's second derivatives, the
-        mean's act'', the gate normalizer's -s_q on its diagonal); across all pairs, minus
-        w_q w_q' of the posterior covariance (marginal only, w = r dq) and plus s_q s_q' of the
-        normalizer between gate logits. dq (m, Q, n): d phi / d predictor of each quantity (1 for
-        a gate logit); rc, sc (m, Q, n): each quantity's component's posterior and gate weight."""
-        a = self.n_gate
+    def _hessian(self, Zt, ZZ, rc, sc, dq, G, derivs, marginal: bool):
+        """The Hessian's sums over samples, for ``_assemble``: (pair blocks (m, pairs, F F), the
+        posterior's Gram (m, Q F, Q F) or None, the normalizer's (m, a F, a F) or None). Per pair
+        q <= q' of quantities, a per-sample weight summed against z z': within a component, the
+        posterior's r_c dq_q dq_q' (marginal only) and the curvature (the density's second
+        derivatives, the mean's act'', the gate normalizer's -s_q on its diagonal); across
+        components, minus w_q w_q' of the posterior covariance (marginal only, w = r dq) and plus
+        s_q s_q' of the normalizer between gate logits. Compiled, every pair gets its whole weight
+        (fused, the fewest passes); eagerly, only the within-component pairs, and the two cross
+        terms are Gram matrices of (quantity, feature) vectors (the fewest eager operations).
+        dq (m, Q, n): d phi / d predictor of each quantity (1 for a gate logit); rc, sc (m, Q, n):
+        each quantity's component's posterior and gate weight."""
+        m, Q, n = dq.shape
+        F, a = Zt.shape[1], self.n_gate
         w = rc * dq  # (m, Q, n): d ll / d predictor through each quantity's component, as the posterior weighs it
         curvature = {}  # (j, j') -> weight: the density's second derivatives and the mean's act''
         for k, qm in zip(self.trained_components, self.mean_quantity):
@@ -264,24 +271,42 @@ class MixtureFusedObjective(Blocked):
             curvature[(qm + 1, qm + 1)] = rk * dens[5]
         for q in range(a):  # the gate's log-normalizer, on its diagonal: -s_k
             curvature[(q, q)] = -sc[:, q]
-        weights = []
-        for q, qq in self.pairs:
-            terms = [curvature[(q, qq)]] if (q, qq) in curvature else []
+        if self.compiled:
+            weights = []
+            for q, qq in self.pairs[1]:
+                terms = [curvature[(q, qq)]] if (q, qq) in curvature else []
+                if marginal:
+                    terms.append(w[:, q] * (dq[:, qq] - w[:, qq]) if self.comps[q] == self.comps[qq] else -w[:, q] * w[:, qq])
+                if q < a and qq < a:
+                    terms.append(sc[:, q] * sc[:, qq])
+                weights.append(sum(terms) if terms else torch.zeros_like(dq[:, 0]))
+            return torch.bmm(torch.stack(weights, 1), ZZ), None, None
+        W = dq.new_zeros(m, len(self.pairs[0]), n)
+        for p, pair in enumerate(self.pairs[0]):
             if marginal:
-                terms.append(w[:, q] * (dq[:, qq] - w[:, qq]) if self.comps[q] == self.comps[qq] else -w[:, q] * w[:, qq])
-            if q < a and qq < a:
-                terms.append(sc[:, q] * sc[:, qq])
-            weights.append(sum(terms) if terms else torch.zeros_like(dq[:, 0]))
-        return torch.bmm(torch.stack(weights, 1), ZZt.transpose(1, 2))
+                torch.mul(w[:, pair[0]], dq[:, pair[1]], out=W[:, p])
+            if pair in curvature:
+                W[:, p] += curvature[pair]
+        blocks = torch.bmm(W, ZZ)
+        Vr = (w.unsqueeze(2) * Zt.unsqueeze(1)).reshape(m, Q * F, n) if marginal else None
+        Vs = (sc[:, :a].unsqueeze(2) * Zt.unsqueeze(1)).reshape(m, a * F, n)
+        gram = lambda V: torch.bmm(V, V.transpose(1, 2))  # noqa: E731
+        return blocks, None if Vr is None else gram(Vr), gram(Vs)
 
-    def _assemble(self, sums):
+    def _assemble(self, blocks, posterior, normalizer):
         """The Hessian of the mean ll in (quantity, feature) coordinates, (m, Q F, Q F), from the
-        mean over samples of ``_hessian``'s sums, (m, pairs, F F)."""
-        m, Q, F = sums.shape[0], len(self.quantities), self.d + 1
-        j, jj = self.pair_rows, self.pair_cols
-        blocks = sums.reshape(m, -1, F, F)  # (m, pairs, F, F)
-        H = sums.new_zeros(m, Q, Q, F, F)
+        means over samples of ``_hessian``'s sums."""
+        m, Q, F = blocks.shape[0], len(self.quantities), self.d + 1
+        j, jj = self.pair_index[self.compiled]
+        blocks = blocks.reshape(m, -1, F, F)  # (m, pairs, F, F)
+        H = blocks.new_zeros(m, Q, Q, F, F)
         H[:, j, jj] = blocks
         off = j != jj
         H[:, jj[off], j[off]] = blocks[:, off].transpose(2, 3)
-        return H.transpose(2, 3).reshape(m, Q * F, Q * F)
+        H = H.transpose(2, 3).reshape(m, Q * F, Q * F)
+        if posterior is not None:  # minus (sum_c r_c V_c)(...)^T of the posterior covariance
+            H -= posterior
+        if normalizer is not None:  # plus (sum_k s_k z)(...)^T of the gate's normalizer
+            aF = normalizer.shape[1]
+            H[:, :aF, :aF] += normalizer
+        return H
