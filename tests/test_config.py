@@ -7,8 +7,8 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from softmoe_torch.settings.setting import Setting, load_setting
 from softmoe_torch.errors import UserError
+from softmoe_torch.settings.setting import Setting, load_setting
 from softmoe_torch.study.config_checks import fit_options, sample_sizes, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -129,8 +129,10 @@ def fit_command_compiled(data_csv: Path, repeats: int) -> list:
             "fit_data", [f"data={data_csv}", "setting=softmax_gaussian_moe", "fit=newton", "fit.compile=true"]
         )
     with tempfile.TemporaryDirectory() as tmp:
-        return [{k: v for k, v in fit_file(cfg.copy(), Path(tmp) / "fit.json").items() if k != "results"}
-                for _ in range(1 + repeats)]
+        return [
+            {k: v for k, v in fit_file(cfg.copy(), Path(tmp) / "fit.json").items() if k != "results"}
+            for _ in range(1 + repeats)
+        ]
 
 
 def random_starts(args):

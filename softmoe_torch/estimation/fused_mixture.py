@@ -125,7 +125,8 @@ class MixtureFusedObjective(Blocked):
         self.Zt = [_packed(z.transpose(1, 2)) for z in self.Z]
         self.ZZ = [_packed((z.unsqueeze(3) * z.unsqueeze(2)).reshape(R, z.shape[1], -1)) for z in self.Z]
         sl, names = space.slices, model.component_names()
-        self.fixed, self.trained = {}, []  # frozen k -> L_k per block (R, n); trainable: (k, activation, density, nu slice)
+        # frozen k -> L_k per block (R, n); trainable: (k, activation, density, nu slice)
+        self.fixed, self.trained = {}, []
         quantities = [("a", k) for k in range(1, self.K)]  # the per-sample quantities q_j
         coef = []  # per linear predictor (gate logits, then expert indices): theta index of each feature, -1 for 0
         p_of = lambda name: list(range(sl[name].start, sl[name].stop)) if name in sl else None  # noqa: E731
@@ -199,7 +200,8 @@ class MixtureFusedObjective(Blocked):
         grad = -g * d1
         if order == 1:
             return Evaluation(loss, grad, None, out_resp)
-        H = self._assemble(*(None if h is None else h / n for h in H))[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
+        H = self._assemble(*(None if h is None else h / n for h in H))
+        H = H[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
         hess = -(d1.unsqueeze(2) * H * d1.unsqueeze(1) + torch.diag_embed(g * d2))
         return Evaluation(loss, grad, hess, out_resp)
 
@@ -276,7 +278,8 @@ class MixtureFusedObjective(Blocked):
             for q, qq in self.pairs[1]:
                 terms = [curvature[(q, qq)]] if (q, qq) in curvature else []
                 if marginal:
-                    terms.append(w[:, q] * (dq[:, qq] - w[:, qq]) if self.comps[q] == self.comps[qq] else -w[:, q] * w[:, qq])
+                    same = self.comps[q] == self.comps[qq]
+                    terms.append(w[:, q] * (dq[:, qq] - w[:, qq]) if same else -w[:, q] * w[:, qq])
                 if q < a and qq < a:
                     terms.append(sc[:, q] * sc[:, qq])
                 weights.append(sum(terms) if terms else torch.zeros_like(dq[:, 0]))
