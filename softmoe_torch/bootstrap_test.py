@@ -4,8 +4,9 @@
         [fit=newton] [out=PATH]
 
 ``test=contamination`` (default): is there a prompt at all? H0 the setting's frozen pre-trained
-component alone, H1 its contaminated model (its fit starting from the init group's starts, or at
-the null with ``test.starts=anchored``). ``test=prompts``: setting.n_prompts prompts against
+component alone, H1 its contaminated model (its fit starting at the null, or from the init group's
+starts with ``test.starts=policy``) and a broad contamination of f0 (``test.broad``; null: none),
+the two parts combined by min-p. ``test=prompts``: setting.n_prompts prompts against
 ``test.extra`` more. Every fit of the test (the observed one and the B refits) runs the same
 procedure (``fit``, ``init``, the variance floor ``test.variance_floor``, the alternative's cap of
 ``test.iterations`` iterations). Writes a JSON result
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from .cli import entry, one_line_errors
 from .data import load_data
@@ -25,13 +26,33 @@ from .errors import UserError
 from .estimation.device import keep_freed_memory
 from .fit import build_estimator
 from .lrt import contamination_test, prompts_test, with_variance_floor
+from .lrt.bootstrap import START
+from .lrt.broad import RATIOS
 from .settings.configs import CONF_DIR, config_number, register_resolvers
 from .settings.setting import Setting
 
 
 def contamination(cfg: DictConfig, setting: Setting, X, y, options: dict):
     """H0 the setting's frozen pre-trained component alone, H1 its contaminated model."""
-    return contamination_test(procedure(cfg, setting.model()), X, y, **options, starts=cfg.test.get("starts", "policy"))
+    return contamination_test(
+        procedure(cfg, setting.model()),
+        X,
+        y,
+        **options,
+        starts=cfg.test.get("starts", START),
+        broad=broad_ratios(cfg.test.get("broad", list(RATIOS))),
+    )
+
+
+def broad_ratios(value):
+    """test.broad: a list of variance ratios (each > 1; the library checks), or null for no broad part."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple, ListConfig)) or not len(value):
+        raise UserError(
+            f"test.broad must be a list of variance ratios, e.g. test.broad=[10,100,1000], or null; got {value!r}"
+        )
+    return [config_number(k, "test.broad", float) for k in value]
 
 
 def prompts(cfg: DictConfig, setting: Setting, X, y, options: dict):

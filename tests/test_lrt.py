@@ -120,7 +120,7 @@ def test_the_refits_are_the_observed_procedure_on_each_draw(estimator, one_threa
     from softmoe_torch.lrt.bootstrap import _draw, _generator
 
     for iterations in (None, 10):  # the MLE, and the default: the alternative capped at 10 iterations
-        test = contamination_test(estimator, X, y, B=19, seed=4, progress=False, iterations=iterations)
+        test = contamination_test(estimator, X, y, B=19, seed=4, progress=False, iterations=iterations, starts="policy")
         procedure = estimator if iterations is None else Estimator(model(), "newton", n_init=2, max_iter=iterations)
         for b in (0, 18):
             yb = _draw(f0, X, _generator(4, b))
@@ -323,19 +323,25 @@ def test_clone_changes_only_what_it_is_given():
 
 def test_the_statistic_of_many_data_sets_is_the_tests_own(estimator, one_thread):
     """contamination_statistics (what the size and power studies call) gives, on the observed data
-    and on the bootstrap draws, the statistics contamination_test computes."""
-    from softmoe_torch.lrt import contamination_statistics
+    and on the bootstrap draws, both parts contamination_test computes, and pooled_pvalues on them
+    gives the test's p-value."""
+    from softmoe_torch.lrt import contamination_statistics, pooled_pvalues
     from softmoe_torch.lrt.bootstrap import _draw, _generator
 
     X, y = data(150, contaminated=True)
     test = contamination_test(estimator, X, y, B=19, seed=3, progress=False)
-    draws = torch.stack([y, *(_draw(estimator.spec.pretrained, X, _generator(3, b)) for b in (0, 7))])
-    stats = contamination_statistics(estimator, X.expand(3, *X.shape), draws)
-    assert stats.shape == (3,) and stats.dtype == torch.float64
-    assert stats[0].item() == pytest.approx(test.raw_statistic, rel=1e-8, abs=1e-6)
-    assert stats[1:].tolist() == pytest.approx([test.raw_boot[0], test.raw_boot[7]], rel=1e-8, abs=1e-6)
-    assert contamination_statistics(estimator, X, y).item() == pytest.approx(test.raw_statistic, rel=1e-12)
-    uncapped = contamination_statistics(estimator, X, y, iterations=None).item()
+    draws = torch.stack([y, *(_draw(estimator.spec.pretrained, X, _generator(3, b)) for b in range(19))])
+    stats = contamination_statistics(estimator, X.expand(20, *X.shape), draws)
+    assert stats.shape == (20, 2) and stats.dtype == torch.float64
+    assert stats[0].tolist() == pytest.approx([test.raw_statistic, test.raw_broad], rel=1e-8, abs=1e-6)
+    assert stats[1:, 0].tolist() == pytest.approx(test.raw_boot, rel=1e-8, abs=1e-6)
+    assert stats[1:, 1].tolist() == pytest.approx(test.boot_broad, rel=1e-12, abs=1e-9)
+    assert test.n_failed == 0 and pooled_pvalues(stats[:1], stats[1:])[0] == pytest.approx(test.pvalue, abs=1e-12)
+    alone = contamination_statistics(estimator, X, y)
+    assert alone[0].tolist() == pytest.approx([test.raw_statistic, test.raw_broad], rel=1e-12)
+    fitted_only = contamination_statistics(estimator, X, y, broad=None)
+    assert fitted_only.shape == (1, 1) and fitted_only.item() == pytest.approx(test.raw_statistic, rel=1e-12)
+    uncapped = contamination_statistics(estimator, X, y, iterations=None, broad=None).item()
     assert uncapped >= test.raw_statistic - 1e-6  # the MLE's statistic: a different number, named by its option
 
 
@@ -376,7 +382,87 @@ def test_the_anchored_statistic_is_the_best_of_its_starts_and_the_tests_own(esti
             float(capped.fit(X, y, start=s, replications=[0]).loglik[0]) for s in anchored_starts(estimator.spec)
         )
     assert test.raw_statistic == pytest.approx(2 * (best - float(f0(X, y).sum())), rel=1e-9)
-    again = contamination_statistics(estimator, X, y, starts="anchored").item()
+    again = contamination_statistics(estimator, X, y, starts="anchored", broad=None).item()
     assert again == pytest.approx(test.raw_statistic, rel=1e-12)
     with pytest.raises(ValueError, match="starts must be one of policy, anchored"):
         contamination_statistics(estimator, X, y, starts="null")
+
+
+def test_broad_statistic_by_hand():
+    """Two observations at h0(x) = 0 under f0 = N(0, 1), one ratio k = 10: r_i = N(y_i; 0, 10) / N(y_i; 0, 1)
+    = exp(y_i^2 (1 - 1/k) / 2) / sqrt(k); with s_i = r_i - 1 the weight's stationary point is
+    eps = -(s_1 + s_2) / (2 s_1 s_2), and the statistic 2 sum_i log(1 + eps s_i)."""
+    from softmoe_torch.lrt import broad_statistics
+
+    f0 = Component(TanhExpert(D), Gaussian(), nu=1.0, frozen=True).double()
+    X = torch.zeros(1, 2, D, dtype=torch.float64)
+    y = torch.tensor([[0.0, 3.0]], dtype=torch.float64)
+    s = np.exp(y[0].numpy() ** 2 * 0.45) / np.sqrt(10) - 1  # -0.6838, 17.15
+    eps = -(s[0] + s[1]) / (2 * s[0] * s[1])
+    assert 0 < eps < 1
+    expected = 2 * np.log1p(eps * s).sum()
+    assert broad_statistics(f0, X, y, ratios=[10]).item() == pytest.approx(expected, rel=1e-10)
+    # more ratios: the largest of each one's maximum
+    k100 = broad_statistics(f0, X, y, ratios=[100]).item()
+    assert broad_statistics(f0, X, y, ratios=[10, 100]).item() == pytest.approx(max(expected, k100), rel=1e-12)
+    # no observation far out: the derivative at eps = 0 is negative, the statistic 0
+    assert broad_statistics(f0, X, torch.tensor([[0.0, 0.5]], dtype=torch.float64), ratios=[10]).item() == 0.0
+
+
+def test_broad_statistic_matches_a_scalar_search_and_survives_far_observations():
+    from scipy.optimize import minimize_scalar
+
+    from softmoe_torch.lrt import broad_statistics
+
+    f0 = Component(TanhExpert(D, eta=torch.ones(D)), Laplace(), nu=0.01, frozen=True).double()
+    X, y = data(300, contaminated=True, seed=2)
+    y = y.clone()
+    y[:3] += torch.tensor([5.0, -40.0, 900.0], dtype=torch.float64)  # r = inf in float64 for the last
+    value = broad_statistics(f0, X[None], y[None], ratios=[10, 1000]).item()
+    with torch.no_grad():
+        mean = f0.mean(X)
+        log0 = f0.density.log_prob(y, mean, f0.nu.expand(300))
+    best = 0.0
+    for k in (10, 1000):
+        with torch.no_grad():
+            log_r = (f0.density.log_prob(y, mean, (k * f0.nu).expand(300)) - log0).numpy()
+        loss = lambda e: -np.logaddexp(np.log1p(-e), np.log(e) + log_r).sum()  # noqa: E731
+        found = minimize_scalar(loss, bounds=(1e-12, 1 - 1e-9), method="bounded", options={"xatol": 1e-12})
+        best = max(best, -2 * found.fun)
+    assert np.isfinite(value) and value > 0 and value == pytest.approx(best, rel=1e-7)
+    with pytest.raises(ValueError, match="numbers > 1"):
+        broad_statistics(f0, X[None], y[None], ratios=[1.0])
+
+
+def test_pooled_pvalues_by_hand_and_for_one_part():
+    from softmoe_torch.lrt import pooled_pvalues
+
+    # pooled with the observed row, at-or-above counts (size 4): part 1: obs 2, draws 4, 3, 1;
+    # part 2: obs 2, draws 4, 1, 3; min-p counts: obs 2, draws 4, 1, 1: three of four at or below 2
+    pool = [[1.0, 0.0], [2.0, 5.0], [3.0, 1.0]]
+    assert pooled_pvalues([[2.5, 4.0]], pool).tolist() == [0.75]
+    assert pooled_pvalues([[9.0, 9.0]], pool).tolist() == [0.25]
+    rng = np.random.default_rng(1)
+    ref, obs = rng.normal(size=40), rng.normal(size=9)
+    plain = [(1 + (ref >= t).sum()) / 41 for t in obs]  # one part: the usual bootstrap p-value
+    assert pooled_pvalues(obs, ref).tolist() == pytest.approx(plain, abs=1e-15)
+    # +inf is the most extreme value of its part; the draw (2, 5) is the largest of part 2 and ties
+    assert pooled_pvalues([[np.inf, 0.0]], pool).tolist() == [0.5]
+    with pytest.raises(ValueError, match="must not be nan"):
+        pooled_pvalues([[np.nan, 1.0]], pool)
+
+
+def test_min_p_keeps_the_level_on_exchangeable_rows():
+    """Rows drawn alike (the observed one and B = 99 draws): P(p <= 0.05) <= 0.05, near it, with a
+    part that is 0 half the time (as the broad part is under H0). Ties in the smallest p-value make
+    the test conservative, the more so at small B (at B = 19 the two parts' largest values tie)."""
+    from softmoe_torch.lrt import pooled_pvalues
+
+    rng = np.random.default_rng(2)
+    hits = []
+    for _ in range(2000):
+        rows = rng.normal(size=(100, 2))
+        rows[:, 1] = np.maximum(rows[:, 1], 0.0) + 0.3 * rows[:, 0]
+        hits.append(pooled_pvalues(rows[:1], rows[1:])[0] <= 0.05)
+    rate = np.mean(hits)
+    assert 0.03 < rate <= 0.05 + 2.6 * np.sqrt(0.05 * 0.95 / 2000), rate

@@ -1,8 +1,10 @@
 """Likelihood-ratio tests calibrated by the parametric bootstrap: is there a prompt at all
-(``contamination_test``; its statistic on many data sets, ``contamination_statistics``), and K
-prompts against more (``prompts_test``)."""
+(``contamination_test``; its statistic on many data sets, ``contamination_statistics``, and their
+p-values against a pool of null draws, ``pooled_pvalues``), and K prompts against more (``prompts_test``)."""
 
 from .bootstrap import anchored_starts, contamination_statistics, contamination_test, prompts_test, with_variance_floor
+from .broad import broad_statistics
+from .combine import pooled_pvalues
 from .results import BootstrapTest
 
 __all__ = [
@@ -11,5 +13,7 @@ __all__ = [
     "prompts_test",
     "with_variance_floor",
     "anchored_starts",
+    "broad_statistics",
+    "pooled_pvalues",
     "BootstrapTest",
 ]

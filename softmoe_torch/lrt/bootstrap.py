@@ -35,7 +35,14 @@ slopes 0 and its intercepts on the grid ``ANCHOR_TAUS`` (one start each, the bes
 near f0 is then found by a few iterations from where it is, not from a random start that the
 iterations spend emptying the gate. (In the distinguishable setting the prompt's family differs
 from f0's, so the anchor is the prompt of its family closest to f0 and the statistic can be
-negative; the bootstrap calibrates it all the same.)"""
+negative; the bootstrap calibrates it all the same.) The contamination test's default is
+'anchored' (chosen by the pilot and the power study in experiments/contamination/).
+
+``broad`` adds a second part for a few observations far from f0, which a prompt started at f0 does
+not reach in a few iterations: the likelihood ratio against a fixed broad contamination of f0
+(``broad.broad_statistics``, variance ratios ``broad``; None: the fitted part alone). The two parts
+are combined by their smallest bootstrap p-value, calibrated on the same B draws
+(``combine.pooled_pvalues``), so the test stays exact."""
 
 import dataclasses
 import time
@@ -50,12 +57,14 @@ from ..estimation.estimator import Estimator
 from ..estimation.inputs import fit_data
 from ..model.mixture import ContaminatedMoE
 from ..model.names import expert_prefix, variance_name
+from .broad import RATIOS, broad_statistics, check_ratios
 from .results import BootstrapTest
 
 RULES = ("conservative", "as_fitted")
 ITERATIONS = 10  # the default cap on the alternative's fit
 ANCHOR_TAUS = (-2.0, 0.0, 2.0)  # the gate intercepts of the anchored starts
 STARTS = ("policy", "anchored")
+START = "anchored"  # the contamination test's default starts
 
 
 def contamination_test(
@@ -67,15 +76,19 @@ def contamination_test(
     unconverged: str = "conservative",
     progress: bool = True,
     iterations: int | None = ITERATIONS,
-    starts: str = "policy",
+    starts: str = START,
+    broad=RATIOS,
 ) -> BootstrapTest:
     """H0: y | x follows the frozen pre-trained component alone; H1: ``estimator``'s contaminated
     model (its prompts and gate), fitted by at most ``iterations`` iterations (None: to
-    convergence) from ``starts`` ('policy' or 'anchored', see the module docstring). X (n, d), y (n,)."""
+    convergence) from ``starts`` ('policy' or 'anchored'), and (unless ``broad`` is None) a broad
+    contamination of f0 with the variance ratios ``broad``; see the module docstring. X (n, d), y (n,)."""
     start = time.perf_counter()
     _check(B, seed, unconverged, iterations)
     _check_contaminated(estimator, "estimator")
     given = _starts(estimator, starts)
+    if broad is not None:
+        check_ratios(broad)
     estimator = _capped(estimator, iterations)
     observed = _fit(estimator, X, y, given)
     X0 = observed.X[0]
@@ -83,6 +96,7 @@ def contamination_test(
     Ystar = torch.stack([_draw(null, X0, _generator(seed, b)) for b in range(B)])
     Xstar = X0.expand(B, *X0.shape)
     boot = _refit(estimator, Xstar, Ystar, progress, "H1", given)
+    parts = broad is not None
     return BootstrapTest(
         test="contamination",
         raw_statistic=float(_statistics(observed.loglik, null, observed.X, observed.Y)[0]),
@@ -94,23 +108,40 @@ def contamination_test(
         seconds=time.perf_counter() - start,
         iterations=iterations,
         starts=starts,
+        broad=tuple(float(k) for k in broad) if parts else None,
+        raw_broad=float(broad_statistics(null, observed.X, observed.Y, broad)[0]) if parts else None,
+        boot_broad=broad_statistics(null, Xstar, Ystar, broad).tolist() if parts else None,
     )
 
 
 def contamination_statistics(
-    estimator: Estimator, X, y, iterations: int | None = ITERATIONS, progress: bool = False, starts: str = "policy"
+    estimator: Estimator,
+    X,
+    y,
+    iterations: int | None = ITERATIONS,
+    progress: bool = False,
+    starts: str = START,
+    broad=RATIOS,
 ) -> torch.Tensor:
     """The contamination test's statistic on each of R data sets, by the code path of
-    ``contamination_test``: 2 (loglik of ``estimator``'s fit capped at ``iterations`` iterations -
-    loglik of the frozen pre-trained component alone), raw (not clamped), every fit numbered 0 as
-    the test numbers its own. X (n, d) or (R, n, d), y (n,) or (R, n) -> (R,) float64. Studies of the
-    test's size and power call this, so they measure the statistic users run."""
+    ``contamination_test``: column 0, 2 (loglik of ``estimator``'s fit capped at ``iterations``
+    iterations from ``starts`` - loglik of the frozen pre-trained component alone), raw (not
+    clamped), every fit numbered 0 as the test numbers its own; column 1 (unless ``broad`` is None)
+    the broad-prompt part. X (n, d) or (R, n, d), y (n,) or (R, n) -> (R, 2) or (R, 1) float64.
+    Studies of the test's size and power call this and ``combine.pooled_pvalues`` on its rows, so
+    they measure the test users run."""
     _check_contaminated(estimator, "estimator")
     _check_iterations(iterations)
     given = _starts(estimator, starts)
+    if broad is not None:
+        check_ratios(broad)
     X, Y = fit_data(estimator.spec, X, y, estimator.dtype, estimator.device)
     refits = _refit(_capped(estimator, iterations), X, Y, progress, "H1", given)
-    return _statistics(refits.loglik, estimator.spec.pretrained, X, Y)
+    null = estimator.spec.pretrained
+    parts = [_statistics(refits.loglik, null, X, Y)]
+    if broad is not None:
+        parts.append(broad_statistics(null, X, Y, broad))
+    return torch.stack(parts, dim=1)
 
 
 def prompts_test(

@@ -1,10 +1,11 @@
 """The result of a bootstrap likelihood-ratio test: statistic, p-value, the bootstrap statistics,
 what failed, the observed fits; a summary, a histogram and a JSON record."""
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .combine import pooled_pvalues
 
 
 @dataclass
@@ -31,6 +32,9 @@ class BootstrapTest:
     observed_null: object = None
     iterations: int | None = None
     starts: str = "policy"
+    broad: tuple | None = None
+    raw_broad: float | None = None
+    boot_broad: list | None = None
     alpha_levels: tuple = field(default=(0.05, 0.01))
 
     @property
@@ -63,11 +67,26 @@ class BootstrapTest:
         """Refits counted as LR*_b >= LR whatever their value."""
         return int(self.counted_high.sum())
 
+    def _parts(self) -> tuple:
+        """The observed row (1, J) and the draws' (B, J) of every part, refits counted high at +inf."""
+        obs, draws = [self.statistic], [np.where(self.counted_high, np.inf, self.boot)]
+        if self.broad is not None:
+            obs.append(self.raw_broad)
+            draws.append(np.where(self.counted_high, np.inf, np.array(self.boot_broad, dtype=float)))
+        return np.array([obs]), np.stack(draws, axis=1)
+
     @property
     def pvalue(self) -> float:
-        """(1 + #{LR*_b >= LR}) / (B + 1), refits counted high included."""
-        above = self.counted_high | (np.nan_to_num(self.boot, nan=-math.inf) >= self.statistic)
-        return (1 + int(above.sum())) / (self.B + 1)
+        """(1 + #{LR*_b >= LR}) / (B + 1), refits counted high included; with the broad part, the
+        min-p combination of both parts on the same draws."""
+        return float(pooled_pvalues(*self._parts())[0])
+
+    @property
+    def part_pvalues(self) -> dict:
+        """Each part's own bootstrap p-value, {'fitted': p} (and 'broad')."""
+        obs, draws = self._parts()
+        names = ["fitted", "broad"][: obs.shape[1]]
+        return {k: float(pooled_pvalues(obs[:, [j]], draws[:, [j]])[0]) for j, k in enumerate(names)}
 
     def counts(self) -> dict:
         """How the refits ended, and the fits that need a second look."""
@@ -96,6 +115,8 @@ class BootstrapTest:
             "rule": self.rule,
             "iterations": self.iterations,
             "starts": self.starts,
+            "broad": list(self.broad) if self.broad is not None else None,
+            "part_pvalues": self.part_pvalues,
             "seconds": self.seconds,
             "n": self.observed.n,
             **self.counts(),
@@ -103,6 +124,8 @@ class BootstrapTest:
             "boot": [float(b) for b in self.raw_boot],
             "boot_status": self.boot_status,
             "boot_degenerate": self.boot_degenerate,
+            "broad_statistic": self.raw_broad,
+            "boot_broad": self.boot_broad,
         }
 
     def summary(self) -> str:
@@ -118,6 +141,7 @@ class BootstrapTest:
             f"LR = {self.statistic:.4f}   p-value = {self.pvalue:.4f}"
             + "".join(f"   {'reject' if self.pvalue <= a else 'keep'} H0 at {a:g}" for a in self.alpha_levels),
             f"bootstrap LR*: median {np.median(self.boot):.3f}, 95% quantile {np.quantile(self.boot, 0.95):.3f}",
+            *self._broad_lines(),
             f"refits: {', '.join(f'{k} {v}' for k, v in sorted(c['statuses'].items()))}; unconverged {rule}; "
             f"{c['n_failed']} counted as LR* >= LR; {c['n_degenerate']} degenerate; {c['n_negative']} below the null",
             f"observed fit: {c['observed_status']}",
@@ -133,6 +157,16 @@ class BootstrapTest:
             )
         lines.append(f"{self.seconds:.1f} s")
         return "\n".join(lines)
+
+    def _broad_lines(self) -> list:
+        if self.broad is None:
+            return []
+        p = self.part_pvalues
+        ratios = ", ".join(f"{k:g}" for k in self.broad)
+        return [
+            f"parts: the fitted prompt's LR p = {p['fitted']:.4f}; a broad prompt's LR (variance x {ratios}) "
+            f"= {self.raw_broad:.4f}, p = {p['broad']:.4f}; the p-value above combines both (min-p)"
+        ]
 
     def histogram(self, path):
         """The bootstrap statistics with the observed one marked, to ``path`` (PNG or PDF)."""
