@@ -182,6 +182,8 @@ def run_cells(pool, path: Path, cells: dict, task, step):
     done = load(path)
     jobs = {}
     for key, (meta, count, args) in cells.items():
+        if not count:
+            continue
         cell = done.setdefault(key, {**meta, "rows": [], "seconds": 0.0})
         todo = sorted(set(range(count)) - {r["index"] for r in cell["rows"]})
         size = step(meta["n"])
@@ -276,6 +278,8 @@ def calibration_rows(cal: dict) -> list:
     out = []
     for key, cell in cal.items():
         rows = cell["rows"]
+        if len(rows) < 2:
+            continue
         obs, boot = np.array([r["obs"] for r in rows]), np.array([r["boot"] for r in rows])
         p = pooled_pvalues(obs, boot)
         p_star = np.array([pooled_pvalues(boot[i : i + 1], np.delete(boot, i, axis=0))[0] for i in range(len(boot))])
