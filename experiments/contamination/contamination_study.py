@@ -5,6 +5,7 @@ distinguishable setting's f0 (Laplace) and the non-distinguishable one's (Gaussi
 
     python experiments/contamination/contamination_study.py calibrate [--M 4000 4000 500]
     python experiments/contamination/contamination_study.py crosscheck [--M 500] [--B 99] [--n 1000]
+    python experiments/contamination/contamination_study.py prompts --setting distinguishable [--M 500] [--B 19]
     python experiments/contamination/contamination_study.py power [--reps 200 200 100]
     python experiments/contamination/contamination_study.py analyze
 
@@ -19,6 +20,8 @@ distinguishable setting's f0 (Laplace) and the non-distinguishable one's (Gaussi
   null pool for the power tables' baseline column.
 - ``crosscheck``: M data sets under H0 of one cell (fixed in advance), each tested by
   ``contamination_test`` itself with B refits: the full bootstrap's size beside the warp-speed one.
+- ``prompts``: one cell of ``prompts_test`` (1 prompt against 2): M data sets from the setting's truth,
+  each tested with B draws from its fitted null (the null is estimated: the level is approximate).
 - ``power``: the rejection rate at 0.05, critical values from the same n's calibration pool:
   in the non-distinguishable setting against a prompt N(tanh((1 + delta) x_1), nu0) under the
   setting's gate (delta = c n^-1/2, 7 values of c over a factor of 16), and in both settings against
@@ -49,7 +52,7 @@ import studykit  # noqa: E402
 from studykit import model_with, response, setting_of  # noqa: E402
 
 from softmoe_torch.bootstrap_test import procedure  # noqa: E402
-from softmoe_torch.lrt import contamination_statistics, contamination_test, pooled_pvalues  # noqa: E402
+from softmoe_torch.lrt import contamination_statistics, contamination_test, pooled_pvalues, prompts_test  # noqa: E402
 from softmoe_torch.lrt.bootstrap import _draw, _generator  # noqa: E402
 from softmoe_torch.metrics.intervals import wilson  # noqa: E402
 from softmoe_torch.settings.configs import register_resolvers  # noqa: E402
@@ -136,6 +139,25 @@ def crosscheck_task(name: str, n: int, B: int, indices: list) -> list:
     return rows
 
 
+def prompts_task(name: str, n: int, B: int, indices: list) -> list:
+    """Data sets ``indices`` drawn from the setting's truth at n (one prompt), each tested by
+    ``prompts_test`` itself (1 prompt against 2, the test command's procedure) with B refits."""
+    setting = setting_of(name)
+    cfg = studykit.compose([f"setting={name}", "data=none", "test=prompts"], "test_data")
+    null = procedure(cfg, setting.model())
+    cfg.setting.n_prompts = setting.n_prompts + 1
+    alternative = procedure(cfg, Setting(cfg.setting).model())
+    rows = []
+    for i in indices:
+        X, y = draw(setting, n, {}, i, "one prompt")
+        t0 = time.perf_counter()
+        result = prompts_test(null, alternative, X, y, B=B, seed=i, progress=False)
+        rows.append(
+            {"index": i, "pvalue": result.pvalue, "n_failed": result.n_failed, "seconds": time.perf_counter() - t0}
+        )
+    return rows
+
+
 def power_task(name: str, n: int, label: str, truth: dict | None, oracles: dict, indices: list) -> list:
     """Data sets ``indices`` of one power cell (truth None: H0, for the oracle's null): the test's
     statistic and the earlier one (not under H0: the calibration pools serve), and the oracle LR
@@ -214,6 +236,12 @@ def crosscheck(args, pool):
     meta = {"setting": args.setting, "n": args.n, "M": args.M, "B": args.B}
     cells = {f"{args.setting}/{args.n}": (meta, args.M, (args.setting, args.n, args.B))}
     run_cells(pool, HERE / "crosscheck.json", cells, crosscheck_task, lambda n: 5)
+
+
+def prompts_cell(args, pool):
+    meta = {"setting": args.setting, "n": args.n, "M": args.M, "B": args.B}
+    cells = {f"{args.setting}/{args.n}": (meta, args.M, (args.setting, args.n, args.B))}
+    run_cells(pool, HERE / "prompts.json", cells, prompts_task, lambda n: 5)
 
 
 def tau_for_mass(m: float, n: int, beta_norm: float = 1.0) -> float:
@@ -308,7 +336,7 @@ def calibration_rows(cal: dict) -> list:
     return out
 
 
-def calibration_report(cal: dict, cross: dict, old: dict) -> list:
+def calibration_report(cal: dict, cross: dict, prompts: dict, old: dict) -> list:
     lines = [
         "# Calibration of the contamination test (warp speed)",
         "",
@@ -346,6 +374,21 @@ def calibration_report(cal: dict, cross: dict, old: dict) -> list:
                 + f"; {np.mean([r['seconds'] for r in cell['rows']]):.1f} s a test; refits counted high: "
                 f"{sum(r['n_failed'] for r in cell['rows'])}."
             )
+    for key, cell in prompts.items():
+        p = np.array([r["pvalue"] for r in cell["rows"]])
+        M, h = len(p), int((p <= 0.05 + 1e-12).sum())
+        lo, hi = wilson(h, M)
+        lines += [
+            "",
+            "## The prompts test (1 prompt against 2): one cell",
+            "",
+            f"{cell['setting']}, n = {cell['n']}, data from the setting's truth (one prompt): M = {M} data sets "
+            f"(fixed in advance at {cell['M']}), each tested by `prompts_test` (the command's procedure: the null "
+            f"fitted to convergence from 2 random starts, the alternative capped at 10 iterations) with B = {cell['B']} "
+            f"draws from the fitted null: size at 0.05 {h / M:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"({np.mean([r['seconds'] for r in cell['rows']]):.1f} s a test; refits counted high: "
+            f"{sum(r['n_failed'] for r in cell['rows'])}). The null is estimated, so the level is approximate.",
+        ]
     if old:
         lines += [
             "",
@@ -383,12 +426,16 @@ def crossing(deltas: np.ndarray, rates: np.ndarray, level: float = 0.8) -> float
 
 
 def rejections(cal: dict, pw: dict, name: str, n: int, label: str) -> dict:
-    """0/1 rejections at 0.05 of each data set of a power cell: 'test', 'baseline', 'oracle'."""
+    """0/1 rejections at 0.05 of each data set of a power cell: 'test', each of its parts alone
+    ('fitted', 'broad': the same statistics, each part's own bootstrap p-value), 'baseline', 'oracle'."""
     pool, base_pool = pool_of(cal, name, n)
     rows = pw[f"{name}/{n}/{label}"]["rows"]
+    obs = np.array([r["obs"] for r in rows])
     null = np.array([r["oracle"][label] for r in pw[f"{name}/{n}/H0"]["rows"]])
     return {
-        "test": pooled_pvalues(np.array([r["obs"] for r in rows]), pool) <= 0.05 + 1e-12,
+        "test": pooled_pvalues(obs, pool) <= 0.05 + 1e-12,
+        "fitted": pooled_pvalues(obs[:, :1], pool[:, :1]) <= 0.05 + 1e-12,
+        "broad": pooled_pvalues(obs[:, 1:], pool[:, 1:]) <= 0.05 + 1e-12,
         "baseline": np.array([r["baseline"] for r in rows]) > np.quantile(base_pool, 0.95),
         "oracle": np.array([r["oracle"][label] for r in rows]) > np.quantile(null, 0.95),
     }
@@ -401,7 +448,13 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(0)
-    names = {"test": "the test (anchored + broad, min-p)", "baseline": "earlier statistic", "oracle": "oracle LR"}
+    names = {
+        "test": "the test (anchored + broad, min-p)",
+        "fitted": "anchored part alone",
+        "broad": "broad part alone",
+        "baseline": "earlier statistic",
+        "oracle": "oracle LR",
+    }
     lines = [
         "# Power of the contamination test at level 0.05",
         "",
@@ -425,7 +478,7 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
         rej = [rejections(cal, pw, name, n, k) for k in labels]
         reps = len(rej[0]["test"])
         lines += [f"### n = {n} ({reps} data sets a delta)", "", "| delta | " + " | ".join(names.values()) + " |"]
-        lines.append("|---|---|---|---|")
+        lines.append("|---|" + "---|" * len(names))
         for d, r in zip(deltas, rej):
             cells = []
             for k in names:
@@ -434,7 +487,7 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
                 cells.append(f"{h / len(r[k]):.2f} [{lo:.2f}, {hi:.2f}]")
             lines.append(f"| {d:.4g} | " + " | ".join(cells) + " |")
         lines.append("")
-        for k, style in zip(names, ("o-", "s--", "^:")):
+        for k, style in zip(names, ("o-", "v-.", "x-.", "s--", "^:")):
             rates = np.array([r[k].mean() for r in rej])
             ax.plot(deltas, rates, style, label=names[k])
             boots = [
@@ -454,7 +507,7 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
         "### delta at power 0.8 (interpolated in log delta; 95% bootstrap intervals over the data sets)",
         "",
         "| n | " + " | ".join(names.values()) + " | test / oracle |",
-        "|---|---|---|---|---|",
+        "|---|" + "---|" * (len(names) + 1),
     ]
     for n in sorted(d80.get("test", {})):
         cells = []
@@ -490,11 +543,12 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
         "## Against m = n E[s(x)] expected contaminated observations (the setting's prompt at n, tau* solved for m)",
         "",
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    marker = {"test": "o", "baseline": "s", "oracle": "^"}
     for ax, name in zip(axes, SETTINGS):
         lines += [f"### {name}", "", "| n | statistic | " + " | ".join(f"m = {m:g}" for m in MASSES) + " |"]
         lines.append("|---|---|" + "---|" * len(MASSES))
-        for n, style in zip(MASS_SIZES, ("o-", "s--")):
+        for n, style in zip(MASS_SIZES, ("-", "--")):
             if f"{name}/{n}/m={MASSES[0]:g}" not in pw or f"{name}/{n}" not in cal:
                 continue
             rej = [rejections(cal, pw, name, n, f"m={m:g}") for m in MASSES]
@@ -505,7 +559,8 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
                     lo, hi = wilson(h, len(r[k]))
                     cells.append(f"{h / len(r[k]):.2f} [{lo:.2f}, {hi:.2f}]")
                 lines.append(f"| {n} | {names[k]} | " + " | ".join(cells) + " |")
-                ax.plot(MASSES, [r[k].mean() for r in rej], style, label=f"{names[k]}, n = {n}", alpha=0.8)
+                if k in ("test", "baseline", "oracle"):
+                    ax.plot(MASSES, [r[k].mean() for r in rej], marker[k] + style, label=f"{names[k]}, n = {n}")
         lines.append("")
         ax.set_xscale("log")
         ax.set_xlabel("expected contaminated observations m")
@@ -519,7 +574,8 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
 
 def analyze(args):
     cal, cross, pw = load(HERE / "calibration.json"), load(HERE / "crosscheck.json"), load(HERE / "power.json")
-    lines = calibration_report(cal, cross, load(HERE / "calibration_policy.json"))
+    prompts = load(HERE / "prompts.json")
+    lines = calibration_report(cal, cross, prompts, load(HERE / "calibration_policy.json"))
     (HERE / "calibration.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if pw:
@@ -530,7 +586,7 @@ def analyze(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("calibrate", "crosscheck", "power", "analyze"))
+    parser.add_argument("what", choices=("calibrate", "crosscheck", "prompts", "power", "analyze"))
     parser.add_argument(
         "--M",
         type=int,
@@ -545,9 +601,9 @@ def main(argv=None):
         default=[1000, 1000, 300],
         help="draws per n that also get the earlier statistic",
     )
-    parser.add_argument("--B", type=int, default=99, help="crosscheck: bootstrap refits per test")
-    parser.add_argument("--n", type=int, default=1000, help="crosscheck: the cell's n")
-    parser.add_argument("--setting", default="nondistinguishable_eta", help="crosscheck: the cell's setting")
+    parser.add_argument("--B", type=int, default=99, help="crosscheck, prompts: bootstrap refits per test")
+    parser.add_argument("--n", type=int, default=1000, help="crosscheck, prompts: the cell's n")
+    parser.add_argument("--setting", default="nondistinguishable_eta", help="crosscheck, prompts: the cell's setting")
     parser.add_argument("--reps", type=int, nargs=3, default=[200, 200, 100], help="power: data sets per point and n")
     parser.add_argument(
         "--null", type=int, default=1000, help="power: H0 data sets per n for the oracle's critical value"
@@ -557,11 +613,13 @@ def main(argv=None):
     if args.what == "analyze":
         return analyze(args)
     if args.M is None:
-        args.M = [500] if args.what == "crosscheck" else [4000, 4000, 500]
-    if args.what == "crosscheck":
+        args.M = [500] if args.what in ("crosscheck", "prompts") else [4000, 4000, 500]
+    if args.what in ("crosscheck", "prompts"):
         args.M = args.M[0]
     with ProcessPoolExecutor(args.workers, initializer=_init_worker) as pool:
-        {"calibrate": calibrate, "crosscheck": crosscheck, "power": power}[args.what](args, pool)
+        {"calibrate": calibrate, "crosscheck": crosscheck, "prompts": prompts_cell, "power": power}[args.what](
+            args, pool
+        )
 
 
 if __name__ == "__main__":
