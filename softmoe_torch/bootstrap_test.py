@@ -60,7 +60,8 @@ def prompts(cfg: DictConfig, setting: Setting, X, y, options: dict):
     setting.n_prompts)."""
     null = setting.model()
     cfg.setting.n_prompts = setting.n_prompts + config_number(cfg.test.extra, "test.extra", int, 1)
-    return prompts_test(procedure(cfg, null), procedure(cfg, Setting(cfg.setting).model()), X, y, **options)
+    alternative = procedure(cfg, Setting(cfg.setting).model())
+    return prompts_test(procedure(cfg, null), alternative, X, y, **options, starts=cfg.test.get("starts", "policy"))
 
 
 KINDS = {"contamination": contamination, "prompts": prompts}  # test.kind -> the test; a new kind registers here

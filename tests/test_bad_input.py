@@ -170,6 +170,11 @@ TEST_CASES = {  # the bootstrap test's face: id: (extra overrides, message); the
     "broad ratio text": (["test.broad=[10,wide]"], "test.broad must be a number"),
     "broad ratio below one": (["test.broad=[0.5]"], "variance ratios must be a non-empty list of numbers > 1"),
     "extra text": (["test=prompts", "test.extra=one"], "test.extra must be an integer"),
+    "prompts starts no config offers": (["test=prompts", "test.starts=x"], "starts must be one of policy, anchored"),
+    "split starts for two more prompts": (
+        ["test=prompts", "test.extra=2", "test.starts=anchored"],
+        "anchored starts split one component of the null: one more prompt",
+    ),
     "a mixture of experts": (["setting=softmax_gaussian_moe"], "this command takes contaminated settings"),
     "out is a directory": (["out={a_dir}"], "is a directory; choose a file path for out"),
 }

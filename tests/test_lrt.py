@@ -1,6 +1,7 @@
 """The bootstrap likelihood-ratio tests: the p-value formula and its counting rules, batched
 refits equal single refits, failure accounting, degenerate fits flagged, bad inputs, the CLI."""
 
+import copy
 import json
 import math
 import warnings
@@ -466,3 +467,43 @@ def test_min_p_keeps_the_level_on_exchangeable_rows():
         hits.append(pooled_pvalues(rows[:1], rows[1:])[0] <= 0.05)
     rate = np.mean(hits)
     assert 0.03 < rate <= 0.05 + 2.6 * np.sqrt(0.05 * 0.95 / 2000), rate
+
+
+def test_split_starts_sit_exactly_at_each_fitted_null(one_thread):
+    """Every split start (each null component a, each share pi) gives the alternative (one more prompt)
+    the fitted null's log-likelihood on every data set, and the new prompt's gate weight is pi times a's."""
+    from softmoe_torch.estimation.inference import load_params
+    from softmoe_torch.lrt.bootstrap import SPLITS, split_starts
+
+    def gaussian(n_prompts):  # the prompts' family is f0's, so a copy of f0 is f0
+        e1 = torch.eye(D, dtype=torch.float64)[0]
+        return ContaminatedMoE(
+            Component(TanhExpert(D, eta=e1), Gaussian(), nu=0.01, frozen=True),
+            [Component(TanhExpert(D, eta=-e1), Gaussian(), nu=0.01) for _ in range(n_prompts)],
+            SoftmaxGate(D, n_prompts=n_prompts, tau=[1.0] * n_prompts),
+        ).double()
+
+    Xs = torch.randn(2, 300, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    Y = torch.stack([gaussian(1).sample(x, generator=torch.Generator().manual_seed(r)) for r, x in enumerate(Xs)])
+    null = Estimator(gaussian(1), "newton", n_init=2).fit(Xs, Y)
+    alternative = gaussian(2)
+    starts = split_starts(null, alternative)
+    assert len(starts) == 2 * len(SPLITS)  # the pre-trained component and the one prompt, 3 shares each
+    for k, start in enumerate(starts):
+        for r in range(2):
+            fitted = null.model(r)
+            moved = load_params(copy.deepcopy(alternative), start, r)
+            with torch.no_grad():
+                assert float(moved(Xs[r], Y[r]).sum()) == pytest.approx(float(fitted(Xs[r], Y[r]).sum()), rel=1e-12)
+                a, pi = divmod(k, len(SPLITS))
+                w_null, w_alt = fitted.gate_probs(Xs[r]), moved.gate_probs(Xs[r])
+                assert torch.allclose(w_alt[:, 2], SPLITS[pi] * w_null[:, a], rtol=1e-10, atol=1e-14)
+
+
+def test_the_prompts_test_from_split_starts_never_starts_below_its_null(one_thread):
+    X, y = data(300, contaminated=True)
+    null, alternative = Estimator(model(), "newton", n_init=2), Estimator(model(n_prompts=2), "newton", n_init=2)
+    test = prompts_test(null, alternative, X, y, B=19, seed=0, progress=False, starts="anchored")
+    assert test.starts == "anchored" and test.raw_statistic >= -1e-6 and min(test.raw_boot) >= -1e-6
+    with pytest.raises(ValueError, match="one more prompt"):
+        prompts_test(null, Estimator(model(n_prompts=3), "newton"), X, y, B=19, progress=False, starts="anchored")

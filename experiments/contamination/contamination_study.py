@@ -20,8 +20,9 @@ distinguishable setting's f0 (Laplace) and the non-distinguishable one's (Gaussi
   null pool for the power tables' baseline column.
 - ``crosscheck``: M data sets under H0 of one cell (fixed in advance), each tested by
   ``contamination_test`` itself with B refits: the full bootstrap's size beside the warp-speed one.
-- ``prompts``: one cell of ``prompts_test`` (1 prompt against 2): M data sets from the setting's truth,
-  each tested with B draws from its fitted null (the null is estimated: the level is approximate).
+- ``prompts``: one cell of ``prompts_test`` (1 prompt against 2), from the policy's starts and from the
+  split ones: M data sets from the setting's truth, each tested with B draws from its fitted null
+  (the null is estimated: the level is approximate).
 - ``power``: the rejection rate at 0.05, critical values from the same n's calibration pool:
   in the non-distinguishable setting against a prompt N(tanh((1 + delta) x_1), nu0) under the
   setting's gate (delta = c n^-1/2, 7 values of c over a factor of 16), and in both settings against
@@ -139,9 +140,9 @@ def crosscheck_task(name: str, n: int, B: int, indices: list) -> list:
     return rows
 
 
-def prompts_task(name: str, n: int, B: int, indices: list) -> list:
+def prompts_task(name: str, n: int, B: int, starts: str, indices: list) -> list:
     """Data sets ``indices`` drawn from the setting's truth at n (one prompt), each tested by
-    ``prompts_test`` itself (1 prompt against 2, the test command's procedure) with B refits."""
+    ``prompts_test`` itself (1 prompt against 2, the test command's procedure, ``starts``) with B refits."""
     setting = setting_of(name)
     cfg = studykit.compose([f"setting={name}", "data=none", "test=prompts"], "test_data")
     null = procedure(cfg, setting.model())
@@ -151,7 +152,7 @@ def prompts_task(name: str, n: int, B: int, indices: list) -> list:
     for i in indices:
         X, y = draw(setting, n, {}, i, "one prompt")
         t0 = time.perf_counter()
-        result = prompts_test(null, alternative, X, y, B=B, seed=i, progress=False)
+        result = prompts_test(null, alternative, X, y, B=B, seed=i, progress=False, starts=starts)
         rows.append(
             {"index": i, "pvalue": result.pvalue, "n_failed": result.n_failed, "seconds": time.perf_counter() - t0}
         )
@@ -239,8 +240,14 @@ def crosscheck(args, pool):
 
 
 def prompts_cell(args, pool):
-    meta = {"setting": args.setting, "n": args.n, "M": args.M, "B": args.B}
-    cells = {f"{args.setting}/{args.n}": (meta, args.M, (args.setting, args.n, args.B))}
+    cells = {
+        f"{args.setting}/{args.n}/{starts}": (
+            {"setting": args.setting, "n": args.n, "M": args.M, "B": args.B, "starts": starts},
+            args.M,
+            (args.setting, args.n, args.B, starts),
+        )
+        for starts in ("policy", "anchored")
+    }
     run_cells(pool, HERE / "prompts.json", cells, prompts_task, lambda n: 5)
 
 
@@ -380,11 +387,12 @@ def calibration_report(cal: dict, cross: dict, prompts: dict, old: dict) -> list
         lo, hi = wilson(h, M)
         lines += [
             "",
-            "## The prompts test (1 prompt against 2): one cell",
+            f"## The prompts test (1 prompt against 2), the alternative's starts: {cell['starts']}",
             "",
             f"{cell['setting']}, n = {cell['n']}, data from the setting's truth (one prompt): M = {M} data sets "
             f"(fixed in advance at {cell['M']}), each tested by `prompts_test` (the command's procedure: the null "
-            f"fitted to convergence from 2 random starts, the alternative capped at 10 iterations) with B = {cell['B']} "
+            f"fitted to convergence from 2 random starts, the alternative capped at 10 iterations from "
+            f"{'2 random starts' if cell['starts'] == 'policy' else 'the split starts at the fitted null'}) with B = {cell['B']} "
             f"draws from the fitted null: size at 0.05 {h / M:.3f} [{lo:.3f}, {hi:.3f}] "
             f"({np.mean([r['seconds'] for r in cell['rows']]):.1f} s a test; refits counted high: "
             f"{sum(r['n_failed'] for r in cell['rows'])}). The null is estimated, so the level is approximate.",

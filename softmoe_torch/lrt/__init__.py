@@ -2,7 +2,14 @@
 (``contamination_test``; its statistic on many data sets, ``contamination_statistics``, and their
 p-values against a pool of null draws, ``pooled_pvalues``), and K prompts against more (``prompts_test``)."""
 
-from .bootstrap import anchored_starts, contamination_statistics, contamination_test, prompts_test, with_variance_floor
+from .bootstrap import (
+    anchored_starts,
+    contamination_statistics,
+    contamination_test,
+    prompts_test,
+    split_starts,
+    with_variance_floor,
+)
 from .broad import broad_statistics
 from .combine import pooled_pvalues
 from .results import BootstrapTest
@@ -13,6 +20,7 @@ __all__ = [
     "prompts_test",
     "with_variance_floor",
     "anchored_starts",
+    "split_starts",
     "broad_statistics",
     "pooled_pvalues",
     "BootstrapTest",

@@ -45,7 +45,9 @@ are combined by their smallest bootstrap p-value, calibrated on the same B draws
 (``combine.pooled_pvalues``), so the test stays exact."""
 
 import dataclasses
+import math
 import time
+import types
 import warnings
 
 import torch
@@ -154,11 +156,14 @@ def prompts_test(
     unconverged: str = "conservative",
     progress: bool = True,
     iterations: int | None = ITERATIONS,
+    starts: str = "policy",
 ) -> BootstrapTest:
     """H0: ``null_estimator``'s model (K prompts), fitted to convergence; H1: ``estimator``'s (more
-    prompts, the same pre-trained component), fitted by at most ``iterations`` iterations. B data
-    sets are drawn from the fitted H0 at the observed X and both models are refitted on each; a
-    refit of either that fails or (by the rule) stops unconverged counts as LR*_b >= LR."""
+    prompts, the same pre-trained component), fitted by at most ``iterations`` iterations from
+    ``starts``: the estimator's policy, or 'anchored' (one more prompt only): at each data set's own
+    fitted null, one of its components split in two (``split_starts``). B data sets are drawn from
+    the fitted H0 at the observed X and both models are refitted on each; a refit of either that
+    fails or (by the rule) stops unconverged counts as LR*_b >= LR."""
     start = time.perf_counter()
     _check(B, seed, unconverged, iterations)
     _check_contaminated(null_estimator, "null_estimator")
@@ -166,14 +171,21 @@ def prompts_test(
     K0, K1 = len(null_estimator.spec.prompts), len(estimator.spec.prompts)
     if K1 <= K0:
         raise ValueError(f"the alternative must have more prompts than the null to be nested; got {K1} against {K0}")
+    if starts not in STARTS:
+        raise ValueError(f"starts must be one of {', '.join(STARTS)}, got {starts!r}")
+    if starts == "anchored" and K1 != K0 + 1:
+        raise ValueError(f"anchored starts split one component of the null: one more prompt, got {K1} against {K0}")
     estimator = _capped(estimator, iterations)
-    observed0, observed = null_estimator.fit(X, y, replications=[0]), _fit(estimator, X, y)
+    observed0 = null_estimator.fit(X, y, replications=[0])
+    given = split_starts(observed0, estimator.spec) if starts == "anchored" else None
+    observed = _fit(estimator, X, y, given)
     X0 = observed.X[0]
     fitted_null = observed0.model(0)
     Ystar = torch.stack([fitted_null.sample(X0, generator=_generator(seed, b)) for b in range(B)])
     Xstar = X0.expand(B, *X0.shape)
-    boot0 = _refit(null_estimator, Xstar, Ystar, progress, f"H0 ({K0} prompt{'s' * (K0 > 1)})")
-    boot1 = _refit(estimator, Xstar, Ystar, progress, f"H1 ({K1} prompts)")
+    boot0, nulls = _refit(null_estimator, Xstar, Ystar, progress, f"H0 ({K0} prompt{'s' * (K0 > 1)})", keep=True)
+    given = split_starts(nulls, estimator.spec) if starts == "anchored" else None
+    boot1 = _refit(estimator, Xstar, Ystar, progress, f"H1 ({K1} prompts)", given, batched=given is not None)
     status = [s1 if s0 == "converged" else f"null {s0}" for s0, s1 in zip(boot0.status, boot1.status)]
     return BootstrapTest(
         test=f"prompts {K0} vs {K1}",
@@ -186,6 +198,7 @@ def prompts_test(
         seconds=time.perf_counter() - start,
         observed_null=observed0,
         iterations=iterations,
+        starts=starts,
     )
 
 
@@ -233,6 +246,51 @@ def anchored_starts(model: ContaminatedMoE, taus=ANCHOR_TAUS) -> list:
     gate = dict(model.gate.named_parameters())
     slopes = {f"gate.{n}": torch.zeros_like(p.detach()) for n, p in gate.items() if n != "tau"}
     return [{**start, **slopes, "gate.tau": torch.full_like(gate["tau"].detach(), float(t))} for t in taus]
+
+
+SPLITS = (0.1, 0.3, 0.5)  # the share of a null component's gate weight the new prompt takes (Chen & Li's grid)
+
+
+def split_starts(null, model: ContaminatedMoE, splits=SPLITS) -> list:
+    """Starts of ``model`` (the null's K prompts and one more) at each data set's fitted null ``null``
+    (FitResults of R data sets): for every component a of the null (the pre-trained one or a prompt)
+    and share pi in ``splits``, the new prompt is a copy of a (its expert; for the pre-trained one, its
+    expert and variance) taking the share pi of a's gate weight, everything else as fitted: the
+    mixture is then exactly the fitted null (for a = the pre-trained component, when the prompts'
+    density family is f0's; otherwise the prompt of its family closest to f0, as ``anchored_starts``).
+    The split of Chen & Li's EM test. One start {name: (R, ...)} per (a, pi): (K + 1) x 3."""
+    K = len(model.prompts) - 1
+    fitted = {name: value.to(torch.float64) for name, value in null.params.items()}
+    R = next(iter(fitted.values())).shape[0]
+    new = f"prompts.{K}."
+    names = [n for n in model.trainable_parameters() if n.startswith(new)]
+    f0 = dict(model.pretrained.named_parameters())
+    if {n[len(new) :] for n in names} != set(f0) or "gate.beta" not in fitted:
+        raise ValueError(
+            "split starts copy a null component into the new prompt: every prompt needs the pre-trained "
+            "component's parameter names and a softmax gate (beta, tau); use the estimator's own starts"
+        )
+    beta, tau = fitted["gate.beta"], fitted["gate.tau"]  # (R, K, d), (R, K)
+    out = []
+    for a in range(K + 1):
+        for pi in splits:
+            start = dict(fitted)
+            if a == 0:  # the reference: its logit stays 0, so every other logit moves by -log(1 - pi)
+                for name in names:
+                    own = name[len(new) :]
+                    start[name] = f0[own].detach().to(torch.float64).expand(R, *f0[own].shape).clone()
+                new_beta, new_tau = torch.zeros_like(beta[:, :1]), torch.full_like(tau[:, :1], math.log(pi / (1 - pi)))
+                old_tau = tau - math.log(1 - pi)
+            else:
+                for name in names:
+                    start[name] = fitted[f"prompts.{a - 1}." + name[len(new) :]].clone()
+                new_beta, new_tau = beta[:, a - 1 : a], tau[:, a - 1 : a] + math.log(pi)
+                old_tau = tau.clone()
+                old_tau[:, a - 1] += math.log(1 - pi)
+            start["gate.beta"] = torch.cat([beta, new_beta], dim=1)
+            start["gate.tau"] = torch.cat([old_tau, new_tau], dim=1)
+            out.append(start)
+    return out
 
 
 def _starts(estimator: Estimator, starts: str):
@@ -291,13 +349,15 @@ class Refits:
     degenerate: list
 
 
-def _refit(estimator, Xstar, Ystar, progress: bool, what: str, starts=None) -> Refits:
+def _refit(estimator, Xstar, Ystar, progress: bool, what: str, starts=None, batched=False, keep=False):
     """The estimator's fit of every data set (Xstar (B, n, d), Ystar (B, n)), each numbered 0 (the
-    observed fit's starts) and from ``starts`` (None: the estimator's policy), in batched calls of
-    the driver's chunk size."""
+    observed fit's starts) and from ``starts`` (None: the estimator's policy; a list of dicts of
+    shared values, or with ``batched`` of per-data-set values (B, ...)), in batched calls of the
+    driver's chunk size -> Refits; with ``keep``, also the fitted parameters (an object with
+    ``params`` {name: (B, ...)}, as ``split_starts`` reads them)."""
     B, n = Ystar.shape
     step = max(1, CHUNK // n)
-    loglik, status, degenerate = [], [], []
+    loglik, status, degenerate, params = [], [], [], []
     with (
         tqdm(total=B, desc=f"bootstrap refits, {what}", unit="fit", disable=not progress) as bar,
         warnings.catch_warnings(),
@@ -305,12 +365,17 @@ def _refit(estimator, Xstar, Ystar, progress: bool, what: str, starts=None) -> R
         warnings.simplefilter("ignore", ConvergenceWarning)  # unconverged refits are counted in the result
         for lo in range(0, B, step):
             hi = min(lo + step, B)
-            part = estimator.fit(Xstar[lo:hi], Ystar[lo:hi], start=starts, replications=[0] * (hi - lo))
+            given = [{k: v[lo:hi] for k, v in one.items()} for one in starts] if batched else starts
+            part = estimator.fit(Xstar[lo:hi], Ystar[lo:hi], start=given, replications=[0] * (hi - lo))
             loglik.append(part.loglik.cpu())
             status += part.status
             degenerate += [bool(d) for d in part.degenerate]
+            params.append(part.params)
             bar.update(hi - lo)
-    return Refits(torch.cat(loglik), status, degenerate)
+    refits = Refits(torch.cat(loglik), status, degenerate)
+    if not keep:
+        return refits
+    return refits, types.SimpleNamespace(params={k: torch.cat([p[k] for p in params]) for k in params[0]})
 
 
 def _draw(component, X0, generator):
