@@ -118,13 +118,13 @@ def test_the_refits_are_the_observed_procedure_on_each_draw(estimator, one_threa
     """LR*_b recomputed by fitting draw b alone, as the observed data were fitted."""
     X, y = data(150, contaminated=False)
     f0 = estimator.spec.pretrained
-    from softmoe_torch.lrt.bootstrap import _draw, _generator
+    from softmoe_torch.lrt import null_draw
 
     for iterations in (None, 10):  # the MLE, and the default: the alternative capped at 10 iterations
         test = contamination_test(estimator, X, y, B=19, seed=4, progress=False, iterations=iterations, starts="policy")
         procedure = estimator if iterations is None else Estimator(model(), "newton", n_init=2, max_iter=iterations)
         for b in (0, 18):
-            yb = _draw(f0, X, _generator(4, b))
+            yb = null_draw(f0, X, 4, b)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a capped fit stops at its cap
                 fit = procedure.fit(X, yb, replications=[0])
@@ -326,12 +326,11 @@ def test_the_statistic_of_many_data_sets_is_the_tests_own(estimator, one_thread)
     """contamination_statistics (what the size and power studies call) gives, on the observed data
     and on the bootstrap draws, both parts contamination_test computes, and pooled_pvalues on them
     gives the test's p-value."""
-    from softmoe_torch.lrt import contamination_statistics, pooled_pvalues
-    from softmoe_torch.lrt.bootstrap import _draw, _generator
+    from softmoe_torch.lrt import contamination_statistics, null_draw, pooled_pvalues
 
     X, y = data(150, contaminated=True)
     test = contamination_test(estimator, X, y, B=19, seed=3, progress=False)
-    draws = torch.stack([y, *(_draw(estimator.spec.pretrained, X, _generator(3, b)) for b in range(19))])
+    draws = torch.stack([y, *(null_draw(estimator.spec.pretrained, X, 3, b) for b in range(19))])
     stats = contamination_statistics(estimator, X.expand(20, *X.shape), draws)
     assert stats.shape == (20, 2) and stats.dtype == torch.float64
     assert stats[0].tolist() == pytest.approx([test.raw_statistic, test.raw_broad], rel=1e-8, abs=1e-6)
@@ -473,7 +472,7 @@ def test_split_starts_sit_exactly_at_each_fitted_null(one_thread):
     """Every split start (each null component a, each share pi) gives the alternative (one more prompt)
     the fitted null's log-likelihood on every data set, and the new prompt's gate weight is pi times a's."""
     from softmoe_torch.estimation.inference import load_params
-    from softmoe_torch.lrt.bootstrap import SPLITS, split_starts
+    from softmoe_torch.lrt.starts import SPLITS, split_starts
 
     def gaussian(n_prompts):  # the prompts' family is f0's, so a copy of f0 is f0
         e1 = torch.eye(D, dtype=torch.float64)[0]

@@ -53,8 +53,13 @@ import studykit  # noqa: E402
 from studykit import model_with, response, setting_of  # noqa: E402
 
 from softmoe_torch.bootstrap_test import procedure  # noqa: E402
-from softmoe_torch.lrt import contamination_statistics, contamination_test, pooled_pvalues, prompts_test  # noqa: E402
-from softmoe_torch.lrt.bootstrap import _draw, _generator  # noqa: E402
+from softmoe_torch.lrt import (  # noqa: E402
+    contamination_statistics,
+    contamination_test,
+    null_draw,  # noqa: E402
+    pooled_pvalues,
+    prompts_test,
+)
 from softmoe_torch.metrics.intervals import wilson  # noqa: E402
 from softmoe_torch.settings.configs import register_resolvers  # noqa: E402
 from softmoe_torch.settings.setting import Setting  # noqa: E402
@@ -100,7 +105,7 @@ def calibration_task(name: str, n: int, baseline: int, indices: list) -> list:
     data = [draw(setting, n, None, i, "H0") for i in indices]
     X = torch.stack([x for x, _ in data])
     Y = torch.stack([y for _, y in data])
-    Ystar = torch.stack([_draw(f0, x, _generator(i, 0)) for i, x in zip(indices, X)])
+    Ystar = torch.stack([null_draw(f0, x, i, 0) for i, x in zip(indices, X)])
     both = contamination_statistics(estimator, torch.cat([X, X]), torch.cat([Y, Ystar])).tolist()
     old = [i < baseline for i in indices]
     base = contamination_statistics(estimator, X[old], Ystar[old], **BASELINE)[:, 0].tolist() if any(old) else []

@@ -45,7 +45,6 @@ are combined by their smallest bootstrap p-value, calibrated on the same B draws
 (``combine.pooled_pvalues``), so the test stays exact."""
 
 import dataclasses
-import math
 import time
 import types
 import warnings
@@ -58,14 +57,13 @@ from ..estimation.driver import CHUNK
 from ..estimation.estimator import Estimator
 from ..estimation.inputs import fit_data
 from ..model.mixture import ContaminatedMoE
-from ..model.names import expert_prefix, variance_name
+from ..model.names import variance_name
 from .broad import RATIOS, broad_statistics, check_ratios
 from .results import BootstrapTest
+from .starts import STARTS, given_starts, split_starts
 
 RULES = ("conservative", "as_fitted")
 ITERATIONS = 10  # the default cap on the alternative's fit
-ANCHOR_TAUS = (-2.0, 0.0, 2.0)  # the gate intercepts of the anchored starts
-STARTS = ("policy", "anchored")
 START = "anchored"  # the contamination test's default starts
 
 
@@ -88,14 +86,14 @@ def contamination_test(
     start = time.perf_counter()
     _check(B, seed, unconverged, iterations)
     _check_contaminated(estimator, "estimator")
-    given = _starts(estimator, starts)
+    given = given_starts(estimator.spec, starts)
     if broad is not None:
         check_ratios(broad)
     estimator = _capped(estimator, iterations)
     observed = _fit(estimator, X, y, given)
     X0 = observed.X[0]
     null = estimator.spec.pretrained
-    Ystar = torch.stack([_draw(null, X0, _generator(seed, b)) for b in range(B)])
+    Ystar = torch.stack([null_draw(null, X0, seed, b) for b in range(B)])
     Xstar = X0.expand(B, *X0.shape)
     boot = _refit(estimator, Xstar, Ystar, progress, "H1", given)
     parts = broad is not None
@@ -134,7 +132,7 @@ def contamination_statistics(
     they measure the test users run."""
     _check_contaminated(estimator, "estimator")
     _check_iterations(iterations)
-    given = _starts(estimator, starts)
+    given = given_starts(estimator.spec, starts)
     if broad is not None:
         check_ratios(broad)
     X, Y = fit_data(estimator.spec, X, y, estimator.dtype, estimator.device)
@@ -228,78 +226,6 @@ def _capped(estimator: Estimator, iterations: int | None) -> Estimator:
     return estimator if iterations is None else estimator.clone(max_iter=iterations)
 
 
-def anchored_starts(model: ContaminatedMoE, taus=ANCHOR_TAUS) -> list:
-    """Starts of ``model``'s prompts and gate at the null: every prompt's expert at the pre-trained
-    expert's parameters (same names and shapes needed) and its variance at the pre-trained one's, the
-    gate's slopes 0 and its intercepts at each value of ``taus``: one start {name: value} per value."""
-    f0 = dict(model.pretrained.expert.named_parameters())
-    start = {}
-    for k, prompt in enumerate(model.prompts):
-        own = dict(prompt.expert.named_parameters())
-        if set(own) != set(f0) or any(own[n].shape != f0[n].shape for n in own):
-            raise ValueError(
-                f"anchored starts put each prompt's expert at the pre-trained expert's parameters, but prompt {k}'s "
-                f"expert has {sorted(own)} and the pre-trained one {sorted(f0)}; use the estimator's own starts"
-            )
-        start.update({f"{expert_prefix(k)}{n}": f0[n].detach().clone() for n in own})
-        start[variance_name(k)] = model.pretrained.nu.detach().clone()
-    gate = dict(model.gate.named_parameters())
-    slopes = {f"gate.{n}": torch.zeros_like(p.detach()) for n, p in gate.items() if n != "tau"}
-    return [{**start, **slopes, "gate.tau": torch.full_like(gate["tau"].detach(), float(t))} for t in taus]
-
-
-SPLITS = (0.1, 0.3, 0.5)  # the share of a null component's gate weight the new prompt takes (Chen & Li's grid)
-
-
-def split_starts(null, model: ContaminatedMoE, splits=SPLITS) -> list:
-    """Starts of ``model`` (the null's K prompts and one more) at each data set's fitted null ``null``
-    (FitResults of R data sets): for every component a of the null (the pre-trained one or a prompt)
-    and share pi in ``splits``, the new prompt is a copy of a (its expert; for the pre-trained one, its
-    expert and variance) taking the share pi of a's gate weight, everything else as fitted: the
-    mixture is then exactly the fitted null (for a = the pre-trained component, when the prompts'
-    density family is f0's; otherwise the prompt of its family closest to f0, as ``anchored_starts``).
-    The split of Chen & Li's EM test. One start {name: (R, ...)} per (a, pi): (K + 1) x 3."""
-    K = len(model.prompts) - 1
-    fitted = {name: value.to(torch.float64) for name, value in null.params.items()}
-    R = next(iter(fitted.values())).shape[0]
-    new = f"prompts.{K}."
-    names = [n for n in model.trainable_parameters() if n.startswith(new)]
-    f0 = dict(model.pretrained.named_parameters())
-    if {n[len(new) :] for n in names} != set(f0) or "gate.beta" not in fitted:
-        raise ValueError(
-            "split starts copy a null component into the new prompt: every prompt needs the pre-trained "
-            "component's parameter names and a softmax gate (beta, tau); use the estimator's own starts"
-        )
-    beta, tau = fitted["gate.beta"], fitted["gate.tau"]  # (R, K, d), (R, K)
-    out = []
-    for a in range(K + 1):
-        for pi in splits:
-            start = dict(fitted)
-            if a == 0:  # the reference: its logit stays 0, so every other logit moves by -log(1 - pi)
-                for name in names:
-                    own = name[len(new) :]
-                    start[name] = f0[own].detach().to(torch.float64).expand(R, *f0[own].shape).clone()
-                new_beta, new_tau = torch.zeros_like(beta[:, :1]), torch.full_like(tau[:, :1], math.log(pi / (1 - pi)))
-                old_tau = tau - math.log(1 - pi)
-            else:
-                for name in names:
-                    start[name] = fitted[f"prompts.{a - 1}." + name[len(new) :]].clone()
-                new_beta, new_tau = beta[:, a - 1 : a], tau[:, a - 1 : a] + math.log(pi)
-                old_tau = tau.clone()
-                old_tau[:, a - 1] += math.log(1 - pi)
-            start["gate.beta"] = torch.cat([beta, new_beta], dim=1)
-            start["gate.tau"] = torch.cat([old_tau, new_tau], dim=1)
-            out.append(start)
-    return out
-
-
-def _starts(estimator: Estimator, starts: str):
-    """The alternative's given starts: None for the estimator's own policy, else the anchored ones."""
-    if starts not in STARTS:
-        raise ValueError(f"starts must be one of {', '.join(STARTS)}, got {starts!r}")
-    return anchored_starts(estimator.spec) if starts == "anchored" else None
-
-
 def _fit(estimator: Estimator, X, y, starts=None):
     """The observed fit of the alternative (numbered 0, as every refit) from ``starts`` (None: the
     estimator's policy); a capped fit's stop at its cap is not worth a warning."""
@@ -378,10 +304,11 @@ def _refit(estimator, Xstar, Ystar, progress: bool, what: str, starts=None, batc
     return refits, types.SimpleNamespace(params={k: torch.cat([p[k] for p in params]) for k in params[0]})
 
 
-def _draw(component, X0, generator):
-    """y ~ f0(. | h0(x), nu0) at each row of X0 (n, d) -> (n,)."""
+def null_draw(component, X0, seed: int, b: int) -> torch.Tensor:
+    """The contamination test's bootstrap draw b under seed ``seed``: y ~ f0(. | h0(x), nu0) at each
+    row of X0 (n, d) -> (n,), from draw b's own generator (independent of B and of the batching)."""
     with torch.no_grad():
-        return component.density.sample(component.mean(X0), component.nu.expand(X0.shape[0]), generator)
+        return component.density.sample(component.mean(X0), component.nu.expand(X0.shape[0]), _generator(seed, b))
 
 
 def _statistics(loglik: torch.Tensor, null, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
