@@ -486,7 +486,7 @@ def test_split_starts_sit_exactly_at_each_fitted_null(one_thread):
     Y = torch.stack([gaussian(1).sample(x, generator=torch.Generator().manual_seed(r)) for r, x in enumerate(Xs)])
     null = Estimator(gaussian(1), "newton", n_init=2).fit(Xs, Y)
     alternative = gaussian(2)
-    starts = split_starts(null, alternative)
+    starts = split_starts(null.params, alternative)
     assert len(starts) == 2 * len(SPLITS)  # the pre-trained component and the one prompt, 3 shares each
     for k, start in enumerate(starts):
         for r in range(2):

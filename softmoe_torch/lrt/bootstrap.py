@@ -46,7 +46,6 @@ are combined by their smallest bootstrap p-value, calibrated on the same B draws
 
 import dataclasses
 import time
-import types
 import warnings
 
 import torch
@@ -175,14 +174,14 @@ def prompts_test(
         raise ValueError(f"anchored starts split one component of the null: one more prompt, got {K1} against {K0}")
     estimator = _capped(estimator, iterations)
     observed0 = null_estimator.fit(X, y, replications=[0])
-    given = split_starts(observed0, estimator.spec) if starts == "anchored" else None
+    given = split_starts(observed0.params, estimator.spec) if starts == "anchored" else None
     observed = _fit(estimator, X, y, given)
     X0 = observed.X[0]
     fitted_null = observed0.model(0)
     Ystar = torch.stack([fitted_null.sample(X0, generator=_generator(seed, b)) for b in range(B)])
     Xstar = X0.expand(B, *X0.shape)
-    boot0, nulls = _refit(null_estimator, Xstar, Ystar, progress, f"H0 ({K0} prompt{'s' * (K0 > 1)})", keep=True)
-    given = split_starts(nulls, estimator.spec) if starts == "anchored" else None
+    boot0 = _refit(null_estimator, Xstar, Ystar, progress, f"H0 ({K0} prompt{'s' * (K0 > 1)})")
+    given = split_starts(boot0.params, estimator.spec) if starts == "anchored" else None
     boot1 = _refit(estimator, Xstar, Ystar, progress, f"H1 ({K1} prompts)", given, batched=given is not None)
     status = [s1 if s0 == "converged" else f"null {s0}" for s0, s1 in zip(boot0.status, boot1.status)]
     return BootstrapTest(
@@ -268,19 +267,20 @@ def _check_iterations(iterations):
 
 @dataclasses.dataclass
 class Refits:
-    """What the test keeps of B refits: loglik (B,), status and degenerate (lists over B)."""
+    """What the test keeps of B refits: loglik (B,), status and degenerate (lists over B), the fitted
+    parameters {name: (B, ...)}."""
 
     loglik: torch.Tensor
     status: list
     degenerate: list
+    params: dict
 
 
-def _refit(estimator, Xstar, Ystar, progress: bool, what: str, starts=None, batched=False, keep=False):
+def _refit(estimator, Xstar, Ystar, progress: bool, what: str, starts=None, batched=False) -> Refits:
     """The estimator's fit of every data set (Xstar (B, n, d), Ystar (B, n)), each numbered 0 (the
     observed fit's starts) and from ``starts`` (None: the estimator's policy; a list of dicts of
     shared values, or with ``batched`` of per-data-set values (B, ...)), in batched calls of the
-    driver's chunk size -> Refits; with ``keep``, also the fitted parameters (an object with
-    ``params`` {name: (B, ...)}, as ``split_starts`` reads them)."""
+    driver's chunk size."""
     B, n = Ystar.shape
     step = max(1, CHUNK // n)
     loglik, status, degenerate, params = [], [], [], []
@@ -298,10 +298,7 @@ def _refit(estimator, Xstar, Ystar, progress: bool, what: str, starts=None, batc
             degenerate += [bool(d) for d in part.degenerate]
             params.append(part.params)
             bar.update(hi - lo)
-    refits = Refits(torch.cat(loglik), status, degenerate)
-    if not keep:
-        return refits
-    return refits, types.SimpleNamespace(params={k: torch.cat([p[k] for p in params]) for k in params[0]})
+    return Refits(torch.cat(loglik), status, degenerate, {k: torch.cat([p[k] for p in params]) for k in params[0]})
 
 
 def null_draw(component, X0, seed: int, b: int) -> torch.Tensor:

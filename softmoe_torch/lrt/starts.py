@@ -39,16 +39,16 @@ def anchored_starts(model: ContaminatedMoE, taus=ANCHOR_TAUS) -> list:
     return [{**start, **slopes, "gate.tau": torch.full_like(gate["tau"].detach(), float(t))} for t in taus]
 
 
-def split_starts(null, model: ContaminatedMoE, splits=SPLITS) -> list:
+def split_starts(null: dict, model: ContaminatedMoE, splits=SPLITS) -> list:
     """Starts of ``model`` (the null's K prompts and one more) at each data set's fitted null ``null``
-    (FitResults of R data sets): for every component a of the null (the pre-trained one or a prompt)
+    ({name: (R, ...)}, a FitResults' ``params``): for every component a of the null (the pre-trained one or a prompt)
     and share pi in ``splits``, the new prompt is a copy of a (its expert; for the pre-trained one, its
     expert and variance) taking the share pi of a's gate weight, everything else as fitted: the
     mixture is then exactly the fitted null (for a = the pre-trained component, when the prompts'
     density family is f0's; otherwise the prompt of its family closest to f0, as ``anchored_starts``).
     The split of Chen & Li's EM test. One start {name: (R, ...)} per (a, pi): (K + 1) x 3."""
     K = len(model.prompts) - 1
-    fitted = {name: value.to(torch.float64) for name, value in null.params.items()}
+    fitted = {name: value.to(torch.float64) for name, value in null.items()}
     R = next(iter(fitted.values())).shape[0]
     new = f"prompts.{K}."
     names = [n for n in model.trainable_parameters() if n.startswith(new)]
