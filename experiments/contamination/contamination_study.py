@@ -3,7 +3,7 @@
 the broad-prompt part with variance ratios 10, 100, 1000, both parts combined by min-p), for the
 distinguishable setting's f0 (Laplace) and the non-distinguishable one's (Gaussian), X ~ N(0, I_8).
 
-    python experiments/contamination/contamination_study.py calibrate [--M 4000 4000 500]
+    python experiments/contamination/contamination_study.py calibrate [--M 4000 4000 500] [--replicate SETTING N]
     python experiments/contamination/contamination_study.py crosscheck [--M 500] [--B 99] [--n 1000]
     python experiments/contamination/contamination_study.py prompts --setting distinguishable [--M 500] [--B 19]
     python experiments/contamination/contamination_study.py power [--reps 200 200 100]
@@ -213,7 +213,8 @@ def run_cells(pool, path: Path, cells: dict, task, step):
         if not count:
             continue
         cell = done.setdefault(key, {**meta, "rows": [], "seconds": 0.0})
-        todo = sorted(set(range(count)) - {r["index"] for r in cell["rows"]})
+        first = meta.get("first", 0)
+        todo = sorted(set(range(first, first + count)) - {r["index"] for r in cell["rows"]})
         size = step(meta["n"])
         for part in chunks(todo, size):
             jobs[pool.submit(task, *args, part)] = key
@@ -235,6 +236,11 @@ def calibrate(args, pool):
         for name in SETTINGS:
             meta = {"setting": name, "n": n, "M": M}
             cells[f"{name}/{n}"] = (meta, M, (name, n, args.baseline[SIZES.index(n)]))
+    if args.replicate:  # a second, independent cell: the data sets after the first cell's M
+        name, n = args.replicate[0], int(args.replicate[1])
+        M = args.M[SIZES.index(n)]
+        meta = {"setting": name, "n": n, "M": M, "first": M, "replicate": True}
+        cells = {f"{name}/{n}/replicate": (meta, M, (name, n, 0))}
     run_cells(pool, HERE / "calibration.json", cells, calibration_task, lambda n: max(1, 20_000 // n))
 
 
@@ -343,7 +349,7 @@ def calibration_rows(cal: dict) -> list:
         out.append(
             {
                 "key": key,
-                "setting": cell["setting"],
+                "setting": cell["setting"] + (" (independent replicate)" if cell.get("replicate") else ""),
                 "n": cell["n"],
                 "M": len(rows),
                 "sizes": sizes,
@@ -619,6 +625,12 @@ def main(argv=None):
         nargs="+",
         default=None,
         help="calibration: H0 data sets per n (1e3 1e4 1e5); crosscheck: one number",
+    )
+    parser.add_argument(
+        "--replicate",
+        nargs=2,
+        metavar=("SETTING", "N"),
+        help="calibrate: an independent second cell (data sets M..2M-1)",
     )
     parser.add_argument(
         "--baseline",
