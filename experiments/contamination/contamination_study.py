@@ -140,6 +140,9 @@ def crosscheck_task(name: str, n: int, B: int, indices: list) -> list:
                 "parts": result.part_pvalues,
                 "n_failed": result.n_failed,
                 "seconds": time.perf_counter() - t0,
+                "obs": [result.statistic, result.raw_broad],
+                "boot": np.column_stack([result.boot, result.boot_broad]).tolist(),
+                "counted_high": np.flatnonzero(result.counted_high).tolist(),
             }
         )
     return rows
@@ -605,7 +608,10 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
 
 
 def analyze(args):
-    cal, cross, pw = load(HERE / "calibration.json"), load(HERE / "crosscheck.json"), load(HERE / "power.json")
+    cal, cross, pw = (
+        {k: c for k, c in load(HERE / f"{name}.json").items() if c["rows"]}
+        for name in ("calibration", "crosscheck", "power")
+    )
     prompts = load(HERE / "prompts.json")
     lines = calibration_report(cal, cross, prompts, load(HERE / "calibration_policy.json"))
     (HERE / "calibration.md").write_text("\n".join(lines) + "\n")
