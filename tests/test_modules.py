@@ -129,8 +129,11 @@ def test_parameter_maps_derivatives_by_the_chain_rule_equal_autograds(bounds):
     m = paper_model()
     space = ParamSpace(m, bounds)
     u = torch.randn(4, space.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
-    theta, d1, d2 = space.natural_flat(u, 2, chain_rule=True)
-    expected = space.natural_flat(u, 2)  # autograd through the joined maps, as the paper's path takes them
+    theta, d1, d2 = space.natural_flat(u, 2)
+    expected = [
+        torch.cat(k, 1)
+        for k in zip(*(_by_autograd(tr, u[:, space.slices[n]]) for n, tr in zip(space.names, space.transforms)))
+    ]
     for got, want in zip((theta, d1, d2), expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)
     torch.testing.assert_close(space.natural_flat(u, 1)[1], d1, rtol=1e-13, atol=0.0)

@@ -32,10 +32,9 @@ class Blocked:
     the samples on axis 1."""
 
     exact_hessian = True
-    chain_rule = False  # the parameter maps' second derivatives by the chain rule (else by autograd)
 
     def evaluate(self, u, idx, order: int = 1, resp=None) -> Evaluation:
-        theta, d1, d2 = self.space.natural_flat(u, order, chain_rule=self.chain_rule)
+        theta, d1, d2 = self.space.natural_flat(u, order)
         if len(self.blocks) == 1:
             return self._block(u, theta, d1, d2, idx, 0, order, resp)
         # at large n, one pass per block of samples keeps the n-long temporaries in cache; losses,

@@ -112,8 +112,6 @@ class MixtureFusedObjective(Blocked):
     resp: (m, n, K) responsibilities, as the generic objective's. ``compile``: the per-sample
     work through ``torch.compile`` (see ``compiled``; the same numbers to rounding)."""
 
-    chain_rule = True  # the parameter maps' second derivatives analytically (params.chain)
-
     def __init__(self, model, X, Y, space: ParamSpace, block: int = BLOCK, compile: bool = False):
         self.Y, self.space = Y, space
         R, n, d = X.shape

@@ -105,14 +105,10 @@ class ParamSpace:
             for n, s, tr in zip(self.names, self.shapes, self.transforms)
         }
 
-    def natural_flat(self, u: torch.Tensor, order: int = 1, chain_rule: bool = False):
+    def natural_flat(self, u: torch.Tensor, order: int = 1):
         """u (R, p) -> (theta (R, p), dtheta/du (R, p), d2theta/du2 (R, p) or None); the maps are
         element-wise, so their derivatives are too. ``order`` 1 leaves out the second derivative,
-        which ``chain_rule`` computes analytically for the domains' own maps (``chain``, about 2.5x
-        cheaper) and otherwise by autograd. The two agree to rounding, but a fit on a degenerate
-        boundary can end elsewhere by that rounding: the paper's fused path keeps autograd, so that
-        its reproduction stays the same to the last digit (12 of its 800 Fig. 2b fits moved by more
-        than 1e-12 per sample with the chain rule); the mixture path takes the chain rule."""
+        which is analytic for the domains' own maps (``chain``) and by autograd for any other."""
         if order < 2:
             theta, d1 = [], []
             for n, tr in zip(self.names, self.transforms):
@@ -121,17 +117,11 @@ class ParamSpace:
                 theta.append(y)
                 d1.append(tr.log_abs_det_jacobian(x, y).exp().expand_as(x))
             return torch.cat(theta, 1), torch.cat(d1, 1), None
-        if not chain_rule:
-            return _by_autograd(self._joined, u)
         parts = [
             chain(tr, u[:, self.slices[n]].detach()) or _by_autograd(tr, u[:, self.slices[n]])
             for n, tr in zip(self.names, self.transforms)
         ]
         return tuple(torch.cat(k, 1) for k in zip(*parts))
-
-    def _joined(self, u: torch.Tensor) -> torch.Tensor:
-        """u (R, p) -> theta (R, p), every parameter through its map."""
-        return torch.cat([tr(u[:, self.slices[n]]) for n, tr in zip(self.names, self.transforms)], 1)
 
     def to_unconstrained(self, params: dict) -> torch.Tensor:
         """{name: (R, *shape)} -> u (R, p); raises ValueError for values outside the domain or bounds."""
@@ -194,8 +184,7 @@ def chain(transform, x: torch.Tensor):
 
 
 def _by_autograd(transform, x: torch.Tensor):
-    """y = transform(x) and its element-wise first and second derivatives by autograd (``transform``
-    element-wise: any map of x to a tensor of its shape)."""
+    """y = transform(x) and its element-wise first and second derivatives by autograd."""
     with torch.enable_grad():
         xx = x.detach().requires_grad_(True)
         y = transform(xx)
