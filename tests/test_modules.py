@@ -115,34 +115,6 @@ def test_param_space_round_trip_and_bounds():
         ParamSpace(m, {"gamma": 1.0})
 
 
-@pytest.mark.parametrize(
-    "bounds", [None, {"real": 5.0, "positive": [1e-6, 10.0]}, {"positive": [1e-6, 10.0], "gate": {"tau": 10.0}}]
-)
-def test_parameter_maps_derivatives_by_the_chain_rule_equal_autograds(bounds):
-    """natural_flat's second order (analytic through sigmoid, exp and affine maps) against autograd,
-    for unbounded and boxed real and positive parameters; a declared domain of its own (x > 2) too."""
-    from torch.distributions import constraints
-    from torch.distributions.constraint_registry import biject_to
-
-    from softmoe_torch.estimation.params import _by_autograd, chain
-
-    m = paper_model()
-    space = ParamSpace(m, bounds)
-    u = torch.randn(4, space.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
-    theta, d1, d2 = space.natural_flat(u, 2)
-    expected = [
-        torch.cat(k, 1)
-        for k in zip(*(_by_autograd(tr, u[:, space.slices[n]]) for n, tr in zip(space.names, space.transforms)))
-    ]
-    for got, want in zip((theta, d1, d2), expected):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)
-    torch.testing.assert_close(space.natural_flat(u, 1)[1], d1, rtol=1e-13, atol=0.0)
-    own = biject_to(constraints.greater_than(2.0))
-    for got, want in zip(chain(own, u), _by_autograd(own, u)):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
-    assert chain(biject_to(constraints.simplex), u) is None  # not element-wise: autograd's business
-
-
 def test_batched_evaluation_matches_the_module():
     m = paper_model()
     X, Y = torch.randn(2, 30, 3), torch.randn(2, 30)

@@ -107,8 +107,7 @@ class ParamSpace:
 
     def natural_flat(self, u: torch.Tensor, order: int = 1):
         """u (R, p) -> (theta (R, p), dtheta/du (R, p), d2theta/du2 (R, p) or None); the maps are
-        element-wise, so their derivatives are too. ``order`` 1 leaves out the second derivative,
-        which is analytic for the domains' own maps (``chain``) and by autograd for any other."""
+        element-wise, so their derivatives are too. ``order`` 1 leaves out the second derivative."""
         if order < 2:
             theta, d1 = [], []
             for n, tr in zip(self.names, self.transforms):
@@ -117,11 +116,12 @@ class ParamSpace:
                 theta.append(y)
                 d1.append(tr.log_abs_det_jacobian(x, y).exp().expand_as(x))
             return torch.cat(theta, 1), torch.cat(d1, 1), None
-        parts = [
-            chain(tr, u[:, self.slices[n]].detach()) or _by_autograd(tr, u[:, self.slices[n]])
-            for n, tr in zip(self.names, self.transforms)
-        ]
-        return tuple(torch.cat(k, 1) for k in zip(*parts))
+        with torch.enable_grad():
+            uu = u.detach().requires_grad_(True)
+            theta = torch.cat([tr(uu[:, self.slices[n]]) for n, tr in zip(self.names, self.transforms)], 1)
+            (d1,) = torch.autograd.grad(theta.sum(), uu, create_graph=True)
+            d2 = torch.autograd.grad(d1.sum(), uu)[0] if d1.requires_grad else torch.zeros_like(u)
+        return theta.detach(), d1.detach(), d2
 
     def to_unconstrained(self, params: dict) -> torch.Tensor:
         """{name: (R, *shape)} -> u (R, p); raises ValueError for values outside the domain or bounds."""
@@ -153,44 +153,6 @@ class ParamSpace:
             for r in near.any(dim=1).nonzero().squeeze(1).tolist():
                 hits[r].append(name)
         return hits
-
-
-def chain(transform, x: torch.Tensor):
-    """y = transform(x) and its element-wise first and second derivatives, by the chain rule through
-    the maps the domains use (compositions of sigmoid, exp and scalar affine maps, the identity);
-    None for any other map."""
-    if isinstance(transform, T.ComposeTransform):
-        y, d1, d2 = x, torch.ones_like(x), torch.zeros_like(x)
-        for part in transform.parts:
-            step = chain(part, y)
-            if step is None:
-                return None
-            y, g1, g2 = step
-            d1, d2 = g1 * d1, g2 * d1 * d1 + g1 * d2
-        return y, d1, d2
-    if isinstance(transform, T.SigmoidTransform):
-        s = transform(x)
-        g1 = s * (1 - s)
-        return s, g1, g1 * (1 - 2 * s)
-    if isinstance(transform, T.ExpTransform):
-        y = transform(x)
-        return y, y, y
-    if isinstance(transform, T.AffineTransform) and all(
-        not torch.is_tensor(v) or v.numel() == 1 for v in (transform.loc, transform.scale)
-    ):
-        scale = float(transform.scale)
-        return transform(x), torch.full_like(x, scale), torch.zeros_like(x)
-    return None
-
-
-def _by_autograd(transform, x: torch.Tensor):
-    """y = transform(x) and its element-wise first and second derivatives by autograd."""
-    with torch.enable_grad():
-        xx = x.detach().requires_grad_(True)
-        y = transform(xx)
-        (d1,) = torch.autograd.grad(y.sum(), xx, create_graph=True)
-        d2 = torch.autograd.grad(d1.sum(), xx)[0] if d1.requires_grad else torch.zeros_like(x)
-    return y.detach(), d1.detach(), d2
 
 
 def batched_log_joint(model, params: dict, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
