@@ -478,6 +478,7 @@ def rejections(cal: dict, pw: dict, name: str, n: int, label: str) -> dict:
 
 def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -532,10 +533,11 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
         ax.axhline(0.8, color="k", lw=0.6, ls=":")
         ax.axhline(0.05, color="k", lw=0.6, ls=":")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"n = {n}", fontsize=10)
         ax.set_xlabel("delta")
         ax.set_ylabel("rejection rate at 0.05")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     fig.savefig(HERE / "delta.png", dpi=110)
     plt.close(fig)
     lines += [
@@ -598,6 +600,7 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
                     ax.plot(MASSES, [r[k].mean() for r in rej], marker[k] + style, label=f"{names[k]}, n = {n}")
         lines.append("")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("expected contaminated observations m")
         ax.set_ylabel("rejection rate at 0.05")
         ax.set_title(name, fontsize=10)
