@@ -55,6 +55,7 @@ def _argmax_weight(log_r: torch.Tensor) -> torch.Tensor:
 
 
 def check_ratios(ratios):
+    """A one-line ValueError unless ``ratios`` is a non-empty list or tuple of numbers > 1."""
     ok = isinstance(ratios, (list, tuple)) and len(ratios) > 0
     if not ok or any(isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 1 for k in ratios):
         raise ValueError(f"the broad prompts' variance ratios must be a non-empty list of numbers > 1, got {ratios!r}")

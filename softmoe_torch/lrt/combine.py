@@ -4,8 +4,8 @@ fitted prompt's LR and the broad-prompt LR), combined by their smallest p-value 
 Every value sits in a pool with the reference draws: a part's p-value is the share of the pool at
 or above it (itself counted), the combined statistic is the smallest of its parts' p-values, and the
 test's p-value is the share of the pool whose combined statistic is at least as extreme as the
-observed one (itself counted). Ties in the smallest p-value are common (the largest value of each
-part both have the smallest p-value, 1 / (B + 1)), and counting them all against the observed value
+observed one (itself counted). Ties in the smallest p-value are common (the largest values of the
+parts all have the smallest p-value, 1 / (B + 1)), and counting them all against the observed value
 makes the test conservative at small B (at B = 99 it could never reject at 0.01); they are broken
 by the next smallest p-value, then the next (each row's p-values sorted, compared
 lexicographically). The combined statistic stays a symmetric function of the pool, so when the
