@@ -476,6 +476,13 @@ def rejections(cal: dict, pw: dict, name: str, n: int, label: str) -> dict:
     }
 
 
+def rate_cell(rejected: np.ndarray) -> str:
+    """A table cell: the rejection rate of 0/1 decisions with its Wilson 95% interval."""
+    hits = int(rejected.sum())
+    lo, hi = wilson(hits, len(rejected))
+    return f"{hits / len(rejected):.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
     import matplotlib
     import matplotlib.ticker
@@ -516,12 +523,7 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
         lines += [f"### n = {n} ({reps} data sets a delta)", "", "| delta | " + " | ".join(names.values()) + " |"]
         lines.append("|---|" + "---|" * len(names))
         for d, r in zip(deltas, rej):
-            cells = []
-            for k in names:
-                h = int(r[k].sum())
-                lo, hi = wilson(h, len(r[k]))
-                cells.append(f"{h / len(r[k]):.2f} [{lo:.2f}, {hi:.2f}]")
-            lines.append(f"| {d:.4g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {d:.4g} | " + " | ".join(rate_cell(r[k]) for k in names) + " |")
         lines.append("")
         for k, style in zip(names, ("o-", "v-.", "x-.", "s--", "^:")):
             rates = np.array([r[k].mean() for r in rej])
@@ -590,12 +592,7 @@ def power_report(cal: dict, pw: dict, n_boot: int = 2000) -> list:
                 continue
             rej = [rejections(cal, pw, name, n, f"m={m:g}") for m in MASSES]
             for k in names:
-                cells = []
-                for r in rej:
-                    h = int(r[k].sum())
-                    lo, hi = wilson(h, len(r[k]))
-                    cells.append(f"{h / len(r[k]):.2f} [{lo:.2f}, {hi:.2f}]")
-                lines.append(f"| {n} | {names[k]} | " + " | ".join(cells) + " |")
+                lines.append(f"| {n} | {names[k]} | " + " | ".join(rate_cell(r[k]) for r in rej) + " |")
                 if k in ("test", "baseline", "oracle"):
                     ax.plot(MASSES, [r[k].mean() for r in rej], marker[k] + style, label=f"{names[k]}, n = {n}")
         lines.append("")

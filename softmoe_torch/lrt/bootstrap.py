@@ -96,10 +96,12 @@ def contamination_test(
     Xstar = X0.expand(B, *X0.shape)
     boot = _refit(estimator, Xstar, Ystar, progress, "H1", given)
     parts = broad is not None
+    observed_parts = _parts(observed.loglik, null, observed.X, observed.Y, broad)  # (1, J)
+    boot_parts = _parts(boot.loglik, null, Xstar, Ystar, broad)  # (B, J)
     return BootstrapTest(
         test="contamination",
-        raw_statistic=float(_statistics(observed.loglik, null, observed.X, observed.Y)[0]),
-        raw_boot=_statistics(boot.loglik, null, Xstar, Ystar).tolist(),
+        raw_statistic=float(observed_parts[0, 0]),
+        raw_boot=boot_parts[:, 0].tolist(),
         boot_status=list(boot.status),
         boot_degenerate=boot.degenerate,
         observed=observed,
@@ -108,8 +110,8 @@ def contamination_test(
         iterations=iterations,
         starts=starts,
         broad=tuple(float(k) for k in broad) if parts else None,
-        raw_broad=float(broad_statistics(null, observed.X, observed.Y, broad)[0]) if parts else None,
-        boot_broad=broad_statistics(null, Xstar, Ystar, broad).tolist() if parts else None,
+        raw_broad=float(observed_parts[0, 1]) if parts else None,
+        boot_broad=boot_parts[:, 1].tolist() if parts else None,
     )
 
 
@@ -136,8 +138,13 @@ def contamination_statistics(
         check_ratios(broad)
     X, Y = fit_data(estimator.spec, X, y, estimator.dtype, estimator.device)
     refits = _refit(_capped(estimator, iterations), X, Y, progress, "H1", given)
-    null = estimator.spec.pretrained
-    parts = [_statistics(refits.loglik, null, X, Y)]
+    return _parts(refits.loglik, estimator.spec.pretrained, X, Y, broad)
+
+
+def _parts(loglik: torch.Tensor, null, X: torch.Tensor, Y: torch.Tensor, broad) -> torch.Tensor:
+    """The contamination test's statistic of each data set, one column a part: the fitted part
+    (``_statistics``) and, unless ``broad`` is None, the broad-prompt part. -> (R, 1 or 2) float64."""
+    parts = [_statistics(loglik, null, X, Y)]
     if broad is not None:
         parts.append(broad_statistics(null, X, Y, broad))
     return torch.stack(parts, dim=1)
