@@ -3,10 +3,12 @@
 from .estimation.convergence import ConvergenceWarning
 from .estimation.driver import FitOptions
 from .estimation.estimator import Estimator
+from .estimation.ls_results import LeastSquaresResults
 from .estimation.results import FitResults
 from .model.densities import Density, Gaussian, Laplace, StudentT
 from .model.experts import (
     AffineExpert,
+    AffineReLUExpert,
     GELUExpert,
     IndexExpert,
     LinearExpert,
@@ -15,8 +17,9 @@ from .model.experts import (
     SigmoidExpert,
     TanhExpert,
 )
-from .model.gates import ConstantGate, SoftmaxGate
+from .model.gates import ConstantGate, SigmoidGate, SoftmaxGate
 from .model.mixture import Component, ContaminatedMoE, Mixture, MixtureOfExperts
+from .model.regression import RegressionMoE
 
 __all__ = [
     "Estimator",
@@ -34,11 +37,15 @@ __all__ = [
     "ReLUExpert",
     "LinearExpert",
     "AffineExpert",
+    "AffineReLUExpert",
     "MLPExpert",
     "SoftmaxGate",
     "ConstantGate",
+    "SigmoidGate",
     "Component",
     "Mixture",
     "ContaminatedMoE",
     "MixtureOfExperts",
+    "RegressionMoE",
+    "LeastSquaresResults",
 ]

@@ -22,6 +22,7 @@ from .params import ParamSpace
 
 DEFAULT_BOUNDS = {"real": 10.0, "positive": [1e-8, 1e2]}
 METHODS = ("em", "direct", "newton")
+LS_METHODS = ("lm", "trust_newton", "ls_lbfgs", "sgd")  # least squares, for regression mixtures (``ls_driver.py``)
 METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
     "em": dict(
         method="em",
@@ -54,6 +55,10 @@ METHOD_DEFAULTS = {  # conf/fit/*.yaml say the same (a test checks)
     ),
     "direct": dict(method="direct", mstep="bfgs", tol=1e-12, max_iter=2000),
     "newton": dict(method="newton", mstep="bfgs", tol=1e-12, max_iter=2000),
+    "lm": dict(method="lm", tol=1e-15, gtol=1e-8, max_iter=1000, inner=dict(max_iter=100)),
+    "trust_newton": dict(method="trust_newton", tol=1e-15, gtol=1e-8, max_iter=1000, inner=dict(max_iter=100)),
+    "ls_lbfgs": dict(method="ls_lbfgs", tol=1e-15, gtol=1e-8, max_iter=20000, inner=dict(history=20)),
+    "sgd": dict(method="sgd", epochs=10, lr=0.1, batch_size=64),
 }
 MSTEPS = (
     "lbfgs",
@@ -87,7 +92,12 @@ class FitOptions:
     over-specified mixtures). ``fused``: use the fused fast path where the model allows it.
     ``compile``: run the fused mixture path (K >= 2 components) through ``torch.compile`` on the
     CPU: 2-4x faster evaluations, the same numbers to rounding, but the first fits in a process pay
-    the compilation (about 10-30 s; less once inductor's disk cache holds it); for sweeps."""
+    the compilation (about 10-30 s; less once inductor's disk cache holds it); for sweeps.
+
+    Regression mixtures (``RegressionMoE``) are fitted by least squares (``ls_driver.py``):
+    ``method`` 'lm' (Levenberg-Marquardt; ``inner.max_iter`` its conjugate-gradient products per
+    step), 'ls_lbfgs' (the batched L-BFGS, ``inner.history`` pairs) or 'sgd' (``epochs`` passes of
+    mini-batch SGD of ``batch_size`` at step ``lr``); ``gtol`` then bounds the gradient of RSS / n."""
 
     method: str = "em"
     mstep: str = "lbfgs"
@@ -104,10 +114,13 @@ class FitOptions:
     fused: bool = True
     indefinite: str = "bfgs"
     compile: bool = False
+    epochs: int = 10
+    lr: float = 0.1
+    batch_size: int = 64
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"fit.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in METHODS + LS_METHODS:
+            raise ValueError(f"fit.method must be one of {', '.join(METHODS + LS_METHODS)}, got {self.method!r}")
         if self.mstep not in MSTEPS:
             raise ValueError(f"fit.mstep must be one of {', '.join(MSTEPS)}, got {self.mstep!r}")
         if self.indefinite not in INDEFINITE:
@@ -116,8 +129,8 @@ class FitOptions:
             raise ValueError(f"fit.compile must be true or false here, got {self.compile!r}")
         if self.accelerate not in ACCELERATIONS:
             raise ValueError(f"fit.accelerate must be one of {', '.join(ACCELERATIONS)}, got {self.accelerate!r}")
-        for name in ("tol", "gtol", "max_iter", "squarem_after", "anderson_depth"):
-            value, integer = getattr(self, name), name not in ("tol", "gtol")
+        for name in ("tol", "gtol", "max_iter", "squarem_after", "anderson_depth", "epochs", "lr", "batch_size"):
+            value, integer = getattr(self, name), name not in ("tol", "gtol", "lr")
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
@@ -125,8 +138,11 @@ class FitOptions:
                 and not float(value).is_integer()
             ):
                 raise ValueError(f"fit.{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if self.anderson_depth < 1:
-            raise ValueError(f"fit.anderson_depth must be at least 1, got {self.anderson_depth!r}")
+        for name in ("anderson_depth", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"fit.{name} must be at least 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"fit.lr must be positive, got {self.lr!r}")
         if isinstance(self.inner, dict):
             self.inner = SolverOptions(**self.inner)
         self.contract = Contract(self.tol, self.rule, self.gtol, self.max_iter)

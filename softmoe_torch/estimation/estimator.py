@@ -12,15 +12,19 @@ import dataclasses
 
 import torch
 
+from ..model.regression import RegressionMoE
 from .device import resolve_device, resolve_dtype
-from .driver import FitOptions, fit_best_of
+from .driver import LS_METHODS, METHOD_DEFAULTS, FitOptions, fit_best_of
 from .init import starting_points
 from .inputs import check_model, fit_data
+from .ls_driver import fit_least_squares
+from .ls_results import LeastSquaresResults
 from .results import FitResults
 
 
 class Estimator:
-    """Maximum-likelihood estimation of a ``ContaminatedMoE``'s trainable parameters.
+    """Maximum-likelihood estimation of a mixture's trainable parameters (a ``ContaminatedMoE``, a
+    ``MixtureOfExperts``), or least squares for a ``RegressionMoE``.
 
     method: 'em' (default; EM with the batched L-BFGS M-step), 'em_torch' (EM with a
     torch.optim.LBFGS M-step per replication), 'direct' (BFGS on the marginal log-likelihood) or
@@ -29,12 +33,15 @@ class Estimator:
     init: 'random' (``n_init`` seeded starts, default 5) or 'near_truth' (``truth`` {name: tensor}
     plus noise of size ``init_scale``, ``n_init`` draws, default 1: the paper's protocol; a truth of
     fewer components than the model is spread over them, ``init.spread_truth``). device: 'auto', 'cpu', 'cuda', 'mps';
-    dtype: 'float64' (default) or 'float32'. ``options``: a complete ``FitOptions`` instead."""
+    dtype: 'float64' (default) or 'float32'. ``options``: a complete ``FitOptions`` instead.
+    A ``RegressionMoE`` takes method 'lm' (its default: Levenberg-Marquardt), 'ls_lbfgs' or 'sgd'
+    (the published protocol; replication r's shuffles are seeded ``seed + r``) and gives
+    ``LeastSquaresResults``."""
 
     def __init__(
         self,
         model,
-        method: str = "em",
+        method: str | None = None,
         *,
         init: str = "random",
         n_init: int | None = None,
@@ -55,6 +62,12 @@ class Estimator:
         if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale >= 0:
             raise ValueError(f"init_scale must be a number of at least 0, got {init_scale!r}")
         check_model(model)
+        regression = isinstance(model, RegressionMoE)
+        method = method or (options.method if options else "lm" if regression else "em")
+        if regression != (method in LS_METHODS):
+            mixture_methods = [m for m in METHOD_DEFAULTS if m not in LS_METHODS]
+            kind, methods = ("a RegressionMoE", LS_METHODS) if regression else ("a mixture density", mixture_methods)
+            raise ValueError(f"{kind} is fitted by method {' | '.join(methods)}, got {method!r}")
         self.options = options or FitOptions.for_method(method, **fit_options)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -89,6 +102,10 @@ class Estimator:
             if not all(isinstance(one, dict) for one in given):
                 raise ValueError("start must be a dict {parameter name: value} or a list of such dicts")
             starts = [self._with_start(starts[0], one, X.shape[0]) for one in given]
+        if isinstance(self.spec, RegressionMoE):
+            seeds = torch.tensor([self.seed + r for r in numbers])
+            fit = fit_least_squares(self.spec, X, Y, starts, self.options, seeds)
+            return LeastSquaresResults(self.spec, fit, X, Y)
         fit = fit_best_of(self.spec, X, Y, starts, self.options)
         return FitResults(self.spec, fit, X, Y)
 

@@ -7,6 +7,7 @@ import torch
 
 from ..errors import one_line
 from ..model.mixture import Mixture
+from ..model.regression import RegressionMoE
 
 
 def as_tensor(a, what: str, dtype: torch.dtype, device, finite: bool = True) -> torch.Tensor:
@@ -36,10 +37,10 @@ def as_batch(X: torch.Tensor, Y: torch.Tensor):
 
 def check_model(model) -> None:
     """Raise a one-line ValueError unless ``model`` is a mixture with something to fit."""
-    if not isinstance(model, Mixture):
+    if not isinstance(model, (Mixture, RegressionMoE)):
         raise ValueError(
             f"the model must be a mixture of softmoe_torch.model.mixture (ContaminatedMoE, MixtureOfExperts "
-            f"or another Mixture), got {type(model).__name__}"
+            f"or another Mixture) or a RegressionMoE, got {type(model).__name__}"
         )
     if not model.trainable_parameters():
         raise ValueError(
@@ -58,7 +59,14 @@ def check_columns(model, X: torch.Tensor) -> None:
             weights = model.gate(x).shape[-1]
     except RuntimeError:
         weights = None  # the columns are wrong: said below
-    if weights is not None and weights != len(model.components):
+    if isinstance(model, RegressionMoE):
+        if weights is not None and weights != len(model.experts):
+            K = len(model.experts)
+            raise ValueError(
+                f"the gate gives {weights} weights but the model has {K} experts; build the gate for them "
+                f"(SoftmaxGate(d, n_prompts={K - 1}) or SigmoidGate(d, n_experts={K}))"
+            )
+    elif weights is not None and weights != len(model.components):
         raise ValueError(
             f"the gate gives {weights} weights but the mixture has {len(model.components)} components; "
             f"build the gate for {len(model.components) - 1} non-reference components "

@@ -95,8 +95,9 @@ class LinearExpert(IndexExpert):
 
 
 class AffineExpert(IndexExpert):
-    """h = eta^T x + bias: a linear expert with an intercept (the experts of softmax-gated
-    Gaussian MoE regression)."""
+    """h = act(eta^T x + bias) with act the identity: a linear expert with an intercept (the
+    experts of softmax-gated Gaussian MoE regression). Subclasses change ``activation`` (and its
+    derivatives) to give one-neuron experts act(eta^T x + bias)."""
 
     activation = staticmethod(lambda z: z)
     activation_derivatives = staticmethod(_linear_derivatives)
@@ -106,7 +107,15 @@ class AffineExpert(IndexExpert):
         self.bias = nn.Parameter(torch.tensor(float(bias), dtype=self.eta.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.eta + self.bias
+        return self.activation(x @ self.eta + self.bias)
+
+
+class AffineReLUExpert(AffineExpert):
+    """h = ReLU(eta^T x + bias): a one-neuron ReLU layer (the ReLU experts of the sigmoid-gating
+    regression study)."""
+
+    activation = staticmethod(torch.relu)
+    activation_derivatives = staticmethod(_relu_derivatives)
 
 
 class AffineSigmoidExpert(nn.Module):

@@ -1,7 +1,9 @@
-"""Gates over {reference, prompt_1..prompt_K}: ``forward(x)`` maps x (n, d) to log-weights (n, K+1).
+"""Gates: ``forward(x)`` maps x (n, d) to log-weights, one column per component.
 
-Column 0 is the reference component (the pre-trained one of a contaminated mixture), whose
-logit is fixed at 0, so for K = 1 the prompt's weight is the paper's sigmoid(beta^T x + tau).
+The softmax gates are over {reference, prompt_1..prompt_K}, (n, K+1): column 0 is the reference
+component (the pre-trained one of a contaminated mixture), whose logit is fixed at 0, so for
+K = 1 the prompt's weight is the paper's sigmoid(beta^T x + tau). The sigmoid gate (regression
+mixtures only) gives each of its K experts its own weight, not normalised.
 """
 
 import torch
@@ -45,3 +47,19 @@ class ConstantGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _log_weights(self.tau.expand(*x.shape[:-1], -1))
+
+
+class SigmoidGate(nn.Module):
+    """One unnormalised weight per expert, sigmoid(beta_k^T x + tau_k), k = 1..K; beta (K, d), tau (K,);
+    ``forward`` gives their logs (n, K). For regression mixtures (``RegressionMoE``): the weights
+    of a mixture density must sum to one."""
+
+    param_constraints = {"beta": constraints.real, "tau": constraints.real}
+
+    def __init__(self, dim: int, n_experts: int = 1, beta=None, tau=None):
+        super().__init__()
+        self.beta = nn.Parameter(torch.zeros(n_experts, dim) if beta is None else _values(beta, (n_experts, dim)))
+        self.tau = nn.Parameter(torch.zeros(n_experts) if tau is None else _values(tau, (n_experts,)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.logsigmoid(x @ self.beta.T + self.tau)
