@@ -176,9 +176,12 @@ def test_the_rss_never_rises_and_a_batch_fits_each_data_set_as_alone(method, one
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         batch = est.fit(X, Y, start=start)
-        alone = est.fit(X[1], Y[1], start=start, replications=[1])
     for trace in batch.trace:
         assert all(b >= a for a, b in zip(trace, trace[1:]))  # the mean log-likelihood, up in RSS's mirror
+    truth, X, Y, start = simulated(R=3, seed=4)
+    est = Estimator(regression(2, 1), method)
+    batch, alone = est.fit(X, Y, start=start), est.fit(X[1], Y[1], start=start, replications=[1])
+    assert batch.status == ["converged"] * 3
     assert float(alone.mean_loglik[0]) == pytest.approx(float(batch.mean_loglik[1]), rel=1e-12)
 
 
@@ -238,3 +241,64 @@ def test_methods_belong_to_their_models():
         Estimator(RegressionMoE([AffineExpert(1), AffineExpert(1)], SigmoidGate(1, 3))).fit(
             np.zeros((5, 1)), np.zeros(5)
         )
+
+
+def test_the_studys_truths_follow_the_papers_description():
+    from softmoe_torch.settings.regression_truths import draw_truth, near_truth_start, separation
+
+    d = 32
+    one = draw_truth("regime1", "relu", seed=3)
+    two = draw_truth("regime2", "linear", seed=3)
+    soft = draw_truth("softmax", "relu", seed=3)
+    assert isinstance(one.experts[0], AffineReLUExpert) and type(two.experts[0]) is AffineExpert
+    assert float(one.gate.beta.abs().max()) == 0 and float(two.gate.beta[0].abs().max()) == 0
+    assert float(two.gate.beta[1:].abs().min()) > 0 and soft.gate.beta.shape == (7, d)
+    assert isinstance(soft.gate, SoftmaxGate) and isinstance(one.gate, SigmoidGate)
+    torch.testing.assert_close(draw_truth("regime1", "relu", seed=3).gate.tau, one.gate.tau)  # seeded
+    # the variances as described: slopes N(0, 0.01 / d), experts N(0, 1 / d), over many draws
+    slopes = torch.cat([draw_truth("regime2", "relu", seed=s).gate.beta[1:].detach().reshape(-1) for s in range(20)])
+    experts = torch.cat([draw_truth("regime2", "relu", seed=s).experts[1].eta.detach() for s in range(20)])
+    assert float(slopes.var()) == pytest.approx(0.01 / d, rel=0.1)
+    assert float(experts.var()) == pytest.approx(1 / d, rel=0.2)
+    # separation: the smallest distance between two atoms (b1, b0, a, b), by hand on a K = 2 truth
+    small = regression(2, 1, "sigmoid")
+    with torch.no_grad():
+        small.gate.beta.copy_(torch.tensor([[0.0], [3.0]])), small.gate.tau.copy_(torch.tensor([0.0, 4.0]))
+    assert separation(small) == pytest.approx(5.0)
+    # the start: the k* atoms, then a copy of one, each entry moved by N(0, 0.05^2)
+    start = near_truth_start(one, "sigmoid", seed=1)
+    assert start["gate.beta"].shape == (9, d) and start["experts.8.eta"].shape == (d,)
+    moved = torch.cat([start[f"experts.{i}.eta"] - one.experts[i].eta.detach() for i in range(8)])
+    assert float(moved.std()) == pytest.approx(0.05, rel=0.1)
+    copies = [float((start["experts.8.eta"] - one.experts[i].eta.detach()).std()) for i in range(8)]
+    assert min(copies) == pytest.approx(0.05, rel=0.3) and sorted(copies)[1] > 0.1
+    soft_start = near_truth_start(soft, "softmax", seed=1)
+    assert soft_start["gate.beta"].shape == (8, d)
+
+
+def test_the_structured_and_generic_paths_give_one_fit(one_thread):
+    truth, X, Y, start = simulated()
+    fast = Estimator(regression(2, 1), "lm").fit(X[0], Y[0], start=start)
+    slow = Estimator(regression(2, 1), "lm", fused=False).fit(X[0], Y[0], start=start)
+    assert fast.fused and not slow.fused and fast.n_evals > 0
+    assert float(fast.noise_variance[0]) == pytest.approx(float(slow.noise_variance[0]), rel=1e-12)
+    for name in fast.params:
+        torch.testing.assert_close(fast.params[name], slow.params[name], atol=1e-6, rtol=0)  # both at gtol 1e-8
+
+
+def test_least_squares_fits_inside_the_box_and_says_where_it_ends_on_a_bound(one_thread):
+    gen = torch.Generator().manual_seed(7)
+    X = torch.rand(1000, 1, generator=gen, dtype=torch.float64) * 2 - 1
+    y = torch.where(X[:, 0] > 0, 1.0, -1.0) + 0.1 * torch.randn(1000, generator=gen, dtype=torch.float64)
+    start = {"gate.beta": torch.tensor([[1.0]]), "gate.tau": torch.tensor([0.0])}
+    start |= {"experts.0.eta": torch.tensor([0.0]), "experts.0.bias": torch.tensor(-1.0)}
+    start |= {"experts.1.eta": torch.tensor([0.0]), "experts.1.bias": torch.tensor(1.0)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = Estimator(regression(2, 1), "lm", bounds={"real": 3.0}, max_iter=300).fit(X, y, start=start)
+        free = Estimator(regression(2, 1), "lm", bounds=None, max_iter=300).fit(X, y, start=start)
+    assert "gate.beta" in res.at_bound[0] and float(res["gate.beta"].abs().max()) <= 3.0
+    assert float(free["gate.beta"].abs().max()) > 3.0  # a step: the free fit's gate slope runs off
+    assert free.at_bound == [[]]
+    with pytest.raises(ValueError, match="outside fit.bounds"):
+        Estimator(regression(2, 1), "lm", bounds={"real": 0.5}).fit(X, y, start=start)

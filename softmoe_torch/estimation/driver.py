@@ -172,7 +172,8 @@ class BatchFit:
     replication, the parameters that ended on a box bound (the estimate is then the constrained
     MLE); seconds: wall time of the call(s); n_evals: objective evaluations (calls over the batch);
     solver: what ran ('em/lbfgs+anderson', 'em/newton+squarem', 'newton', ...); fused: whether the fused path
-    was used."""
+    was used; gradient_max (least squares only): (R,) the largest gradient entry of RSS / n at the end,
+    in the optimizer's variables (what the contract's gtol bounds)."""
 
     params: dict
     mean_loglik: torch.Tensor
@@ -185,6 +186,7 @@ class BatchFit:
     n_evals: int
     solver: str
     fused: bool
+    gradient_max: torch.Tensor | None = None
 
     def __len__(self):
         return self.mean_loglik.shape[0]
@@ -207,6 +209,7 @@ class BatchFit:
             n_evals=sum(p.n_evals for p in parts),
             solver=first.solver,
             fused=first.fused,
+            gradient_max=None if first.gradient_max is None else cat("gradient_max"),
         )
 
     def replace_where(self, mask: torch.Tensor, other: "BatchFit") -> "BatchFit":
@@ -227,6 +230,7 @@ class BatchFit:
             n_evals=self.n_evals + other.n_evals,
             solver=self.solver,
             fused=self.fused,
+            gradient_max=None if self.gradient_max is None else where(self.gradient_max, other.gradient_max),
         )
 
 
@@ -243,7 +247,7 @@ class _Counted:
 
 
 @contextmanager
-def _threads_for(elements: int):
+def threads_for(elements: int):
     """One intra-op thread for small batches (R * n below SMALL_BATCH samples): there the
     threads' start-up and synchronisation cost more than they save, many times more on a busy
     machine; the caller's setting otherwise."""
@@ -291,7 +295,7 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
     else:
         parts = []
         for rows in groups:
-            with _threads_for(Y[rows].numel()):
+            with threads_for(Y[rows].numel()):
                 parts.append(fit_group(rows))
     result = parts[0] if len(parts) == 1 else BatchFit.concat(parts)
     result = dataclasses.replace(result, seconds=time.perf_counter() - start)
@@ -308,7 +312,7 @@ def _shareable(model, opts: FitOptions) -> bool:
 
 def _side_by_side(fit, items: list, workers: int) -> list:
     """[fit(item) for item in items] on ``workers`` threads side by side, each with one intra-op thread."""
-    with _threads_for(0), ThreadPoolExecutor(workers) as pool:  # (0 samples: one intra-op thread each)
+    with threads_for(0), ThreadPoolExecutor(workers) as pool:  # (0 samples: one intra-op thread each)
         return list(pool.map(fit, items))
 
 

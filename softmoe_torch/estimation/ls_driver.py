@@ -3,43 +3,81 @@ keeps, per data set, the fit of smallest RSS. Methods (``FitOptions.method``):
 
 - 'lm': Levenberg-Marquardt on Jacobian products (``ls_solvers.levenberg_marquardt``), to the
   convergence contract with ``gtol`` on the gradient of RSS / n;
+- 'trust_newton': trust-region Newton on Hessian-vector products (``ls_solvers.trust_newton``), the
+  same contract;
 - 'ls_lbfgs': the project's batched L-BFGS (``optim.minimize``) on RSS / n, the same contract;
 - 'sgd': the published simulations' protocol, plain mini-batch SGD for ``epochs`` passes at step
   ``lr`` (no convergence test; the status says so).
 
+The converging methods fit inside ``FitOptions.bounds`` (the theory's compact parameter space; the
+gradient of the contract is then in the unconstrained variables, and ``at_bound`` names the
+parameters that end on a bound); 'sgd' steps in the parameters themselves, as the papers do.
 The fit's ``mean_loglik`` is the Gaussian one at nu = RSS / n."""
 
 import dataclasses
+import math
 import time
 
 import torch
 
-from .driver import BatchFit, FitOptions, _threads_for, replication_groups
+from .driver import BatchFit, FitOptions, replication_groups, threads_for
 from .evaluation import Evaluation
 from .inputs import as_batch
-from .ls_objective import StructuredLS, make_ls_objective
+from .ls_objective import BoxedLS, StructuredLS, make_ls_objective
 from .ls_solvers import levenberg_marquardt, mean_loglik, sgd_epochs, trust_newton
 from .optim import minimize
+from .params import ParamSpace
+
+
+class _Counted:
+    """An objective whose values and linearizations (calls over the batch) are counted."""
+
+    def __init__(self, objective):
+        self.objective, self.calls = objective, 0
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+    def value(self, u, idx):
+        self.calls += 1
+        return self.objective.value(u, idx)
+
+    def linearize(self, u, idx, diag: bool = True):
+        self.calls += 1
+        return self.objective.linearize(u, idx, diag)
+
+
+def _box(objective, space: ParamSpace, like: torch.Tensor):
+    """(lo, hi) (p,) of ``space``'s intervals in ``objective``'s layout (infinite where unbounded)."""
+    ends = []
+    for side in (0, 1):
+        values = {}
+        for name, shape, interval in zip(space.names, space.shapes, space.intervals):
+            end = math.inf * (2 * side - 1) if interval is None else interval[side]
+            values[name] = torch.full((1, *shape), end, dtype=like.dtype, device=like.device)
+        ends.append(objective.pack(values)[0])
+    return ends
 
 
 def _fit_group(model, X, Y, init: dict, opts: FitOptions, seeds: list) -> BatchFit:
-    obj = make_ls_objective(model, X, Y, opts.fused)
+    space = ParamSpace(model, opts.bounds)
+    raw = make_ls_objective(model, X, Y, opts.fused)
+    boxed = opts.method != "sgd" and any(i is not None for i in space.intervals)
+    obj = _Counted(BoxedLS(raw, *_box(raw, space, X)) if boxed else raw)
     start = time.perf_counter()
     u = obj.pack({k: v.to(X) for k, v in init.items()})
     R = u.shape[0]
     everyone = torch.arange(R, device=u.device)
     trace = [[float(v)] for v in mean_loglik(obj.value(u, everyone))]
-    calls = {"n": 0}
     if opts.method in ("lm", "trust_newton"):
         solve = levenberg_marquardt if opts.method == "lm" else trust_newton
         u, F, n_iter, status = solve(obj, u, opts.contract, opts.inner.max_iter, trace)
     elif opts.method == "ls_lbfgs":
 
         def fun(v, idx, order):
-            calls["n"] += 1
             if order == 0:
                 return Evaluation(obj.value(v, idx))
-            lin = obj.linearize(v, idx)
+            lin = obj.linearize(v, idx, diag=False)
             return Evaluation(lin.F, lin.grad)
 
         def done(f_old, f_new, u_old, u_new, g_new):
@@ -57,6 +95,7 @@ def _fit_group(model, X, Y, init: dict, opts: FitOptions, seeds: list) -> BatchF
         for r in range(R):
             trace[r].append(float(mean_loglik(F[r : r + 1])[0]))
     params = {k: v.detach().clone() for k, v in obj.unpack(u).items()}
+    gradient_max = obj.linearize(u, everyone, diag=False).grad.abs().amax(1).detach()
     return BatchFit(
         params=params,
         mean_loglik=mean_loglik(F).detach(),
@@ -64,11 +103,12 @@ def _fit_group(model, X, Y, init: dict, opts: FitOptions, seeds: list) -> BatchF
         converged=torch.tensor([s == "converged" for s in status]),
         status=status,
         trace=trace,
-        at_bound=[[] for _ in range(R)],
+        at_bound=space.at_bound(params) if boxed else [[] for _ in range(R)],
         seconds=time.perf_counter() - start,
-        n_evals=calls["n"],
+        n_evals=obj.calls,
         solver=opts.method,
-        fused=isinstance(obj, StructuredLS),
+        fused=isinstance(raw, StructuredLS),
+        gradient_max=gradient_max,
     )
 
 
@@ -83,7 +123,7 @@ def fit_least_squares(model, X, Y, starts: list, options: FitOptions, seeds: lis
     for init in starts:
         parts = []
         for rows in replication_groups(*Y.shape):
-            with _threads_for(Y[rows].numel()):
+            with threads_for(Y[rows].numel()):
                 sub = {k: v[rows] for k, v in init.items()}
                 parts.append(_fit_group(model, X[rows], Y[rows], sub, options, seeds[rows]))
         fit = parts[0] if len(parts) == 1 else BatchFit.concat(parts)

@@ -8,7 +8,6 @@ import math
 import torch
 from torch.func import functional_call, jacfwd
 
-from .ls_objective import make_ls_objective
 from .results import FitResults
 
 SINGULAR = 1e8  # condition number of J^T J beyond which standard errors are not given
@@ -52,10 +51,10 @@ class LeastSquaresResults(FitResults):
         return [[] for _ in range(len(self))]
 
     def gradient_max(self) -> torch.Tensor:
-        """(R,): the largest entry of the gradient of RSS / n at each estimate (what the contract's gtol bounds)."""
-        obj = make_ls_objective(self.spec, self.X, self.Y)
-        every = torch.arange(len(self), device=self.X.device)
-        return obj.linearize(obj.pack(self.params), every).grad.abs().amax(1)
+        """(R,): the largest entry of the gradient of RSS / n at each estimate, in the optimizer's
+        variables (unconstrained inside ``fit.bounds``; the parameters themselves for 'sgd'): what
+        the contract's gtol bounds."""
+        return self.fit.gradient_max
 
     def responsibilities(self, X, y, r: int = 0):
         raise ValueError("a regression mixture of experts has no latent components to be responsible for y")

@@ -124,6 +124,7 @@ class FitResults:
             n_evals=self.n_evals,
             solver=self.solver,
             fused=self.fused,
+            gradient_max=None if self.fit.gradient_max is None else self.fit.gradient_max[keep],
         )
         return FitResults(self.spec, one, self.X[keep], self.Y[keep])
 
