@@ -46,9 +46,10 @@ def levenberg_marquardt(obj, u, contract: Contract, cg_iter: int, trace: list):
     """Levenberg-Marquardt from u (R, p): per problem, the step solves (J^T J / n + lam I) s = J^T r / n
     by ``pcg`` (Jacobi preconditioner where the objective gives the diagonal; forcing term
     min(0.1, sqrt(|g| / |g_0|))); a step is taken where it achieves RHO_ACCEPT of its predicted
-    decrease, and lam follows Nielsen's update. Converged: the contract (largest gradient entry of
-    F at most gtol, or the change of the mean log-likelihood below tol); stalled: no step lowers F
-    beyond rounding. ``trace`` (list of R lists) receives the mean log-likelihood after each step.
+    decrease, and lam follows Nielsen's update. Converged: the largest gradient entry of F at most
+    the contract's gtol (its change rule is not used: a heavily damped step changes F by little
+    anywhere); stalled: no step lowers F beyond rounding; max_iter: ``contract.max_iter`` accepted
+    steps, or as many trials. ``trace`` (list of R lists) receives the mean log-likelihood after each step.
     Returns (u, F (R,), n_iter (R,), status)."""
     R = u.shape[0]
     u = u.clone()
