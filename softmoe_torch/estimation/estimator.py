@@ -34,9 +34,9 @@ class Estimator:
     plus noise of size ``init_scale``, ``n_init`` draws, default 1: the paper's protocol; a truth of
     fewer components than the model is spread over them, ``init.spread_truth``). device: 'auto', 'cpu', 'cuda', 'mps';
     dtype: 'float64' (default) or 'float32'. ``options``: a complete ``FitOptions`` instead.
-    A ``RegressionMoE`` takes method 'lm' (its default: Levenberg-Marquardt), 'ls_lbfgs' or 'sgd'
-    (the published protocol; replication r's shuffles are seeded ``seed + r``) and gives
-    ``LeastSquaresResults``."""
+    A ``RegressionMoE`` takes method 'lm' (its default: Levenberg-Marquardt), 'trust_newton',
+    'ls_lbfgs' or 'sgd' (the published protocol; replication r's shuffles are seeded ``seed + r``)
+    and gives ``LeastSquaresResults`` (see ``ls_driver.py``)."""
 
     def __init__(
         self,
