@@ -146,7 +146,7 @@ def scipy_fit(model, X, y, start):
     """scipy.optimize.least_squares (trf, exact Jacobian by autograd) from the same start: the oracle."""
     obj = GenericLS(model, X[None], y[None])
     u0 = obj.pack({k: v[None] for k, v in start.items()})[0]
-    fitted = obj._fitted(X[None])
+    fitted = obj.fitted(X[None])
 
     def residuals(u):
         return (y - fitted(torch.as_tensor(u)[None])[0]).numpy()
@@ -198,7 +198,7 @@ def test_sgd_is_the_published_protocol_and_reproducible(one_thread):
     order = torch.randperm(300, generator=torch.Generator().manual_seed(6))
     for a0 in range(0, 300, 32):
         u = u - 0.1 * torch.func.grad(
-            lambda w, i=order[a0 : a0 + 32]: ((Y[1, i] - obj._fitted(X[1:, i])(w)) ** 2).mean()
+            lambda w, i=order[a0 : a0 + 32]: ((Y[1, i] - obj.fitted(X[1:, i])(w)) ** 2).mean()
         )(u)
     torch.testing.assert_close(obj.pack({k: v[1:] for k, v in one.params.items()}), u)
     line = RegressionMoE([AffineExpert(1)], SigmoidGate(1, 1).requires_grad_(False)).double()  # a frozen gate:
@@ -212,7 +212,7 @@ def test_standard_errors_are_the_nonlinear_least_squares_ones_and_absent_when_si
     truth, X, Y, start = simulated()
     res = Estimator(regression(2, 1), "lm").fit(X[0], Y[0], start=start)
     obj = GenericLS(regression(2, 1), X, Y)
-    J = torch.func.jacfwd(obj._fitted(X))(obj.pack(res.params))[0, :, 0]
+    J = torch.func.jacfwd(obj.fitted(X))(obj.pack(res.params))[0, :, 0]
     expected = float(res.noise_variance[0]) * torch.linalg.inv(J.T @ J)
     torch.testing.assert_close(res.covariance(), expected)
     assert "se" in res.summary() and res.singular() is None

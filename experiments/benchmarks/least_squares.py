@@ -67,7 +67,7 @@ def ours(model, X, y, start, method, max_iter):
 def torch_lbfgs(model, X, y, start, target, cap):
     obj = GenericLS(model, X[None], y[None])
     u = obj.pack({k: v[None] for k, v in start.items()})[0].clone().requires_grad_(True)
-    fitted = obj._fitted(X[None])
+    fitted = obj.fitted(X[None])
     opt = torch.optim.LBFGS(
         [u],
         lr=1,

@@ -153,7 +153,7 @@ class GenericLS:
         parts = u.split(self.sizes, 1)
         return {n: p.reshape(u.shape[0], *s) for n, p, s in zip(self.names, parts, self.shapes)}
 
-    def _fitted(self, X):
+    def fitted(self, X):
         """u (m, p) -> f (m, n) on inputs X (m, n, d)."""
 
         def one(p, x):
@@ -163,17 +163,17 @@ class GenericLS:
 
     def value(self, u, idx) -> torch.Tensor:
         with torch.no_grad():
-            f = self._fitted(rows(self.X, idx))(u)
+            f = self.fitted(rows(self.X, idx))(u)
         return ((rows(self.Y, idx) - f) ** 2).mean(-1)
 
     def batch_grad(self, u, X, y) -> torch.Tensor:
         """The gradient (m, p) of the mean squared residual over the samples X (m, b, d), y (m, b)."""
-        f, back = vjp(self._fitted(X), u)
+        f, back = vjp(self.fitted(X), u)
         return -2 * back(y - f)[0] / y.shape[1]
 
     def linearize(self, u, idx, diag: bool = True) -> Linearization:
         """The linearization at u (m, p) of the data sets idx (never with a diagonal here)."""
-        fitted, y = self._fitted(rows(self.X, idx)), rows(self.Y, idx)
+        fitted, y = self.fitted(rows(self.X, idx)), rows(self.Y, idx)
         f, back = vjp(fitted, u)
         f = f.detach()
         r, n = y - f, y.shape[1]

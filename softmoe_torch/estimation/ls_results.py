@@ -8,7 +8,7 @@ import math
 import torch
 from torch.func import functional_call, jacfwd
 
-from .results import FitResults
+from .results import FitResults, parameter_table
 
 SINGULAR = 1e8  # condition number of J^T J beyond which standard errors are not given
 CHUNK = 4096  # samples per forward-mode Jacobian block
@@ -75,10 +75,8 @@ class LeastSquaresResults(FitResults):
         where J^T J is regular; then status, RSS / n, log-likelihood, AIC and BIC."""
         r = self._replication_index(r)
         why = self.singular(r)
-        est = self.estimates(r)
-        ci = None if why else self.conf_int(0.05, r)
-        se = None if why else self.se(r)
-        head = f"{'parameter':<26}{'estimate':>13}" + ("" if why else f"{'se':>12}{'[0.025':>13}{'0.975]':>13}")
+        inference = (None, None) if why else (self.se(r), self.conf_int(0.05, r))
+        head, rows = parameter_table(self.estimates(r), *inference)
         gate = type(self.spec.gate).__name__
         lines = [
             f"Regression MoE fit by least squares ({self.solver}), {len(self.spec.experts)} experts, {gate}, "
@@ -86,17 +84,7 @@ class LeastSquaresResults(FitResults):
             "=" * len(head),
             head,
             "-" * len(head),
-        ]
-        for name, value in est.items():
-            flat = value.reshape(-1)
-            for i in range(flat.numel()):
-                label = name if value.dim() == 0 or flat.numel() == 1 else f"{name}[{i}]"
-                line = f"{label:<26}{float(flat[i]):>13.6g}"
-                if not why:
-                    lo, hi = ci[name][0].reshape(-1)[i], ci[name][1].reshape(-1)[i]
-                    line += f"{float(se[name].reshape(-1)[i]):>12.4g}{float(lo):>13.6g}{float(hi):>13.6g}"
-                lines.append(line)
-        lines += [
+            *rows,
             "-" * len(head),
             f"status: {self.status[r]} after {int(self.n_iter[r])} iterations",
             f"RSS / n (noise variance): {float(self.noise_variance[r]):.6g}   "

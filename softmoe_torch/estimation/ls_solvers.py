@@ -42,6 +42,46 @@ def pcg(matvec, b, precond, max_iter: int, eta):
     return x, r
 
 
+def _begin(obj, u):
+    """(a copy of u (R, p), F (R,), status, n_iter (R,)) at the start of a second-order solve."""
+    u = u.clone()
+    F = obj.value(u, torch.arange(u.shape[0], device=u.device))
+    status = ["running" if torch.isfinite(v) else "failed: non-finite residuals at the start" for v in F]
+    return u, F, status, torch.zeros(u.shape[0], dtype=torch.long)
+
+
+def _running(obj, u, status, n_iter, contract: Contract):
+    """The problems still running: (idx (m,), their linearization at u, largest gradient entries
+    (m,), which take a step (m,) bool), or None when none runs; marks the stationary ones
+    converged and those out of steps max_iter."""
+    idx = torch.tensor([r for r, s in enumerate(status) if s == "running"], dtype=torch.long, device=u.device)
+    if idx.numel() == 0:
+        return None
+    lin = obj.linearize(u[idx], idx)
+    stationary = contract.stationary(lin.grad)
+    go = ~stationary & (n_iter[idx.cpu()] < contract.max_iter).to(u.device)
+    for j, r in enumerate(idx.tolist()):
+        if stationary[j]:
+            status[r] = "converged"
+        elif not go[j]:
+            status[r] = "max_iter"
+    return idx, lin, lin.grad.abs().amax(1), go
+
+
+def _settle(u, F, n_iter, status, trace, idx, go, ok, u_try, F_try, pred, gmax, stuck):
+    """Take the trial steps where ``ok``; elsewhere among ``go``, mark stalled where the predicted
+    decrease is below float rounding of F or ``stuck`` (m,) says so. In place."""
+    ll_new = mean_loglik(F_try)
+    for j in go.nonzero().squeeze(1).tolist():
+        r = int(idx[j])
+        if ok[j]:
+            u[r], F[r] = u_try[j], F_try[j]
+            n_iter[r] += 1
+            trace[r].append(float(ll_new[j]))
+        elif pred[j] <= 64 * torch.finfo(F.dtype).eps * F[r] or stuck[j]:
+            status[r] = f"stalled: no step lowers the RSS beyond rounding (largest gradient entry {float(gmax[j]):.2e})"
+
+
 def levenberg_marquardt(obj, u, contract: Contract, cg_iter: int, trace: list):
     """Levenberg-Marquardt from u (R, p): per problem, the step solves (J^T J / n + lam I) s = J^T r / n
     by ``pcg`` (Jacobi preconditioner where the objective gives the diagonal; forcing term
@@ -51,26 +91,15 @@ def levenberg_marquardt(obj, u, contract: Contract, cg_iter: int, trace: list):
     anywhere); stalled: no step lowers F beyond rounding; max_iter: ``contract.max_iter`` accepted
     steps, or as many trials. ``trace`` (list of R lists) receives the mean log-likelihood after each step.
     Returns (u, F (R,), n_iter (R,), status)."""
-    R = u.shape[0]
-    u = u.clone()
-    everyone = torch.arange(R, device=u.device)
-    F = obj.value(u, everyone)
-    status = ["running" if torch.isfinite(v) else "failed: non-finite residuals at the start" for v in F]
-    n_iter = torch.zeros(R, dtype=torch.long)
-    lam = torch.zeros(R, dtype=u.dtype, device=u.device)
+    u, F, status, n_iter = _begin(obj, u)
+    lam = torch.zeros_like(F)
     nu = torch.full_like(lam, 2.0)
     g0 = torch.zeros_like(lam)
     for _ in range(contract.max_iter + 1):
-        idx = torch.tensor([r for r in range(R) if status[r] == "running"], dtype=torch.long, device=u.device)
-        if idx.numel() == 0:
+        state = _running(obj, u, status, n_iter, contract)
+        if state is None:
             break
-        lin = obj.linearize(u[idx], idx)
-        gmax = lin.grad.abs().amax(1)
-        for j in contract.stationary(lin.grad).nonzero().squeeze(1).tolist():
-            status[int(idx[j])] = "converged"
-        go = ~contract.stationary(lin.grad) & (n_iter[idx.cpu()] < contract.max_iter).to(u.device)
-        for j in (~contract.stationary(lin.grad) & ~go).nonzero().squeeze(1).tolist():
-            status[int(idx[j])] = "max_iter"
+        idx, lin, gmax, go = state
         if not go.any():
             continue
         n = lin.r.shape[1]
@@ -92,17 +121,8 @@ def levenberg_marquardt(obj, u, contract: Contract, cg_iter: int, trace: list):
         ok = go & torch.isfinite(F_try) & (F_try < F[idx]) & (rho > RHO_ACCEPT)
         lam[idx] = torch.where(ok, la * torch.clamp(1 - (2 * rho - 1) ** 3, min=1 / 3), la * nu[idx])
         nu[idx] = torch.where(ok, torch.full_like(la, 2.0), nu[idx] * 2)
-        ll_new = mean_loglik(F_try)
-        for j in go.nonzero().squeeze(1).tolist():
-            r = int(idx[j])
-            if ok[j]:
-                u[r], F[r] = u_try[j], F_try[j]
-                n_iter[r] += 1
-                trace[r].append(float(ll_new[j]))
-            elif pred[j] <= 64 * torch.finfo(F.dtype).eps * F[r] or not torch.isfinite(lam[r]):
-                status[r] = (
-                    f"stalled: no step lowers the RSS beyond rounding (largest gradient entry {float(gmax[j]):.2e})"
-                )
+        stuck = ~torch.isfinite(lam[idx])
+        _settle(u, F, n_iter, status, trace, idx, go, ok, u_try, F_try, pred, gmax, stuck)
     return u, F, n_iter, ["max_iter" if s == "running" else s for s in status]
 
 
@@ -176,26 +196,14 @@ def trust_newton(obj, u, contract: Contract, cg_iter: int, trace: list):
     1/4, x2 above 3/4 at the boundary); a step is taken where the ratio exceeds RHO_ACCEPT.
     Converged: the largest gradient entry of F at most gtol; stalled: no step lowers F beyond
     rounding. Returns (u, F (R,), n_iter (R,), status), ``trace`` as ``levenberg_marquardt``'s."""
-    R = u.shape[0]
-    u = u.clone()
-    F = obj.value(u, torch.arange(R, device=u.device))
-    status = ["running" if torch.isfinite(v) else "failed: non-finite residuals at the start" for v in F]
-    n_iter = torch.zeros(R, dtype=torch.long)
-    radius = torch.ones(R, dtype=u.dtype, device=u.device)
+    u, F, status, n_iter = _begin(obj, u)
+    radius = torch.ones_like(F)
     g0 = torch.zeros_like(radius)
     for _ in range(contract.max_iter + 1):
-        idx = torch.tensor([r for r in range(R) if status[r] == "running"], dtype=torch.long, device=u.device)
-        if idx.numel() == 0:
+        state = _running(obj, u, status, n_iter, contract)
+        if state is None:
             break
-        lin = obj.linearize(u[idx], idx)
-        gmax = lin.grad.abs().amax(1)
-        stationary = contract.stationary(lin.grad)
-        go = ~stationary & (n_iter[idx.cpu()] < contract.max_iter).to(u.device)
-        for j, r in enumerate(idx.tolist()):
-            if stationary[j]:
-                status[r] = "converged"
-            elif not go[j]:
-                status[r] = "max_iter"
+        idx, lin, gmax, go = state
         if not go.any():
             continue
         g0[idx] = torch.where(g0[idx] == 0, gmax, g0[idx])
@@ -214,15 +222,5 @@ def trust_newton(obj, u, contract: Contract, cg_iter: int, trace: list):
         ok = go & torch.isfinite(F_try) & (F_try < F[idx]) & (rho > RHO_ACCEPT)
         boundary = (step / scale).norm(dim=1) >= 0.99 * rad
         radius[idx] = torch.where(~ok | (rho < 0.25), rad / 4, torch.where((rho > 0.75) & boundary, 2 * rad, rad))
-        ll_new = mean_loglik(F_try)
-        for j in go.nonzero().squeeze(1).tolist():
-            r = int(idx[j])
-            if ok[j]:
-                u[r], F[r] = u_try[j], F_try[j]
-                n_iter[r] += 1
-                trace[r].append(float(ll_new[j]))
-            elif pred[j] <= 64 * torch.finfo(F.dtype).eps * F[r]:
-                status[r] = (
-                    f"stalled: no step lowers the RSS beyond rounding (largest gradient entry {float(gmax[j]):.2e})"
-                )
+        _settle(u, F, n_iter, status, trace, idx, go, ok, u_try, F_try, pred, gmax, torch.zeros_like(ok))
     return u, F, n_iter, ["max_iter" if s == "running" else s for s in status]

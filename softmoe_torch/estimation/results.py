@@ -160,25 +160,14 @@ class FitResults:
         """A readable table of replication r: estimate, SE and 95% interval per parameter entry,
         then status, log-likelihood, AIC and BIC."""
         r = self._replication_index(r)
-        est, se, ci = self.estimates(r), self.se(r), self.conf_int(0.05, r)
-        head = f"{'parameter':<26}{'estimate':>13}{'se':>12}{'[0.025':>13}{'0.975]':>13}"
+        head, rows = parameter_table(self.estimates(r), self.se(r), self.conf_int(0.05, r))
         title = "Softmax-contaminated MoE" if isinstance(self.spec, ContaminatedMoE) else "Mixture-of-experts"
         lines = [
             f"{title} fit ({self.solver}), n = {self.n}, replication {r} of {len(self)}",
             "=" * len(head),
             head,
             "-" * len(head),
-        ]
-        for name, value in est.items():
-            flat = value.reshape(-1)
-            for i in range(flat.numel()):
-                label = name if value.dim() == 0 or flat.numel() == 1 else f"{name}[{i}]"
-                lo, hi = ci[name][0].reshape(-1)[i], ci[name][1].reshape(-1)[i]
-                lines.append(
-                    f"{label:<26}{float(flat[i]):>13.6g}{float(se[name].reshape(-1)[i]):>12.4g}"
-                    f"{float(lo):>13.6g}{float(hi):>13.6g}"
-                )
-        lines += [
+            *rows,
             "-" * len(head),
             f"status: {self.status[r]} after {int(self.n_iter[r])} iterations"
             + (f"; at a bound: {', '.join(self.at_bound[r])}" if self.at_bound[r] else ""),
@@ -228,6 +217,23 @@ class FitResults:
             out[name] = flat[start : start + size].reshape(v.shape[1:])
             start += size
         return out
+
+
+def parameter_table(est: dict, se: dict | None = None, ci: dict | None = None):
+    """(header, rows) of a summary's table: one row per parameter entry, its estimate, and with
+    ``se`` and ``ci`` {name: (lower, upper)} its standard error and 95% interval."""
+    head = f"{'parameter':<26}{'estimate':>13}" + ("" if se is None else f"{'se':>12}{'[0.025':>13}{'0.975]':>13}")
+    rows = []
+    for name, value in est.items():
+        flat = value.reshape(-1)
+        for i in range(flat.numel()):
+            label = name if value.dim() == 0 or flat.numel() == 1 else f"{name}[{i}]"
+            row = f"{label:<26}{float(flat[i]):>13.6g}"
+            if se is not None:
+                lo, hi = ci[name][0].reshape(-1)[i], ci[name][1].reshape(-1)[i]
+                row += f"{float(se[name].reshape(-1)[i]):>12.4g}{float(lo):>13.6g}{float(hi):>13.6g}"
+            rows.append(row)
+    return head, rows
 
 
 def _lists(values: dict) -> dict:

@@ -21,16 +21,23 @@ def _values(v, shape) -> torch.Tensor:
     return torch.as_tensor(v, dtype=torch.get_default_dtype()).reshape(shape).clone()
 
 
-class SoftmaxGate(nn.Module):
-    """Input-dependent gate: prompt (non-reference component) k has logit beta_k^T x + tau_k;
-    beta (K, d), tau (K,). A mixture of K + 1 components takes ``n_prompts=K``."""
+class _AffineLogits(nn.Module):
+    """Gate parameters beta (rows, d), tau (rows,): row k's logit is beta_k^T x + tau_k."""
 
     param_constraints = {"beta": constraints.real, "tau": constraints.real}
 
-    def __init__(self, dim: int, n_prompts: int = 1, beta=None, tau=None):
+    def __init__(self, dim: int, rows: int, beta=None, tau=None):
         super().__init__()
-        self.beta = nn.Parameter(torch.zeros(n_prompts, dim) if beta is None else _values(beta, (n_prompts, dim)))
-        self.tau = nn.Parameter(torch.zeros(n_prompts) if tau is None else _values(tau, (n_prompts,)))
+        self.beta = nn.Parameter(torch.zeros(rows, dim) if beta is None else _values(beta, (rows, dim)))
+        self.tau = nn.Parameter(torch.zeros(rows) if tau is None else _values(tau, (rows,)))
+
+
+class SoftmaxGate(_AffineLogits):
+    """Input-dependent gate: prompt (non-reference component) k has logit beta_k^T x + tau_k;
+    beta (K, d), tau (K,). A mixture of K + 1 components takes ``n_prompts=K``."""
+
+    def __init__(self, dim: int, n_prompts: int = 1, beta=None, tau=None):
+        super().__init__(dim, n_prompts, beta, tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _log_weights(x @ self.beta.T + self.tau)
@@ -49,17 +56,13 @@ class ConstantGate(nn.Module):
         return _log_weights(self.tau.expand(*x.shape[:-1], -1))
 
 
-class SigmoidGate(nn.Module):
+class SigmoidGate(_AffineLogits):
     """One unnormalised weight per expert, sigmoid(beta_k^T x + tau_k), k = 1..K; beta (K, d), tau (K,);
     ``forward`` gives their logs (n, K). For regression mixtures (``RegressionMoE``): the weights
     of a mixture density must sum to one."""
 
-    param_constraints = {"beta": constraints.real, "tau": constraints.real}
-
     def __init__(self, dim: int, n_experts: int = 1, beta=None, tau=None):
-        super().__init__()
-        self.beta = nn.Parameter(torch.zeros(n_experts, dim) if beta is None else _values(beta, (n_experts, dim)))
-        self.tau = nn.Parameter(torch.zeros(n_experts) if tau is None else _values(tau, (n_experts,)))
+        super().__init__(dim, n_experts, beta, tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.logsigmoid(x @ self.beta.T + self.tau)
