@@ -25,10 +25,20 @@ by Nelder-Mead from the best of t1 = 0 and every alignment of a fitted with a tr
 The variants ``*_fixed`` take the parametrization as fitted (t = 0, no scale: both measures with
 logit 0 for component 0, as the sibling code computes them), which a fit whose reference component
 went to another true atom, or whose reference cell holds several atoms, never brings to zero.
-Cells are drawn by Euclidean distance over (b1 + t1, a, c, v), whose scales mix, as the papers do."""
+Cells are drawn by Euclidean distance over (b1 + t1, a, c, v), whose scales mix, as the papers do.
+
+Regression mixtures of experts fitted by least squares (``regression_atoms``, ``ls_errors``) use
+the least-squares papers' loss, kind 'ls' (Nguyen, Ho & Rinaldo: ICML 2024, arXiv 2402.02952, for
+the softmax gate; NeurIPS 2024, arXiv 2405.13997, for the sigmoid gate; implemented from their
+abstracts' description as the issue gives it, their full texts being out of our reach): cells on
+(b1, a, b) (no variance), linear terms |Db1| + |Da| + |Db| in a cell of one atom, squared ones
+|Db1|^2 + |Da|^2 + |Db|^2 in a cell of several. Under a softmax gate the masses are exp(b0) with
+the translation infimum above; under a sigmoid gate, whose weights are not invariant to any
+translation, the masses are sigmoid(b0_i) against sigmoid(b0*_j), with no translation and no scale."""
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import expit
 
 PARTS = ("gate_slope", "expert_slope", "expert_bias", "variance")
 
@@ -54,6 +64,23 @@ def atoms(params: dict, names: list, r: int) -> dict:
         "expert_slope": np.vstack(expert),
         "expert_bias": np.array(bias),
         "variance": np.array([float(params[f"{p}.nu"][r]) for p in names]),
+    }
+
+
+def regression_atoms(params: dict, K: int, gate: str, r: int) -> dict:
+    """Replication r of a regression mixture's ``params`` {name: (R, ...)} (K experts
+    ``experts.<k>.eta``/``.bias``, ``gate.beta``/``.tau``) as atoms in the layout of ``atoms``;
+    under a 'softmax' gate expert 0 is the reference (b0 = 0, b1 = 0); the variance column is 0."""
+    tau = np.asarray(params["gate.tau"][r], float).reshape(-1)
+    beta = np.asarray(params["gate.beta"][r], float).reshape(len(tau), -1)
+    if gate == "softmax":
+        tau, beta = np.concatenate([[0.0], tau]), np.vstack([np.zeros((1, beta.shape[1])), beta])
+    return {
+        "intercept": tau,
+        "gate_slope": beta,
+        "expert_slope": np.vstack([np.asarray(params[f"experts.{k}.eta"][r], float).reshape(-1) for k in range(K)]),
+        "expert_bias": np.array([float(params[f"experts.{k}.bias"][r]) for k in range(K)]),
+        "variance": np.zeros(K),
     }
 
 
@@ -83,6 +110,8 @@ def _atom_costs(kind: str, deltas: dict, sizes: np.ndarray, cell: np.ndarray) ->
     m = sizes[cell]
     if kind == "d1":
         return sum(deltas[p] for p in PARTS)
+    if kind == "ls":  # linear in a cell of one atom, squared in a cell of several
+        return sum(np.where(m > 1, deltas[p] ** 2, deltas[p]) for p in PARTS)
     r = np.where(m > 1, 2.0 * m, 1.0)  # rbar(m) for m > 1; 1 (linear) for a cell of one
     half = np.where(m > 1, r / 2, 1.0)
     return (
@@ -93,15 +122,19 @@ def _atom_costs(kind: str, deltas: dict, sizes: np.ndarray, cell: np.ndarray) ->
     )
 
 
-def _terms(kind: str, fit: dict, true: dict, t1):
+WEIGHTS = {"softmax": np.exp, "sigmoid": expit}  # an atom's mass from its gate intercept b0
+
+
+def _terms(kind: str, fit: dict, true: dict, t1, gate: str = "softmax"):
     """At gate-slope translation t1: the cells (K,), each true atom's fitted mass M_j and true mass
-    exp(b0*_j) (k*,), and the atom terms summed at the fitted weights."""
+    (exp(b0*_j), or sigmoid(b0*_j) under a sigmoid gate) (k*,), and the atom terms summed at the
+    fitted weights."""
     cell = _cells(fit, true, t1)
     sizes = np.bincount(cell, minlength=len(true["intercept"]))
-    w = np.exp(fit["intercept"])
+    w = WEIGHTS[gate](fit["intercept"])
     mass = np.bincount(cell, weights=w, minlength=len(sizes))
     linear = float((w * _atom_costs(kind, _deltas(fit, true, cell, t1), sizes, cell)).sum())
-    return cell, mass, np.exp(true["intercept"]), linear
+    return cell, mass, WEIGHTS[gate](true["intercept"]), linear
 
 
 def _best_t1(objective, fit: dict, true: dict) -> np.ndarray:
@@ -127,12 +160,12 @@ def canonical_scale(fit: dict, true: dict) -> dict:
     return {**fit, "intercept": fit["intercept"] + shift}
 
 
-def _papers_at(kind: str, fit: dict, true: dict, t1, translate: bool = True):
+def _papers_at(kind: str, fit: dict, true: dict, t1, translate: bool = True, gate: str = "softmax"):
     """(loss, mu, cell) of the papers' loss at gate-slope translation t1, minimized over mu = exp(t0)
     applied to the true masses if ``translate`` (else mu = 1): sum_j |M_j - mu exp(b0*_j)| is convex
     and piecewise linear in mu, so its minimum lies at a breakpoint mu = M_j / exp(b0*_j); the atom
     terms keep the fitted weights."""
-    cell, mass, target, linear = _terms(kind, fit, true, t1)
+    cell, mass, target, linear = _terms(kind, fit, true, t1, gate)
 
     def value(mu):
         return float(np.abs(mass - mu * target).sum()) + linear
@@ -142,7 +175,7 @@ def _papers_at(kind: str, fit: dict, true: dict, t1, translate: bool = True):
 
 
 def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True, translate: bool = True):
-    """(loss, t1, mu) of ``kind`` 'd1' or 'd2' as the papers define it: the infimum over the gate's
+    """(loss, t1, mu) of ``kind`` 'd1', 'd2' or 'ls' as the papers define it: the infimum over the gate's
     translation (t0, t1) applied to the true measure (Nguyen, Nguyen & Ho, NeurIPS 2023; written with
     the infimum by the dendrogram paper, arXiv 2510.12744, its over-fit loss D_O),
 
@@ -162,6 +195,27 @@ def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True, translate:
     )
     loss, mu, _ = _papers_at(kind, fit, true, t1, translate)
     return loss, t1, mu
+
+
+def ls_errors(fit: dict, true: dict, gate: str) -> dict:
+    """The loss 'ls' of a least-squares fit of a regression mixture (atoms of ``regression_atoms``)
+    under its ``gate`` ('softmax': the papers' infimum over the translation, on the canonical
+    scale; 'sigmoid': masses sigmoid(b0), no translation) as ``d1``; at its minimizing translation
+    ``mass`` (max over cells of |M_j - target_j|), the largest error of each part over the fitted
+    atoms (gate_slope, expert_slope, expert_bias) and ``cells`` ('2+1+1...')."""
+    if gate == "softmax":
+        loss, t1, mu = papers_loss("ls", fit, true)
+        fit = canonical_scale(fit, true)
+    elif gate == "sigmoid":
+        t1, mu = np.zeros(fit["gate_slope"].shape[1]), 1.0
+        loss = _papers_at("ls", fit, true, t1, translate=False, gate=gate)[0]
+    else:
+        raise ValueError(f"gate must be softmax or sigmoid, got {gate!r}")
+    cell, mass, target, _ = _terms("ls", fit, true, t1, gate)
+    out = {"d1": loss, "mass": float(np.abs(mass - mu * target).max())}
+    out.update({p: float(v.max()) for p, v in _deltas(fit, true, cell, t1).items() if p != "variance"})
+    out["cells"] = "+".join(str(c) for c in np.bincount(cell, minlength=len(true["intercept"])))
+    return out
 
 
 def voronoi_errors(fit: dict, true: dict, main: str) -> dict:
