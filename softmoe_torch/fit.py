@@ -90,6 +90,7 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
         init_values[name] = np.reshape(value, tuple(trainable[name].shape))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")  # torch's own, on import
         res = estimator.fit(X, y, start=init_values or None)
         se, (lower, upper) = res.se(), _pair(res.conf_int())
     if isinstance(model, ContaminatedMoE):

@@ -37,7 +37,7 @@ def run_experiment(cfg: DictConfig, out_dir) -> dict:
             hparams = {
                 "setting": cfg.setting.name,
                 "method": cfg.fit.method,
-                "mstep": cfg.fit.mstep,
+                "mstep": cfg.fit.get("mstep", ""),
                 "reps": int(cfg.sweep.reps),
                 "seed": int(cfg.seed),
                 "init": cfg.init.policy,

@@ -16,12 +16,25 @@ OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
     for group in ("setting", "fit", "init", "sweep", "monitor")
 }
-MOE_SETTINGS = [s for s in OPTIONS["setting"] if "kind: moe" in (CONF / "setting" / f"{s}.yaml").read_text()]
-CONTAMINATED_SETTINGS = [s for s in OPTIONS["setting"] if s not in MOE_SETTINGS]
+
+
+def _kind(setting: str) -> str:
+    """The composed ``setting.kind`` of a packaged setting (a setting may inherit it)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"setting={setting}"]).setting.get("kind", "contaminated")
+
+
+KINDS = {s: _kind(s) for s in OPTIONS["setting"]}
+MOE_SETTINGS = [s for s, k in KINDS.items() if k == "moe"]
+REGRESSION_SETTINGS = [s for s, k in KINDS.items() if k == "regression"]
+CONTAMINATED_SETTINGS = [s for s, k in KINDS.items() if k == "contaminated"]
 
 
 def test_the_mixture_of_experts_settings_are_known():
     assert MOE_SETTINGS == ["softmax_gaussian_moe"]
+    assert REGRESSION_SETTINGS == ["sigmoid_moe", "sigmoid_moe_regime1", "sigmoid_moe_regime2", "softmax_ridge_moe"]
 
 
 @pytest.mark.parametrize("setting", MOE_SETTINGS)

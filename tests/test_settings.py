@@ -34,10 +34,20 @@ FACES = 5
 
 @pytest.mark.parametrize("path", SETTINGS, ids=lambda p: p.stem)
 def test_packaged_settings_extend_the_base(path):
-    """Contaminated settings extend the shared base; a mixture of experts (kind: moe) stands alone."""
+    """Contaminated settings extend the shared base; a mixture of experts (kind: moe) and the
+    regression study's base (kind: regression) stand alone, the study's other truths extend that."""
     config = yaml.safe_load(path.read_text())
     if config.get("kind") == "moe":
         assert "defaults" not in config and {"component", "gate", "n_components"} <= set(config)
+    elif config.get("kind") == "regression":
+        assert "defaults" not in config and {"expert", "gate", "n_experts", "truth"} <= set(config)
+    elif path.stem.startswith("sigmoid_moe_"):
+        assert config["defaults"] == ["sigmoid_moe", "_self_"] and set(config) == {
+            "defaults",
+            "name",
+            "truth",
+            "published_slopes",
+        }
     else:
         assert config["defaults"] == ["/base/setting@_here_", "_self_"]
 

@@ -25,7 +25,7 @@ def load_values(module, values, key: str):
     given = OmegaConf.to_container(values, resolve=True) if OmegaConf.is_config(values) else dict(values)
     try:
         module.load_state_dict({k: torch.as_tensor(v, dtype=torch.float64) for k, v in given.items()})
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, ValueError) as err:  # a shape, a name, or a value that is no number
         raise ValueError(f"{key} do not fit {module_name(module)}: {one_line(err)}") from None
 
 

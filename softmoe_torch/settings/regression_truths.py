@@ -12,16 +12,17 @@ Every N(0, v) is a normal of *variance* v; d the input dimension, k* the true nu
 
 import torch
 
-from ..model.experts import AffineExpert, AffineReLUExpert
+from ..model.experts import AffineExpert, AffineReLUExpert, AffineSigmoidExpert
 from ..model.gates import SigmoidGate, SoftmaxGate
 from ..model.regression import RegressionMoE
 
 REGIMES = ("softmax", "regime1", "regime2")
-EXPERTS = {"linear": AffineExpert, "relu": AffineReLUExpert}
+EXPERTS = {"linear": AffineExpert, "relu": AffineReLUExpert, "sigmoid": AffineSigmoidExpert}
 
 
 def regression_model(K: int, d: int, gate: str, expert: str, nu: float = 0.01) -> RegressionMoE:
-    """A float64 ``RegressionMoE`` of K experts act(a^T x + b) (``expert`` 'linear' or 'relu') under a
+    """A float64 ``RegressionMoE`` of K experts act(a^T x + b) (``expert`` 'linear', 'relu' or
+    'sigmoid', the last a ridge expert sigmoid(a^T x + b)) under a
     'softmax' (expert 0 the reference) or 'sigmoid' gate."""
     g = SoftmaxGate(d, K - 1) if gate == "softmax" else SigmoidGate(d, K)
     return RegressionMoE([EXPERTS[expert](d) for _ in range(K)], g, nu=nu).double()

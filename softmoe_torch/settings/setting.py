@@ -16,6 +16,7 @@ from .build import build_model, build_pretrained
 from .configs import config_number, register_resolvers
 from .moe import MoESetting
 from .paper import LABELS, reported_params
+from .regression import RegressionSetting
 from .truth import true_params
 
 
@@ -88,7 +89,11 @@ class Setting:
         return dict(self.cfg.get("paper_slopes") or {})
 
 
-SETTING_KINDS = {"contaminated": Setting, "moe": MoESetting}  # setting.kind -> its handle; a new kind registers here
+SETTING_KINDS = {
+    "contaminated": Setting,
+    "moe": MoESetting,
+    "regression": RegressionSetting,
+}  # setting.kind -> its handle; a new kind registers here
 
 
 def load_setting(cfg: DictConfig):

@@ -98,6 +98,12 @@ def fit_options(cfg: DictConfig, dtype, compile_auto: bool = False) -> FitOption
         raise UserError(f"bad fit options: {err}; see conf/fit/*.yaml for the keys") from None
 
 
+def init_options(cfg: DictConfig) -> dict:
+    """The ``init`` group's options with those the setting needs (``setting.init``, if any) replacing them."""
+    own = cfg.setting.get("init")
+    return {**OmegaConf.to_container(cfg.init, resolve=True), **(OmegaConf.to_container(own) if own else {})}
+
+
 @dataclass
 class Plan:
     """A sweep's validated configuration: everything a fit needs, checked before the first one."""
@@ -122,15 +128,16 @@ def validate(cfg: DictConfig) -> Plan:
     config_number(cfg.seed, "seed", int)
     reps = list(range(config_number(cfg.sweep.reps, "sweep.reps", int, 1)))
     sizes = sample_sizes(cfg.sweep)
-    if cfg.init.policy == "near_truth":
-        config_number(cfg.init.scale, "init.scale", float, 0)
-        config_number(cfg.init.get("power", 0.0), "init.power", float, 0)
-        config_number(cfg.init.get("n_init", 1), "init.n_init", int, 1)
-    elif cfg.init.policy == "random":
-        config_number(cfg.init.n_init, "init.n_init", int, 1)
+    init = init_options(cfg)
+    if init["policy"] == "near_truth":
+        config_number(init["scale"], "init.scale", float, 0)
+        config_number(init.get("power", 0.0), "init.power", float, 0)
+        config_number(init.get("n_init", 1), "init.n_init", int, 1)
+    elif init["policy"] == "random":
+        config_number(init["n_init"], "init.n_init", int, 1)
     else:
-        raise UserError(f"unknown init.policy {cfg.init.policy!r} for a sweep; use init=near_truth or init=random")
-    work = sum(sizes) * len(reps) * int(cfg.init.get("n_init", 1))  # samples x starts
+        raise UserError(f"unknown init.policy {init['policy']!r} for a sweep; use init=near_truth or init=random")
+    work = sum(sizes) * len(reps) * int(init.get("n_init", 1))  # samples x starts
     opts = fit_options(cfg, dtype, compile_auto=device.type == "cpu" and work >= COMPILE_MIN_SAMPLES)
     if opts.compile and device.type != "cpu":
         raise UserError(f"fit.compile=true is for the CPU; this sweep runs on {device.type} (set fit.compile=false)")

@@ -7,17 +7,24 @@ import math
 
 import torch
 
+from ..estimation.ls_solvers import mean_loglik
 from ..metrics.hellinger import hellinger_batch
 from ..model.mixture import ContaminatedMoE
+from ..model.regression import RegressionMoE
 
 X_SEED = 20250101  # the fixed x sample of the Hellinger distance: the same for every fit and n
 
 
 def loglik_at_truth(truth: ContaminatedMoE, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """Mean log-likelihood of the true model on each data set; X (R, n, d), Y (R, n) -> (R,).
-    The means are taken in numpy (pairwise, one thread), so they do not depend on torch's threads."""
+    The means are taken in numpy (pairwise, one thread), so they do not depend on torch's threads.
+    For a regression mixture, the profile log-likelihood -(log(2 pi RSS / n) + 1) / 2 at the true
+    regression function, as its least-squares fits report theirs."""
     truth = copy.deepcopy(truth).to(device=X.device, dtype=X.dtype)
     with torch.no_grad():
+        if isinstance(truth, RegressionMoE):
+            rss = torch.tensor([((y - truth(x)) ** 2).cpu().double().numpy().mean() for x, y in zip(X, Y)])
+            return mean_loglik(rss.to(torch.float64))
         return torch.tensor(
             [truth.log_prob(x, y).cpu().double().numpy().mean() for x, y in zip(X, Y)], dtype=torch.float64
         )

@@ -21,11 +21,13 @@ from ..estimation.convergence import ConvergenceWarning
 from ..estimation.device import keep_freed_memory
 from ..estimation.driver import fit_best_of, replication_groups
 from ..estimation.init import starting_points
+from ..estimation.ls_driver import fit_least_squares
+from ..model.regression import RegressionMoE
 from ..settings.configs import register_resolvers
 
 # config_number, fit_options, sample_sizes, fingerprint and typed_row are imported only to stay importable from
 # here for one release (they moved to config_checks.py, store.py and settings/configs.py)
-from .config_checks import Plan, config_number, fit_options, sample_sizes, validate  # noqa: F401
+from .config_checks import Plan, config_number, fit_options, init_options, sample_sizes, validate  # noqa: F401
 from .diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
 from .progress import WorkBar
 from .simulate import data_seed, simulate
@@ -50,8 +52,10 @@ def worker_count(plan: Plan, todo) -> int:
 def sweep_starts(cfg, setting, model, n, reps, Y):
     """The init policy's starts {name: (R, ...)} for replications ``reps``; each replication's
     starts depend only on (seed, setting, n, rep, start). A near-truth start's noise has size
-    init.scale * n^-init.power (power 0 unless given)."""
-    policy = cfg.init.policy
+    init.scale * n^-init.power (power 0 unless given); a setting with its own near-truth protocol
+    (``starting_points``, e.g. a regression setting's) gives its starts itself."""
+    init = init_options(cfg)
+    policy = init["policy"]
     if policy == "near_truth":
 
         def seed_of(i, j):
@@ -61,9 +65,20 @@ def sweep_starts(cfg, setting, model, n, reps, Y):
         def seed_of(i, j):
             return data_seed(cfg.seed, f"{setting.name}/random{i}", n, reps[j])
 
+    own = getattr(setting, "starting_points", None)
+    if own is not None and policy == "near_truth":
+        return own(init, n, reps, seed_of)
     truth = setting.truth(n) if policy == "near_truth" else None
-    scale = float(cfg.init.get("scale", 0.1)) * float(n) ** -float(cfg.init.get("power", 0.0))
-    return starting_points(model, Y, policy, seed_of, truth=truth, scale=scale, n_init=int(cfg.init.get("n_init", 1)))
+    scale = float(init.get("scale", 0.1)) * float(n) ** -float(init.get("power", 0.0))
+    return starting_points(model, Y, policy, seed_of, truth=truth, scale=scale, n_init=int(init.get("n_init", 1)))
+
+
+def fit_starts(model, X, Y, starts: list, opts, seeds: list):
+    """The best fit of each data set from ``starts``: least squares for a regression mixture
+    (``seeds`` (R,) its SGD shuffles' seeds), maximum likelihood for a mixture density."""
+    if isinstance(model, RegressionMoE):
+        return fit_least_squares(model, X, Y, starts, opts, seeds)
+    return fit_best_of(model, X, Y, starts, opts)
 
 
 def _fit_batch(cfg, plan: Plan, n: int, reps: list):
@@ -74,7 +89,8 @@ def _fit_batch(cfg, plan: Plan, n: int, reps: list):
         starts = sweep_starts(cfg, setting, plan.model, n, reps, Y)
         with warnings.catch_warnings():  # unconverged fits are counted in the report instead
             warnings.simplefilter("ignore", ConvergenceWarning)
-            result = fit_best_of(plan.model, X, Y, starts, plan.opts)
+            seeds = [data_seed(seed + 2, setting.name, n, rep) for rep in reps]
+            result = fit_starts(plan.model, X, Y, starts, plan.opts, seeds)
         truth = setting.true_model(n)
         diagnostics = {
             "loglik_truth": loglik_at_truth(truth, X, Y),
