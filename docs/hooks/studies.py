@@ -16,12 +16,13 @@ import posixpath
 import re
 from pathlib import Path
 
-STUDIES = ["paper", "science", "large_n", "sibling", "contamination", "benchmarks", "examples"]
+STUDIES = ["paper", "science", "large_n", "sibling", "sigmoid_gating", "contamination", "benchmarks", "examples"]
 TITLES = {
     "paper": "The paper's figures",
     "science": "Science: what Fig. 2 measured",
     "large_n": "Large n",
     "sibling": "The sibling softmax-gating study",
+    "sigmoid_gating": "Sigmoid against softmax gating",
     "contamination": "The contamination test",
     "benchmarks": "Benchmarks",
     "examples": "Examples",

@@ -91,7 +91,8 @@ class RegressionSetting:
 
     def starting_points(self, init: dict, n: int, reps: list, seed_of) -> list:
         """The near-truth starts [{name: (R, ...)}] of replications ``reps``: the study's start, the
-        truth's atoms plus a copy of one, every entry + N(0, init.scale^2), from seed seed_of(0, j)."""
+        truth's atoms plus a copy of one, every entry + N(0, init.scale^2), from seed seed_of(0, j);
+        one start (init.n_init and init.power do not apply)."""
         if self.n_experts != self.n_true + 1:
             raise ValueError(
                 f"init=near_truth starts k* + 1 = {self.n_true + 1} experts (the truth's and one copy), "

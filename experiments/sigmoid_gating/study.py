@@ -1,0 +1,296 @@
+"""The sigmoid-gating study (Nguyen, Ho & Rinaldo, "Sigmoid Gating is More Sample Efficient than Softmax
+Gating in Mixture of Experts", NeurIPS 2024, arXiv 2405.13997) through the run command: regression
+mixtures of experts, k* = 8 true experts, K = 9 fitted, d = 32, X ~ Uniform([-1, 1]^32), nu = 0.01;
+three truths (``sigmoid_moe``: softmax-gated, Fig. 1 as we read its text; ``sigmoid_moe_regime1``,
+``sigmoid_moe_regime2``: the appendix's sigmoid-gated truths) x experts (relu, linear) x the fitted
+gate (sigmoid, softmax); beside them the ICML 2024 comparison (Nguyen, Ho & Rinaldo, "On Least Square
+Estimation in Softmax Gating Mixture of Experts", arXiv 2402.02952; ``softmax_ridge_moe``, a truth of
+ours: k* = 2, K = 3, d = 1, X ~ Uniform[0, 1]) of ridge experts sigmoid(a x + b) against linear ones
+under a softmax gate; every cell by two estimators on the same data from the same start: the paper's protocol
+(``fit=sgd``: 10 epochs of mini-batch SGD, learning rate 0.1, batches of 64) and least squares run
+to its end (``fit=lm``, Levenberg-Marquardt, gtol 1e-8). 10 sizes 1e3..1e5, 20 replications.
+
+    python experiments/sigmoid_gating/study.py run sgd        # the paper's protocol, every cell
+    python experiments/sigmoid_gating/study.py run lm [--cells NAME ...]   # least squares
+    python experiments/sigmoid_gating/study.py analyze        # fits.csv.gz, summary.md, fig1.png, appendix.png, ridge.png
+
+Runs go to experiments/sigmoid_gating/runs/<estimator>/<cell>/ (git-ignored); each resumes where
+it stopped (the run command's own resume). More run overrides may follow, e.g. ``workers=1``."""
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# experiments/ on sys.path for the helpers every study shares (experiments/studykit.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import studykit  # noqa: E402
+
+from softmoe_torch.metrics.rates import window_slope  # noqa: E402
+from softmoe_torch.study.report import error_table  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "runs"  # the run folders (git-ignored); analyze writes into HERE
+TRUTHS = {
+    "softmax": "sigmoid_moe",
+    "regime1": "sigmoid_moe_regime1",
+    "regime2": "sigmoid_moe_regime2",
+    "ridge": "softmax_ridge_moe",
+}
+EXPERTS, GATES, ESTIMATORS = ("relu", "linear"), ("sigmoid", "softmax"), ("sgd", "lm")
+COMBINATIONS = [
+    *((truth, expert, gate) for truth in ("softmax", "regime1", "regime2") for expert in EXPERTS for gate in GATES),
+    *(("ridge", expert, "softmax") for expert in ("sigmoid", "linear")),  # the ICML 2024 comparison
+]
+P = 594  # parameters of a K = 9, d = 32 sigmoid-gated fit; slopes also over n >= 10 p
+N_FROM = 10 * P
+
+
+def cells() -> dict:
+    """{run name: overrides} of every cell: <truth>_<expert>_<gate>."""
+    return {
+        f"{truth}_{expert}_{gate}": [
+            f"setting={TRUTHS[truth]}",
+            f"setting.expert={expert}",
+            f"setting.gate={gate}",
+            "sweep=sigmoid_moe",
+            "progress=false",
+        ]
+        for truth, expert, gate in COMBINATIONS
+    }
+
+
+def well_specified(name: str) -> bool:
+    truth, _, gate = name.split("_")
+    return gate == ("softmax" if truth in ("softmax", "ridge") else "sigmoid")
+
+
+def run(estimator: str, names: list, extra: list):
+    for name, overrides in cells().items():
+        if names and name not in names:
+            continue
+        overrides = [*overrides, f"fit={estimator}", *extra]
+        print(f"{name} {estimator}: python -m softmoe_torch.run {' '.join(overrides)}", flush=True)
+        rc = studykit.launch(studykit.run_command(overrides, run_dir=RUNS / estimator / name))
+        if rc != 0:
+            sys.exit(rc)
+
+
+def runs_of(estimator: str) -> dict:
+    """{cell: rows} of the cells of ``estimator`` that have results."""
+    out = {}
+    for name in cells():
+        if (RUNS / estimator / name / "results.csv").exists():
+            out[name] = studykit.read_results(RUNS / estimator / name)
+    return out
+
+
+def slope_cell(sizes, table, lo: float = 0) -> str:
+    """The bootstrap slope of the mean [95% CI] over the sizes >= lo."""
+    return studykit.fmt(window_slope(sizes, table, lo=lo))
+
+
+def wall(estimator: str, name: str) -> float:
+    path = RUNS / estimator / name / "runs.json"
+    return sum(r["seconds"] for r in json.loads(path.read_text())) if path.exists() else float("nan")
+
+
+def published(name: str):
+    truth, expert, gate = name.split("_")
+    setting = studykit.compose([f"setting={TRUTHS[truth]}"]).setting
+    return (setting.get("published_slopes") or {}).get(f"{expert}_{gate}")
+
+
+def theory(name: str, quantity: str):
+    from softmoe_torch.settings.setting import load_setting
+
+    truth, expert, gate = name.split("_")
+    setting = load_setting(
+        studykit.compose([f"setting={TRUTHS[truth]}", f"setting.expert={expert}", f"setting.gate={gate}"]).setting
+    )
+    slope = setting.theory_slopes()[quantity]
+    return "slower than any power" if slope is None and quantity == "d1" else ("-" if slope is None else f"{slope}")
+
+
+def start_errors(name: str, quantity: str) -> float:
+    """The mean of ``quantity`` over the cell's starts (the sweep's own ``sweep_starts``, errors by
+    the setting's ``errors``) at the smallest and the largest size, 20 replications each: where the
+    fits began."""
+    import torch
+
+    from softmoe_torch.settings.setting import load_setting
+    from softmoe_torch.study.config_checks import sample_sizes
+    from softmoe_torch.study.sweep import sweep_starts
+
+    cfg = studykit.compose(cells()[name])
+    setting = load_setting(cfg.setting)
+    reps, sizes = list(range(int(cfg.sweep.reps))), sample_sizes(cfg.sweep)
+    values = []
+    for n in (sizes[0], sizes[-1]):
+        start = sweep_starts(cfg, setting, setting.model(), n, reps, torch.zeros(len(reps), 1))[0]
+        values.append(setting.errors(start, n)[f"err_{quantity}"])
+    return float(torch.cat(values).mean())
+
+
+def table(quantity: str, runs: dict) -> list:
+    """One line per cell with results: the mean of ``quantity`` at the start, slopes of its mean (all
+    sizes, n >= 10 p) by estimator, the published slope and the theory's."""
+    lines = [
+        "| cell | fits (sgd / lm) | at the start | sgd: all n | sgd: n >= 6e3 | lm: all n | lm: n >= 6e3 | "
+        "published | theory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in cells():
+        if quantity == "d1" and not well_specified(name):
+            continue
+        parts, counts = [], []
+        for est in ESTIMATORS:
+            rows = runs[est].get(name)
+            if not rows:
+                parts += ["-", "-"]
+                counts.append("0")
+                continue
+            sizes, tab = error_table(rows, quantity)
+            parts += [slope_cell(sizes, tab), slope_cell(sizes, tab, N_FROM)]
+            counts.append(str(len(rows)))
+        pub = published(name) if quantity == "d1" else None
+        lines.append(
+            f"| {name} | {' / '.join(counts)} | {start_errors(name, quantity):.3g} | {' | '.join(parts)} | {'-' if pub is None else pub} | "
+            f"{theory(name, quantity)} |"
+        )
+    return lines
+
+
+def stops(runs: dict) -> list:
+    """How every least-squares fit stopped, by cell."""
+    lines = [
+        "| cell | fits | converged (gradient <= gtol) | stalled | max_iter | failed | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in runs["lm"].items():
+        status = [r["status"] for r in rows]
+        count = lambda p: sum(s.startswith(p) for s in status)  # noqa: E731
+        lines.append(
+            f"| {name} | {len(rows)} | {count('converged')} | {count('stalled')} | {count('max_iter')} | "
+            f"{count('failed') + count('error')} | {wall('lm', name):.0f} |"
+        )
+    return lines
+
+
+def figure(runs: dict, names: list, path: Path, title: str):
+    """Mean of D1 (well-specified cells) or of the function error (others) against n, error bars of
+    two standard deviations, one panel per cell, both estimators."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        quantity = "d1" if well_specified(name) else "fn"
+        for est, color in zip(ESTIMATORS, ("tab:green", "tab:blue")):
+            rows = runs[est].get(name)
+            if not rows:
+                continue
+            sizes, tab = error_table(rows, quantity)
+            mean, sd = np.nanmean(tab, 1), np.nanstd(tab, 1)
+            ax.errorbar(sizes, mean, yerr=2 * sd, fmt="o-", ms=3, color=color, capsize=2, label=f"{est}")
+            fit = window_slope(sizes, tab)
+            ax.plot(sizes, np.exp(fit["intercept"]) * sizes ** fit["slope"], "--", color="tab:red", lw=1)
+            ax.text(
+                0.03,
+                0.04 + 0.08 * ESTIMATORS.index(est),
+                f"{est}: n^{fit['slope']:.2f}",
+                transform=ax.transAxes,
+                color=color,
+            )
+        ax.set(xscale="log", yscale="log", xlabel="n", title=f"{name}: {'D1' if quantity == 'd1' else '|f - f*|'}")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_fits(runs: dict):
+    """Every fit's row, with its estimator and cell, into fits.csv.gz (reproducible bytes)."""
+    rows = [{"estimator": est, "cell": name, **r} for est in ESTIMATORS for name, rs in runs[est].items() for r in rs]
+    if not rows:
+        sys.exit(f"no results under {RUNS}: run `python experiments/sigmoid_gating/study.py run sgd` first")
+    with (
+        open(HERE / "fits.csv.gz", "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        io.TextIOWrapper(gz, newline="") as fh,
+    ):
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def analyze():
+    runs = {est: runs_of(est) for est in ESTIMATORS}
+    write_fits(runs)
+    lines = [
+        "# The sigmoid-gating study: results",
+        "",
+        "Written by `python experiments/sigmoid_gating/study.py analyze` from the runs (every fit: fits.csv.gz).",
+        "",
+        "## D1 (well-specified cells: the fitted gate is the truth's)",
+        "",
+        *table("d1", runs),
+        "",
+        "## The regression function's error |f_hat - f*| (every cell)",
+        "",
+        *table("fn", runs),
+        "",
+        "## How the least-squares fits stopped",
+        "",
+        *stops(runs),
+        "",
+        "Wall time of the SGD half: "
+        + f"{sum(wall('sgd', n) for n in runs['sgd']):.0f} s over {len(runs['sgd'])} cells.",
+        "",
+    ]
+    (HERE / "summary.md").write_text("\n".join(lines))
+    figure(
+        runs, [f"softmax_{e}_{g}" for e in EXPERTS for g in GATES], HERE / "fig1.png", "Fig. 1: a softmax-gated truth"
+    )
+    figure(
+        runs,
+        [f"{t}_{e}_sigmoid" for t in ("regime1", "regime2") for e in EXPERTS],
+        HERE / "appendix.png",
+        "Appendix: sigmoid-gated truths, sigmoid fits",
+    )
+    figure(
+        runs,
+        ["ridge_sigmoid_softmax", "ridge_linear_softmax"],
+        HERE / "ridge.png",
+        "ICML 2024: ridge vs linear experts",
+    )
+    print((HERE / "summary.md").read_text())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["run", "analyze"])
+    parser.add_argument("estimator", nargs="?", choices=ESTIMATORS)
+    parser.add_argument("--cells", nargs="*", default=[], help="run only these cells (<truth>_<expert>_<gate>)")
+    args, extra = parser.parse_known_args()  # the rest: more run overrides
+    if args.what == "run":
+        if args.estimator is None:
+            parser.error("run needs an estimator: sgd or lm")
+        unknown = set(args.cells) - set(cells())
+        if unknown:
+            parser.error(f"unknown cells {', '.join(sorted(unknown))}; cells are {', '.join(cells())}")
+        run(args.estimator, args.cells, [e for e in extra if e != "--"])
+    else:
+        analyze()
+
+
+if __name__ == "__main__":
+    main()
