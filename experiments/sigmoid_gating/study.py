@@ -182,6 +182,33 @@ def stops(runs: dict) -> list:
     return lines
 
 
+def gate_comparison(runs: dict) -> list:
+    """On the same data, the two fitted gates' regression-function errors: per truth, experts and
+    estimator where both gates ran, at the smallest, a middle and the largest size, the mean fn of
+    the sigmoid fit over that of the softmax fit and the share of data sets on which the sigmoid fit's
+    fn is the lower (among the data sets both finished)."""
+    lines = [
+        "| truth, experts | estimator | n | mean fn, sigmoid fit | mean fn, softmax fit | ratio | sigmoid lower on |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for truth in ("softmax", "regime1", "regime2"):
+        for expert in EXPERTS:
+            for est in ESTIMATORS:
+                sig, soft = (runs[est].get(f"{truth}_{expert}_{g}") for g in GATES)
+                if not sig or not soft:
+                    continue
+                sizes, a = error_table(sig, "fn")
+                _, b = error_table(soft, "fn")
+                for i in (0, len(sizes) // 2, len(sizes) - 1):
+                    both = np.isfinite(a[i]) & np.isfinite(b[i])  # data sets both gates finished on
+                    lower = np.mean(a[i][both] < b[i][both])
+                    lines.append(
+                        f"| {truth}, {expert} | {est} | {sizes[i]} | {np.nanmean(a[i]):.3g} | {np.nanmean(b[i]):.3g} | "
+                        f"{np.nanmean(a[i]) / np.nanmean(b[i]):.2f} | {lower:.0%} |"
+                    )
+    return lines
+
+
 def figure(runs: dict, names: list, path: Path, title: str):
     """Mean of D1 (well-specified cells) or of the function error (others) against n, error bars of
     two standard deviations, one panel per cell, both estimators."""
@@ -247,6 +274,10 @@ def analyze():
         "## The regression function's error |f_hat - f*| (every cell)",
         "",
         *table("fn", runs),
+        "",
+        "## The two gates on the same data: the regression function's error",
+        "",
+        *gate_comparison(runs),
         "",
         "## How the least-squares fits stopped",
         "",

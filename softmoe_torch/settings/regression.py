@@ -144,9 +144,8 @@ class RegressionSetting:
         slow = self.expert == "linear" and (self.gate == "softmax" or self.regime == "regime1")
         exact = self.gate == self.true_gate
         d1 = None if slow or not exact else -0.5
-        return {"d1": d1, "mass": d1, "gate_slope": None, "expert_slope": None, "expert_bias": None} | {
-            "fn": -0.5 if exact else None
-        }
+        parts = dict.fromkeys(("gate_slope", "expert_slope", "expert_bias"))
+        return {"d1": d1, "mass": d1, **parts, "fn": -0.5 if exact else None}
 
     def reference_slopes(self) -> dict:
         """The paper's published slope of D1 for this cell (``published_slopes``, by expert_gate)."""
