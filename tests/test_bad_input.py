@@ -125,7 +125,11 @@ RUN_CASES = {  # id: (overrides, setup(run_dir, files) or None, message)
         None,
         "setting.n_components must be an integer",
     ),
-    "setting kind unknown": (["++setting.kind=hmm"], None, "setting.kind must be one of contaminated, moe, regression, got 'hmm'"),
+    "setting kind unknown": (
+        ["++setting.kind=hmm"],
+        None,
+        "setting.kind must be one of contaminated, moe, regression, got 'hmm'",
+    ),
 }
 
 FIT_CASES = {  # id: (data file name or None, extra overrides, message)
