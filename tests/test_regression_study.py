@@ -4,6 +4,7 @@ setting's view, and its sweeps and fits through the real CLIs."""
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -111,7 +112,7 @@ def test_the_regression_settings_compose_and_describe_the_study():
         x = s.inputs(1000, torch.Generator().manual_seed(0))
         assert x.min() >= -1 and x.max() <= 1 and x.min() < -0.99
     s = load_setting(_compose("setting=sigmoid_moe").setting)
-    assert s.quantities() == ("fn",) and s.reference_slopes() == {"d1": -0.51}  # sigmoid fit of a softmax truth
+    assert s.quantities() == ("d3", "fn") and s.reference_slopes() == {"d3": -0.51}  # sigmoid fit, softmax truth
     soft = load_setting(_compose("setting=sigmoid_moe", "setting.gate=softmax", "setting.expert=linear").setting)
     assert soft.reference_slopes() == {"d1": -0.11} and soft.theory_slopes()["d1"] is None  # linear experts: slow
     with pytest.raises(ValueError, match="setting.gate must be one of sigmoid, softmax"):
@@ -152,8 +153,8 @@ def test_the_settings_errors_are_the_loss_of_the_fits_and_zero_at_the_truth():
     assert float(e["err_fn"][1]) == pytest.approx(float(fn), rel=1e-12)
 
 
-def _run(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+def _run(args, cwd, env=None):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_a_regression_sweep_through_the_cli_by_both_estimators_on_the_same_data(tmp_path):
@@ -222,6 +223,70 @@ def test_the_fit_cli_fits_a_regression_mixture_to_a_csv(tmp_path):
     assert result["mean_loglik"] > 0.8  # RSS / n near nu = 0.01: -(log(2 pi 0.01) + 1) / 2 = 0.88
     bad = _run(["-m", "softmoe_torch.fit", "data=d.csv", "setting=sigmoid_moe_regime2", "fit=em"], tmp_path)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "RegressionMoE" in bad.stderr
+
+
+# f*(x) = sigmoid(8 x - 4) (-4 x + 2) on [0, 1], fitted by a softmax-gated pair of linear experts
+ONE_SIGMOID_EXPERT = [
+    "setting=softmax_ridge_moe",
+    "setting.expert=linear",
+    "setting.truth.gate=sigmoid",
+    "setting.truth.n_experts=1",
+    "setting.n_experts=2",
+    "~setting.truth.params",
+    "+setting.truth.params={experts.0.eta: [-4.0], experts.0.bias: 2.0, gate.beta: [[8.0]], gate.tau: [-4.0]}",
+    "+setting.best_fit={points: 500}",
+]
+
+
+def test_the_best_fit_of_a_misspecified_model_by_hand(tmp_path, monkeypatch):
+    """A sigmoid-gated expert sigmoid(8 x - 4)(-4 x + 2) is a softmax-gated pair whose reference
+    expert is 0: the projection finds exactly that (residual 0); D3 is the loss to it (0 at it, the
+    loss of ls_errors elsewhere); computed once, then read from the cache."""
+    from softmoe_torch.settings import regression
+    from softmoe_torch.settings.setting import load_setting
+
+    monkeypatch.setenv("SOFTMOE_CACHE", str(tmp_path))
+    s = load_setting(_compose(*ONE_SIGMOID_EXPERT).setting)
+    b = s.best_fit()
+    assert b["rss"] < 1e-16 and b["starts"] == 1
+    expected = {"experts.0.eta": [0.0], "experts.0.bias": 0.0, "experts.1.eta": [-4.0], "experts.1.bias": 2.0}
+    for name, value in {**expected, "gate.beta": [[8.0]], "gate.tau": [-4.0]}.items():
+        assert b["params"][name].numpy() == pytest.approx(np.array(value), abs=1e-6), name
+    assert len(list((tmp_path / "best_fits").glob("*.pt"))) == 1
+    monkeypatch.setattr(regression, "project", lambda *a: pytest.fail("recomputed"))
+    again = load_setting(_compose(*ONE_SIGMOID_EXPERT).setting).best_fit()
+    assert torch.equal(again["params"]["gate.beta"], b["params"]["gate.beta"])
+    off = {k: v + 0.1 for k, v in b["params"].items()}
+    params = {k: torch.stack([b["params"][k], off[k]]) for k in b["params"]}
+    e = s.errors(params, 100)
+    assert e["err_d3"][0] == pytest.approx(0.0, abs=1e-9) and math.isnan(e["err_d1"][0])
+    ref = regression_atoms({k: v[None].numpy() for k, v in b["params"].items()}, 2, "softmax", 0)
+    by_hand = ls_errors(regression_atoms({k: v.numpy() for k, v in params.items()}, 2, "softmax", 1), ref, "softmax")
+    assert e["err_d3"][1] == pytest.approx(by_hand["d1"]) and e["cells"][1] == by_hand["cells"]
+
+
+def test_a_misspecified_sweep_through_the_cli_reports_d3(tmp_path):
+    """The sweep computes the best fit once before its fits (kept in $SOFTMOE_CACHE) and reports D3."""
+    p = _run(
+        [
+            "-m",
+            "softmoe_torch.run",
+            *ONE_SIGMOID_EXPERT,
+            "sweep=tiny",
+            "fit=lm",
+            "monitor.tensorboard=false",
+            "progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        tmp_path,
+        env={**os.environ, "SOFTMOE_CACHE": str(tmp_path / "cache")},
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    with open(tmp_path / "run" / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(math.isfinite(float(r["err_d3"])) and r["err_d1"] == "nan" for r in rows)
+    assert len(list((tmp_path / "cache" / "best_fits").glob("*.pt"))) == 1
+    assert "| d3 |" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_a_given_truth_on_the_unit_interval_the_ridge_comparison():

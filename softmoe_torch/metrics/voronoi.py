@@ -197,12 +197,24 @@ def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True, translate:
     return loss, t1, mu
 
 
+def _at_translation(kind: str, fit: dict, true: dict, t1, mu: float, gate: str = "softmax") -> dict:
+    """At the translation (t1, mu = exp(t0)) of the loss ``kind``: ``mass`` (max over cells of
+    |M_j - mu target_j|), the largest error of each part over the fitted atoms, and ``cells`` (atoms
+    per true atom, '2+1')."""
+    cell, mass, target, _ = _terms(kind, fit, true, t1, gate)
+    out = {"mass": float(np.abs(mass - mu * target).max())}
+    parts = PARTS[:-1] if kind == "ls" else PARTS  # a regression mixture has no variance per atom
+    out.update({p: float(v.max()) for p, v in _deltas(fit, true, cell, t1).items() if p in parts})
+    out["cells"] = "+".join(str(c) for c in np.bincount(cell, minlength=len(true["intercept"])))
+    return out
+
+
 def ls_errors(fit: dict, true: dict, gate: str) -> dict:
     """The loss 'ls' of a least-squares fit of a regression mixture (atoms of ``regression_atoms``)
     under its ``gate`` ('softmax': the papers' infimum over the translation, on the canonical
     scale; 'sigmoid': masses sigmoid(b0), no translation) as ``d1``; at its minimizing translation
-    ``mass`` (max over cells of |M_j - target_j|), the largest error of each part over the fitted
-    atoms (gate_slope, expert_slope, expert_bias) and ``cells`` ('2+1+1...')."""
+    ``mass``, the largest error of each part over the fitted atoms (gate_slope, expert_slope,
+    expert_bias) and ``cells`` (``_at_translation``)."""
     if gate == "softmax":
         loss, t1, mu = papers_loss("ls", fit, true)
         fit = canonical_scale(fit, true)
@@ -211,30 +223,20 @@ def ls_errors(fit: dict, true: dict, gate: str) -> dict:
         loss = _papers_at("ls", fit, true, t1, translate=False, gate=gate)[0]
     else:
         raise ValueError(f"gate must be softmax or sigmoid, got {gate!r}")
-    cell, mass, target, _ = _terms("ls", fit, true, t1, gate)
-    out = {"d1": loss, "mass": float(np.abs(mass - mu * target).max())}
-    out.update({p: float(v.max()) for p, v in _deltas(fit, true, cell, t1).items() if p != "variance"})
-    out["cells"] = "+".join(str(c) for c in np.bincount(cell, minlength=len(true["intercept"])))
-    return out
+    return {"d1": loss, **_at_translation("ls", fit, true, t1, mu, gate)}
 
 
 def voronoi_errors(fit: dict, true: dict, main: str) -> dict:
     """Every loss and per-part error of one fit: d1 and d2 (the papers' loss on the canonical
     scale), d1_unscaled and d2_unscaled (without the scale fix), d1_fixed and d2_fixed (as fitted,
-    no translation); and at the translation minimizing ``main`` ('d1' or 'd2'): mass (max over cells
-    of |M_j - exp(b0*_j + t0)|), the largest error of each part over the fitted atoms, and ``cells``
-    (atoms per true atom, '2+1')."""
+    no translation); and at the translation minimizing ``main`` ('d1' or 'd2') the mass, the
+    largest error of each part and the cells (``_at_translation``)."""
     out, at = {}, {}
     for kind in ("d1", "d2"):
         out[kind], *at[kind] = papers_loss(kind, fit, true)
         out[f"{kind}_unscaled"] = papers_loss(kind, fit, true, scale=False)[0]
         out[f"{kind}_fixed"] = papers_loss(kind, fit, true, scale=False, translate=False)[0]
-    scaled, (t1, mu) = canonical_scale(fit, true), at[main]
-    cell, mass, target, _ = _terms(main, scaled, true, t1)
-    out["mass"] = float(np.abs(mass - mu * target).max())
-    out.update({p: float(v.max()) for p, v in _deltas(scaled, true, cell, t1).items()})
-    out["cells"] = "+".join(str(c) for c in np.bincount(cell, minlength=len(true["intercept"])))
-    return out
+    return {**out, **_at_translation(main, canonical_scale(fit, true), true, *at[main])}
 
 
 def theory_slope(quantity: str, largest_cell: int, exact: bool):

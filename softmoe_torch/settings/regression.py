@@ -6,8 +6,9 @@ inputs ``x`` uniform on [-1, 1]^d (symmetric) or [0, 1]^d (unit), and a true mod
 ``truth.regime`` (``regression_truths``), or, with ``truth.regime: given``, the values
 ``truth.params`` under the gate ``truth.gate``. Its results columns are the least-squares papers'
 Voronoi loss and per-part errors (``metrics.voronoi.ls_errors``) where the fitted gate is the
-truth's, and everywhere the error of the regression function (``fn``: the root mean square of
-f_hat - f* over a fixed sample of x)."""
+truth's; where it is not (a misspecified fit), the same loss against the fitted model's best
+approximation of the truth (``best_fit``, the papers' D3); and everywhere the error of the regression
+function (``fn``: the root mean square of f_hat - f* over a fixed sample of x)."""
 
 import math
 
@@ -16,19 +17,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..metrics.voronoi import ls_errors, regression_atoms
 from ..model.regression import RegressionMoE
+from .best_fit import DEFAULTS, cached_projection, project
 from .build import load_values
 from .configs import config_number
 from .regression_truths import EXPERTS, REGIMES, draw_truth, near_truth_start, regression_model
 
 GATES = ("sigmoid", "softmax")
 INPUTS = ("symmetric", "unit")  # X ~ Uniform([-1, 1]^d) | Uniform([0, 1]^d)
-QUANTITIES = ("d1", "mass", "gate_slope", "expert_slope", "expert_bias", "fn")
+QUANTITIES = ("d1", "mass", "gate_slope", "expert_slope", "expert_bias", "d3", "fn")
+MISSPECIFIED = ("d3", "fn")  # the quantities of a fit under the other gate than the truth's
 LABELS = {
     "d1": r"$\mathcal{D}_1$",
     "mass": r"max$_j\,|\sum_{A_j} g(\hat\beta_{0i}) - g(\beta^*_{0j})|$",
     "gate_slope": r"max $\|\Delta\beta_1\|$",
     "expert_slope": r"max $\|\Delta a\|$",
     "expert_bias": r"max $|\Delta b|$",
+    "d3": r"$\mathcal{D}_3$ (to the best fit $\bar G$)",
     "fn": r"$\|\hat f - f^*\|_{L^2}$",
 }
 FN_POINTS, FN_SEED = 4096, 20250102  # the fixed x sample of the regression-function error
@@ -62,7 +66,7 @@ class RegressionSetting:
         if self.regime == "given" and t.get("gate") not in GATES:
             raise ValueError(f"setting.truth.regime=given needs setting.truth.gate, one of {', '.join(GATES)}")
         self.true_gate = t.gate if self.regime == "given" else ("softmax" if self.regime == "softmax" else "sigmoid")
-        self._truth = None
+        self._truth, self._best = None, None
 
     def model(self, dtype=torch.float64, device="cpu") -> RegressionMoE:
         """A fresh regression mixture of ``n_experts`` experts under the fitted gate."""
@@ -102,23 +106,43 @@ class RegressionSetting:
         per_rep = [near_truth_start(truth, self.gate, seed_of(0, j), scale) for j in range(len(reps))]
         return [{k: torch.stack([s[k] for s in per_rep]) for k in per_rep[0]}]
 
+    def best_fit(self) -> dict:
+        """The fitted model's best approximation of the truth (``best_fit.project``; options
+        ``setting.best_fit`` over ``best_fit.DEFAULTS``), computed once and kept on disk:
+        {"params": {name: tensor}, "rss", "status", "starts"}."""
+        if self._best is None:
+            options = {**DEFAULTS, **OmegaConf.to_container(self.cfg.get("best_fit") or OmegaConf.create({}))}
+            key = {
+                "truth": OmegaConf.to_container(self.cfg.truth, resolve=True),
+                **{k: self.cfg.get(k) for k in ("dim", "n_experts", "gate", "expert")},
+                "x": self.cfg.get("x", "symmetric"),
+                **options,
+            }
+            self._best = cached_projection(
+                key, lambda: project(self.model(), self.gate, self.true_model(), self.inputs, options)
+            )
+        return self._best
+
+    def prepare(self):
+        """Work done once before a sweep's workers start: a misspecified fit's best fit."""
+        if self.gate != self.true_gate:
+            self.best_fit()
+
     def errors(self, params: dict, n: int) -> dict:
         """{column: (R,)} for the fits ``params`` {name: (R, ...)}: where the fitted gate is the
-        truth's, the loss D1 and its parts (``ls_errors``) and the cells; elsewhere NaN and ''
-        (the loss of a misspecified fit needs the best fit of its model, not the truth); always
-        ``fn``."""
+        truth's, the loss D1 and its parts (``ls_errors``) against the truth; elsewhere the same loss
+        against the best fit (``d3``); the cells of the loss computed; always ``fn``."""
         R = next(iter(params.values())).shape[0]
         host = {k: v.detach().cpu().double().numpy() for k, v in params.items()}
         out = {f"err_{q}": torch.full((R,), math.nan, dtype=torch.float64) for q in QUANTITIES}
-        cells = [""] * R
-        if self.gate == self.true_gate:
-            true = regression_atoms({k: v[None].numpy() for k, v in self.truth().items()}, self.n_true, self.gate, 0)
-            rows = [ls_errors(regression_atoms(host, self.n_experts, self.gate, r), true, self.gate) for r in range(R)]
-            for q in QUANTITIES[:-1]:
-                out[f"err_{q}"] = torch.tensor([row[q] for row in rows], dtype=torch.float64)
-            cells = [row["cells"] for row in rows]
+        exact = self.gate == self.true_gate
+        ref, k = (self.truth(), self.n_true) if exact else (self.best_fit()["params"], self.n_experts)
+        ref = regression_atoms({name: v[None].numpy() for name, v in ref.items()}, k, self.gate, 0)
+        rows = [ls_errors(regression_atoms(host, self.n_experts, self.gate, r), ref, self.gate) for r in range(R)]
+        for q in QUANTITIES[:5] if exact else ("d1",):
+            out[f"err_{q if exact else 'd3'}"] = torch.tensor([row[q] for row in rows], dtype=torch.float64)
         out["err_fn"] = self.function_error(params)
-        return {**out, "cells": cells}
+        return {**out, "cells": [row["cells"] for row in rows]}
 
     def function_error(self, params: dict) -> torch.Tensor:
         """(R,): sqrt(mean over FN_POINTS fixed x of (f_hat(x) - f*(x))^2) for each fit."""
@@ -132,22 +156,24 @@ class RegressionSetting:
         return ((fitted - target) ** 2).mean(-1).sqrt()
 
     def quantities(self) -> tuple:
-        """The columns the report fits slopes to: every one for a well-specified fit, ``fn`` else."""
-        return QUANTITIES if self.gate == self.true_gate else ("fn",)
+        """The columns the report fits slopes to: all but d3 for a well-specified fit, d3 and fn else."""
+        return tuple(q for q in QUANTITIES if q != "d3") if self.gate == self.true_gate else MISSPECIFIED
 
     def theory_slopes(self, rows=None) -> dict:
         """The theory's rates of D1 as we read the papers' abstracts: -1/2 where the experts are
         strongly identifiable (ReLU under either gate, sigmoid ridge experts under softmax) and for
         linear experts in Regime 2 of the sigmoid gate; none (slower than any power of n) for linear
         experts under a softmax gate or in Regime 1; ``fn`` -1/2 (the parametric rate of the
-        regression function) where the model is well specified."""
+        regression function) where the model is well specified; none for ``d3`` (no rate of the
+        misspecified fit is stated in the text we have)."""
         slow = self.expert == "linear" and (self.gate == "softmax" or self.regime == "regime1")
         exact = self.gate == self.true_gate
         d1 = None if slow or not exact else -0.5
         parts = dict.fromkeys(("gate_slope", "expert_slope", "expert_bias"))
-        return {"d1": d1, "mass": d1, **parts, "fn": -0.5 if exact else None}
+        return {"d1": d1, "mass": d1, **parts, "d3": None, "fn": -0.5 if exact else None}
 
     def reference_slopes(self) -> dict:
-        """The paper's published slope of D1 for this cell (``published_slopes``, by expert_gate)."""
+        """The paper's published slope of its Voronoi loss for this cell (``published_slopes``, by
+        expert_gate): D1 where the fitted gate is the truth's, D3 (to the best fit) else."""
         slope = (self.cfg.get("published_slopes") or {}).get(f"{self.expert}_{self.gate}")
-        return {} if slope is None else {"d1": float(slope)}
+        return {} if slope is None else {"d1" if self.gate == self.true_gate else "d3": float(slope)}

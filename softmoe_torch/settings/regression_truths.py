@@ -69,16 +69,17 @@ def separation(truth: RegressionMoE) -> float:
     return float(dist.min())
 
 
-def near_truth_start(truth: RegressionMoE, gate: str, seed: int, scale: float = 0.05) -> dict:
+def near_truth_start(truth: RegressionMoE, gate: str, seed: int, scale: float = 0.05, copy: int | None = None) -> dict:
     """The study's start for a fit of k* + 1 experts under ``gate``: the k* true atoms, then a copy
-    of one of them chosen at random, every entry plus N(0, scale^2); {name: tensor}. A softmax fit
+    of one of them (``copy``, or one chosen at random), every entry plus N(0, scale^2); {name: tensor}. A softmax fit
     keeps expert 0 (the reference) first and its gate parameters out; a fit under the other gate
     than the truth's starts from the same atoms read as that gate's parameters."""
     k = len(truth.experts)
     t_gate = "softmax" if isinstance(truth.gate, SoftmaxGate) else "sigmoid"
     a = atoms({n: v.detach() for n, v in truth.named_parameters()}, k, t_gate)
     gen = torch.Generator().manual_seed(seed)
-    copy = int(torch.randint(k, (1,), generator=gen))
+    if copy is None:
+        copy = int(torch.randint(k, (1,), generator=gen))
     a = torch.cat([a, a[copy : copy + 1]])
     a = a + scale * torch.randn(a.shape, generator=gen, dtype=torch.float64)
     d = (a.shape[1] - 2) // 2

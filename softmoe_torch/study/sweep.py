@@ -160,6 +160,9 @@ def run_study(cfg: DictConfig, out_dir, monitor=None, progress=None) -> Results:
     workers, todo = batch_plan(plan, todo)
     where = f" in {workers} worker processes" if workers > 1 else ""
     print(f"{name}: {n_todo} fits to run{where}, {len(plan.sizes) * len(plan.reps) - n_todo} already done in {out_dir}")
+    prepare = getattr(plan.setting, "prepare", None)  # once, before the workers (e.g. a best fit, cached on disk)
+    if todo and prepare is not None:
+        prepare()
     bar = None
     if progress is None:
         progress = bar = WorkBar(
