@@ -133,7 +133,9 @@ def start_errors(name: str, quantity: str) -> float:
     values = []
     for n in (sizes[0], sizes[-1]):
         start = sweep_starts(cfg, setting, setting.model(), n, reps, torch.zeros(len(reps), 1))[0]
-        values.append(setting.errors(start, n)[f"err_{quantity}"])
+        values.append(
+            setting.function_error(start) if quantity == "fn" else setting.errors(start, n)[f"err_{quantity}"]
+        )
     return float(torch.cat(values).mean())
 
 
@@ -146,7 +148,7 @@ def table(quantity: str, runs: dict) -> list:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in cells():
-        if quantity in ("d1", "d3") and well_specified(name) != (quantity == "d1"):
+        if (quantity in ("d1", "d3") and well_specified(name) != (quantity == "d1")) or not has(runs, name, quantity):
             continue
         parts, counts = [], []
         for est in ESTIMATORS:
@@ -166,8 +168,46 @@ def table(quantity: str, runs: dict) -> list:
     return lines
 
 
-def best_fits() -> list:
-    """Per misspecified cell, its reference for D3 (the setting's own ``best_fit``): the root mean
+def one_each(row: dict) -> bool:
+    """Whether a misspecified fit's D3 cells are G_bar's own: one fitted atom per atom of G_bar."""
+    return set(row["cells"].split("+")) == {"1"}
+
+
+def d3_patterns(runs: dict) -> list:
+    """Per misspecified cell and estimator: the share of fits with one atom per atom of G_bar at the
+    smallest, a middle and the largest size, and D3's slope (n >= 10 p) over those fits and over the
+    others (which settled about another arrangement of the atoms than G_bar's)."""
+    lines = [
+        "| cell | estimator | one atom per G_bar atom: n = 1e3 / 1.3e4 / 1e5 | D3 slope, those fits | "
+        "D3 slope, the others |",
+        "|---|---|---|---|---|",
+    ]
+    for name in cells():
+        for est in ESTIMATORS:
+            rows = runs[est].get(name)
+            if well_specified(name) or not rows or "err_d3" not in rows[0]:
+                continue
+            sizes = sorted({int(r["n"]) for r in rows})
+            shares = [np.mean([one_each(r) for r in rows if int(r["n"]) == sizes[i]]) for i in (0, 5, -1)]
+            slopes = [
+                slope_cell(
+                    *error_table([{**r, "err_d3": r["err_d3"] if one_each(r) == keep else "nan"} for r in rows], "d3"),
+                    N_FROM,
+                )
+                for keep in (True, False)
+            ]
+            slopes = ["too few fits" if "nan" in v else v for v in slopes]  # a size without such fits
+            lines.append(f"| {name} | {est} | {' / '.join(f'{v:.0%}' for v in shares)} | {' | '.join(slopes)} |")
+    return lines
+
+
+def has(runs: dict, name: str, quantity: str) -> bool:
+    """Whether some estimator's run of cell ``name`` reports ``quantity``."""
+    return any(runs[est].get(name) and f"err_{quantity}" in runs[est][name][0] for est in ESTIMATORS)
+
+
+def best_fits(runs: dict) -> list:
+    """Per misspecified cell with D3 results, its reference for D3 (the setting's own ``best_fit``): the root mean
     square of f_Gbar - f* over its design, the smallest distance between two of its atoms, how its
     fit stopped."""
     from softmoe_torch.settings.regression_truths import separation
@@ -175,7 +215,7 @@ def best_fits() -> list:
 
     lines = ["| cell | rms of f_Gbar - f* | smallest atom distance | stop |", "|---|---|---|---|"]
     for name in cells():
-        if well_specified(name):
+        if well_specified(name) or not has(runs, name, "d3"):
             continue
         setting = load_setting(studykit.compose(cells()[name]).setting)
         best = setting.best_fit()
@@ -296,7 +336,12 @@ def analyze():
         "",
         "G_bar of each misspecified cell (`best_fit`: least squares on 20 000 noise-free x, the best of k* starts):",
         "",
-        *best_fits(),
+        *best_fits(runs),
+        "",
+        "A fit may settle about another arrangement than G_bar's (the start's copy of another atom, a local",
+        "minimum of the population risk): its D3 then does not fall to 0. By arrangement:",
+        "",
+        *d3_patterns(runs),
         "",
         "## The regression function's error |f_hat - f*| (every cell)",
         "",
