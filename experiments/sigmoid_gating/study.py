@@ -296,7 +296,10 @@ def figure(runs: dict, names: list, path: Path, title: str):
                 color=color,
             )
         ax.set(xscale="log", yscale="log", xlabel="n", title=f"{name}: {quantity.upper()}")
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"{quantity.upper()} not computed", transform=ax.transAxes, ha="center")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
