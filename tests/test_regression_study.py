@@ -256,6 +256,12 @@ def test_the_best_fit_of_a_misspecified_model_by_hand(tmp_path, monkeypatch):
     monkeypatch.setattr(regression, "project", lambda *a: pytest.fail("recomputed"))
     again = load_setting(_compose(*ONE_SIGMOID_EXPERT).setting).best_fit()
     assert torch.equal(again["params"]["gate.beta"], b["params"]["gate.beta"])
+    for bad, message in (
+        ("setting.best_fit.points=many", "setting.best_fit.points must be an integer"),
+        ("+setting.best_fit.size=3", "setting.best_fit takes points"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load_setting(_compose(*ONE_SIGMOID_EXPERT, bad).setting).best_fit()
     off = {k: v + 0.1 for k, v in b["params"].items()}
     params = {k: torch.stack([b["params"][k], off[k]]) for k in b["params"]}
     e = s.errors(params, 100)
