@@ -253,6 +253,11 @@ def test_the_best_fit_of_a_misspecified_model_by_hand(tmp_path, monkeypatch):
     for name, value in {**expected, "gate.beta": [[8.0]], "gate.tau": [-4.0]}.items():
         assert b["params"][name].numpy() == pytest.approx(np.array(value), abs=1e-6), name
     assert len(list((tmp_path / "best_fits").glob("*.pt"))) == 1
+    monkeypatch.setenv("SOFTMOE_CACHE", "/proc/read-only")  # not writable: computed, kept nowhere, said so
+    with pytest.warns(UserWarning, match="could not keep the best fit"):
+        fresh = load_setting(_compose(*ONE_SIGMOID_EXPERT).setting).best_fit()
+    assert torch.allclose(fresh["params"]["gate.beta"], b["params"]["gate.beta"])
+    monkeypatch.setenv("SOFTMOE_CACHE", str(tmp_path))
     monkeypatch.setattr(regression, "project", lambda *a: pytest.fail("recomputed"))
     again = load_setting(_compose(*ONE_SIGMOID_EXPERT).setting).best_fit()
     assert torch.equal(again["params"]["gate.beta"], b["params"]["gate.beta"])

@@ -9,6 +9,8 @@ is computed once and kept on disk (``cache_dir``), keyed by everything it depend
 import hashlib
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,9 +63,13 @@ def cached_projection(key: dict, compute) -> dict:
     path = cache_dir() / "best_fits" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
+    print(f"the misspecified model's best fit (G_bar): computing it once, kept in {path}", file=sys.stderr, flush=True)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(value, tmp)
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only cache: the value still serves this process
+        warnings.warn(f"could not keep the best fit in {path} ({err.strerror}); set SOFTMOE_CACHE to a writable folder")
     return value
