@@ -29,7 +29,7 @@ from .model.mixture import ContaminatedMoE
 from .model.names import PAPER_NAMES, expert_prefix, variance_name
 from .settings.configs import CONF_DIR, register_resolvers
 from .settings.setting import load_setting
-from .study.config_checks import fit_options
+from .study.config_checks import fit_options, init_options
 
 
 def named(values: dict) -> dict:
@@ -51,12 +51,13 @@ def named(values: dict) -> dict:
     return out
 
 
-def build_estimator(cfg: DictConfig, model, truth: dict | None = None) -> Estimator:
-    """The estimator that cfg's ``fit``, ``init``, ``seed``, ``device`` and ``dtype`` describe."""
+def build_estimator(cfg: DictConfig, model, truth: dict | None = None, policy: str | None = None) -> Estimator:
+    """The estimator that cfg's ``fit``, ``init`` (its policy unless ``policy`` is given), ``seed``,
+    ``device`` and ``dtype`` describe."""
     options = fit_options(cfg, resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
     return Estimator(
         model,
-        init=cfg.init.policy,
+        init=policy or cfg.init.policy,
         n_init=int(cfg.init.get("n_init", 1)),
         seed=int(cfg.seed),
         truth=truth,
@@ -75,7 +76,15 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
     setting = load_setting(cfg.setting)
     model = setting.model()
     policy = cfg.init.policy
-    estimator = build_estimator(cfg, model, truth=setting.truth(len(y)) if policy == "near_truth" else None)
+    starts = "the file's init_* arrays" if init_values else None
+    own = getattr(setting, "starting_points", None) if policy == "near_truth" else None
+    if own is not None:  # the setting's own near-truth start (a regression setting's: the study's), under the file's
+        near = own(init_options(cfg), len(y), [0], lambda i, j: int(cfg.seed))[0]
+        init_values = {**{k: v[0].numpy() for k, v in near.items()}, **init_values}
+        starts = starts or f"{setting.name}'s near-truth start"
+        policy = "random"  # replaced whole by that start
+    truth = setting.truth(len(y)) if policy == "near_truth" else None
+    estimator = build_estimator(cfg, model, truth=truth, policy=policy)
     trainable = model.trainable_parameters()
     for name, value in init_values.items():  # arrays in the file override the policy
         if name not in trainable:
@@ -116,7 +125,7 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
         "setting": setting.name,
         "method": cfg.fit.method,
         "solver": res.solver,
-        "starts": "the file's init_* arrays" if init_values else f"best of {estimator.n_init} {policy} start(s)",
+        "starts": starts or f"best of {estimator.n_init} {policy} start(s)",
         "degenerate": res.degenerate[0],
         "warnings": [str(w.message) for w in caught],
     }

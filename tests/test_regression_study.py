@@ -225,6 +225,35 @@ def test_the_fit_cli_fits_a_regression_mixture_to_a_csv(tmp_path):
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "RegressionMoE" in bad.stderr
 
 
+def test_the_fit_cli_starts_a_regression_setting_near_the_truth_as_the_study_does(tmp_path):
+    """fit with init=near_truth on a regression setting starts where the setting's study starts (the
+    truth's atoms plus a copy, ``starting_points`` seeded by the run's seed): the same fit as the API's
+    from that start."""
+    from hydra import compose, initialize_config_dir
+
+    from softmoe_torch.fit import build_estimator
+    from softmoe_torch.settings.configs import CONF_DIR
+    from softmoe_torch.settings.regression import RegressionSetting
+    from softmoe_torch.study.config_checks import init_options
+
+    overrides = ["setting=sigmoid_moe_regime2", "setting.dim=2", "setting.truth.n_experts=2", "setting.n_experts=3"]
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = compose("fit_data", overrides=[*overrides, "fit=lm", "init=near_truth"])
+    setting = RegressionSetting(cfg.setting)
+    X = setting.inputs(800, torch.Generator().manual_seed(0))
+    y = setting.true_model().sample(X, generator=torch.Generator().manual_seed(1))
+    np.savetxt(tmp_path / "d.csv", np.column_stack([X, y]), delimiter=",", header="x1,x2,y", comments="")
+    p = _run(["-m", "softmoe_torch.fit", "data=d.csv", *overrides, "fit=lm", "init=near_truth", "out=f.json"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads((tmp_path / "f.json").read_text())
+    assert result["starts"] == "sigmoid_moe_regime2's near-truth start"
+    start = setting.starting_points(init_options(cfg), 800, [0], lambda i, j: int(cfg.seed))[0]
+    api = build_estimator(cfg, setting.model(), policy="random")
+    expected = api.fit(X, y, start={k: v[0] for k, v in start.items()}).estimates()
+    for name, value in expected.items():
+        np.testing.assert_allclose(np.asarray(result["estimates"][name]), value.numpy(), rtol=1e-8, atol=1e-10)
+
+
 # f*(x) = sigmoid(8 x - 4) (-4 x + 2) on [0, 1], fitted by a softmax-gated pair of linear experts
 ONE_SIGMOID_EXPERT = [
     "setting=softmax_ridge_moe",
