@@ -204,7 +204,11 @@ def sibling_atoms(**kw):
 
 def test_voronoi_losses_of_the_truth_are_zero_and_translation_only_moves_the_fixed_variant():
     true = sibling_atoms()
-    assert voronoi_errors(true, true, "d1") | {"cells": 0} == {q: 0.0 for q in [*QUANTITIES]} | {"cells": 0}
+    e = voronoi_errors(true, true, "d1")
+    in_cells = [q for q in QUANTITIES if q.endswith("_in_cells")]  # no cell of several atoms: NaN
+    assert all(np.isnan(e.pop(q)) for q in in_cells) and e | {"cells": 0} == {
+        q: 0.0 for q in QUANTITIES if q not in in_cells
+    } | {"cells": 0}
     shifted = moved(true, intercept=np.array([0.7, 0.7]), gate_slope=np.array([[1.5], [1.5]]))  # the same gate
     e = voronoi_errors(shifted, true, "d1")
     assert e["d1"] == pytest.approx(0, abs=1e-9) and e["d2"] == pytest.approx(0, abs=1e-9) and e["cells"] == "1+1"
@@ -247,6 +251,30 @@ def test_d2_raises_the_differences_in_a_cell_of_two_to_its_exponents():
     assert e["d1"] == pytest.approx(sum(0.5 * (abs(dc[i]) + abs(da[i]) + abs(dv[i])) for i in range(2)), rel=1e-6)
     assert theory_slope("gate_slope", 2, exact=False) == -1 / 8 and theory_slope("variance", 3, exact=False) == -1 / 6
     assert theory_slope("d2", 3, exact=False) == -0.5 and theory_slope("d2_fixed", 2, exact=False) is None
+
+
+def test_errors_in_a_cell_of_two_are_weighted_by_the_atoms_shares_at_the_losss_powers():
+    """The cell of two above with weights 1 : 3 (shares 1/4, 3/4 of the cell's mass), the gate slopes
+    exact: each part's power mean over the cell at D2's power, (1/4 |D_0|^q + 3/4 |D_1|^q)^(1/q), q = 4
+    for biases (and gate slopes), 2 for expert slopes and variances; the plain maxima beside them."""
+    true = sibling_atoms()
+    da, dc, dv = np.array([0.1, -0.2]), np.array([0.05, 0.02]), np.array([0.01, 0.004])
+    fit = {
+        "intercept": np.array([0.0, np.log(3), -8 + np.log(4)]),
+        "gate_slope": np.array([[0.0], [0.0], [25.0]]),
+        "expert_slope": np.array([[20 + da[0]], [20 + da[1]], [-20.0]]),
+        "expert_bias": np.array([-5 + dc[0], -5 + dc[1], 15.0]),
+        "variance": np.array([0.16 + dv[0], 0.16 + dv[1], 0.09]),
+    }
+    e = voronoi_errors(fit, true, "d2")
+    assert e["cells"] == "2+1" and e["gate_slope_in_cells"] == pytest.approx(0.0, abs=1e-6)
+    assert e["expert_bias_in_cells"] == pytest.approx((0.05**4 / 4 + 3 * 0.02**4 / 4) ** 0.25, rel=1e-6)
+    assert e["expert_slope_in_cells"] == pytest.approx(np.sqrt(0.1**2 / 4 + 3 * 0.2**2 / 4), rel=1e-6)
+    assert e["variance_in_cells"] == pytest.approx(np.sqrt(0.01**2 / 4 + 3 * 0.004**2 / 4), rel=1e-6)
+    assert e["expert_slope"] == pytest.approx(0.2, rel=1e-6) and e["expert_bias"] == pytest.approx(0.05, rel=1e-6)
+    assert theory_slope("expert_bias_in_cells", 2, exact=False) == -1 / 8
+    assert theory_slope("expert_slope_in_cells", 2, exact=False) == -1 / 4
+    assert theory_slope("gate_slope_in_cells", 1, exact=True) is None
 
 
 def test_saddle_free_newton_leaves_the_saddles_of_an_over_specified_fit(one_thread):

@@ -86,9 +86,14 @@ def rows_of(name: str) -> list:
 
 
 def current(name: str) -> bool:
-    """Whether run ``name`` has results with today's columns (every quantity of the papers' loss)."""
+    """Whether run ``name`` has results of the papers' loss (every column of LOSSES)."""
     rows = rows_of(name) if (HERE / name / "results.csv").exists() else []
-    return bool(rows) and all(f"err_{q}" in rows[0] for q in QUANTITIES)
+    return bool(rows) and all(f"err_{q}" in rows[0] for q in LOSSES)
+
+
+def present(rows) -> list:
+    """The quantities every row has (a run from before a column was added lacks it)."""
+    return [q for q in QUANTITIES if all(f"err_{q}" in r for r in rows)]
 
 
 def slope_line(sizes, errors, n_from: float = 0) -> str:
@@ -200,7 +205,7 @@ def distribution(rows, title: str) -> list:
             f"theory (largest cell of {largest} atoms, the most common)",
         ),
     ]
-    for q in QUANTITIES:
+    for q in present(rows):
         sz, err = error_table(rows, q)
         mean, median = window_slope(sz, err), window_slope(sz, err, statistic="median")
         lines.append(f"| {q} | {slope_cell(mean)} | {slope_cell(median)} | {theory_of(q, largest)} |")
@@ -215,7 +220,7 @@ def by_pattern(rows, title: str) -> list:
         "",
         *table_head("quantity", *(f"{k} fits" for k in kinds), "theory (the most common largest cell)"),
     ]
-    for q in QUANTITIES:
+    for q in present(rows):
         cells = []
         for k in kinds:
             sz, err = error_table([r for r in rows if r["cells"] == k], q)

@@ -247,12 +247,12 @@ class _Counted:
 
 
 @contextmanager
-def threads_for(elements: int):
-    """One intra-op thread for small batches (R * n below SMALL_BATCH samples): there the
-    threads' start-up and synchronisation cost more than they save, many times more on a busy
-    machine; the caller's setting otherwise."""
+def threads_for(elements: int, small: int = SMALL_BATCH):
+    """One intra-op thread for small batches (``elements`` below ``small``; a mixture density's
+    fit counts samples R * n against SMALL_BATCH): there the threads' start-up and synchronisation
+    cost more than they save, many times more on a busy machine; the caller's setting otherwise."""
     before = torch.get_num_threads()
-    if elements < SMALL_BATCH:
+    if elements < small:
         torch.set_num_threads(1)
     try:
         yield

@@ -105,21 +105,25 @@ def _cells(fit: dict, true: dict, t1) -> np.ndarray:
     return np.argmin(((f[:, None, :] - t[None, :, :]) ** 2).sum(-1), axis=1)
 
 
+def _powers(kind: str, m: np.ndarray) -> dict:
+    """The power of each part's difference in an atom's term, {part: (K,)}, for atoms in cells of
+    m (K,) atoms: 1 throughout for 'd1'; for 'ls' 1 in a cell of one, 2 in a cell of several; for
+    'd2' 1 in a cell of one, r = rbar(m) (gate slopes, expert biases) and r / 2 (expert slopes,
+    variances) in a cell of several."""
+    one = np.ones(len(m))
+    if kind == "d1":
+        return dict.fromkeys(PARTS, one)
+    if kind == "ls":
+        return dict.fromkeys(PARTS, np.where(m > 1, 2.0, 1.0))
+    r = np.where(m > 1, 2.0 * m, 1.0)
+    half = np.where(m > 1, r / 2, 1.0)
+    return {"gate_slope": r, "expert_bias": r, "expert_slope": half, "variance": half}
+
+
 def _atom_costs(kind: str, deltas: dict, sizes: np.ndarray, cell: np.ndarray) -> np.ndarray:
     """Each fitted atom's term before its weight exp(b0_i), (K,)."""
-    m = sizes[cell]
-    if kind == "d1":
-        return sum(deltas[p] for p in PARTS)
-    if kind == "ls":  # linear in a cell of one atom, squared in a cell of several
-        return sum(np.where(m > 1, deltas[p] ** 2, deltas[p]) for p in PARTS)
-    r = np.where(m > 1, 2.0 * m, 1.0)  # rbar(m) for m > 1; 1 (linear) for a cell of one
-    half = np.where(m > 1, r / 2, 1.0)
-    return (
-        deltas["gate_slope"] ** r
-        + deltas["expert_bias"] ** r
-        + deltas["expert_slope"] ** half
-        + deltas["variance"] ** half
-    )
+    powers = _powers(kind, sizes[cell])
+    return sum(deltas[p] ** powers[p] for p in PARTS)
 
 
 WEIGHTS = {"softmax": np.exp, "sigmoid": expit}  # an atom's mass from its gate intercept b0
@@ -197,15 +201,39 @@ def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True, translate:
     return loss, t1, mu
 
 
+def _in_cells_of_several(kind: str, deltas: dict, w: np.ndarray, cell: np.ndarray, sizes: np.ndarray) -> dict:
+    """{part: value}: in each cell A_j of several atoms, the power mean of the part's differences
+    weighted by the atoms' shares of the cell's mass, (sum_{i in A_j} w_i |D_i|^q / M_j)^(1/q) with q
+    the loss's power of that part there (``_powers``: for D2 in a cell of two, q = 4 for gate slopes
+    and biases, 2 for expert slopes and variances, so that its terms bound it: a D2 of order n^-1/2
+    over a cell of mass bounded below gives n^-1/8 and n^-1/4); the largest over such cells; NaN
+    where every cell holds one atom."""
+    several = [j for j in range(len(sizes)) if sizes[j] > 1]
+    powers = _powers(kind, sizes[cell])
+    out = {}
+    for p, diff in deltas.items():
+        values = []
+        for j in several:
+            i = cell == j
+            q = powers[p][i][0]
+            values.append(float(((w[i] * diff[i] ** q).sum() / w[i].sum()) ** (1 / q)))
+        out[f"{p}_in_cells"] = max(values) if values else float("nan")
+    return out
+
+
 def _at_translation(kind: str, fit: dict, true: dict, t1, mu: float, gate: str = "softmax") -> dict:
     """At the translation (t1, mu = exp(t0)) of the loss ``kind``: ``mass`` (max over cells of
-    |M_j - mu target_j|), the largest error of each part over the fitted atoms, and ``cells`` (atoms
-    per true atom, '2+1')."""
+    |M_j - mu target_j|), the largest error of each part over the fitted atoms, the same inside cells
+    of several atoms weighted by the atoms' masses (``<part>_in_cells``, ``_in_cells_of_several``),
+    and ``cells`` (atoms per true atom, '2+1')."""
     cell, mass, target, _ = _terms(kind, fit, true, t1, gate)
+    sizes = np.bincount(cell, minlength=len(true["intercept"]))
     out = {"mass": float(np.abs(mass - mu * target).max())}
     parts = PARTS[:-1] if kind == "ls" else PARTS  # a regression mixture has no variance per atom
-    out.update({p: float(v.max()) for p, v in _deltas(fit, true, cell, t1).items() if p in parts})
-    out["cells"] = "+".join(str(c) for c in np.bincount(cell, minlength=len(true["intercept"])))
+    deltas = {p: v for p, v in _deltas(fit, true, cell, t1).items() if p in parts}
+    out.update({p: float(v.max()) for p, v in deltas.items()})
+    out.update(_in_cells_of_several(kind, deltas, WEIGHTS[gate](fit["intercept"]), cell, sizes))
+    out["cells"] = "+".join(str(c) for c in sizes)
     return out
 
 
@@ -242,10 +270,10 @@ def voronoi_errors(fit: dict, true: dict, main: str) -> dict:
 def theory_slope(quantity: str, largest_cell: int, exact: bool):
     """The rate (exponent of n) the theory gives a quantity of ``voronoi_errors`` when the largest
     Voronoi cell holds ``largest_cell`` atoms; None where it makes no claim (a *_fixed loss of an
-    over-specified fit need not vanish)."""
-    if quantity.endswith("_fixed") and not exact:
+    over-specified fit need not vanish; no cell of several atoms for a *_in_cells error)."""
+    if quantity.endswith("_fixed") and not exact or quantity.endswith("_in_cells") and largest_cell == 1:
         return None
-    base = quantity.removesuffix("_fixed").removesuffix("_unscaled")
+    base = quantity.removesuffix("_fixed").removesuffix("_unscaled").removesuffix("_in_cells")
     if base in ("d2", "mass") or largest_cell == 1:
         return -0.5
     r = rbar(largest_cell)

@@ -29,6 +29,10 @@ QUANTITIES = (
     "expert_slope",
     "expert_bias",
     "variance",
+    "gate_slope_in_cells",
+    "expert_slope_in_cells",
+    "expert_bias_in_cells",
+    "variance_in_cells",
 )
 LABELS = {
     "d1": r"$\mathcal{D}_1$",
@@ -42,6 +46,10 @@ LABELS = {
     "expert_slope": r"max $\|\Delta a\|$",
     "expert_bias": r"max $|\Delta b|$",
     "variance": r"max $|\Delta\nu|$",
+    "gate_slope_in_cells": r"$\|\Delta\beta_1\|$ in cells of several, weighted",
+    "expert_slope_in_cells": r"$\|\Delta a\|$ in cells of several, weighted",
+    "expert_bias_in_cells": r"$|\Delta b|$ in cells of several, weighted",
+    "variance_in_cells": r"$|\Delta\nu|$ in cells of several, weighted",
 }
 
 
@@ -122,7 +130,10 @@ class MoESetting:
         return {**out, "cells": [row["cells"] for row in rows]}
 
     def quantities(self) -> tuple:
-        return QUANTITIES
+        """The columns the report fits slopes to: all, less the errors in cells of several atoms for an
+        exact fit (it has none)."""
+        exact = self.n_components == self.n_true
+        return tuple(q for q in QUANTITIES if not (exact and q.endswith("_in_cells")))
 
     def theory_slopes(self, rows=None) -> dict:
         """The theory's rates given the cells the fits found: the most common largest cell at the
