@@ -27,7 +27,8 @@ from .estimation.device import keep_freed_memory, resolve_device, resolve_dtype
 from .estimation.estimator import Estimator
 from .model.mixture import ContaminatedMoE
 from .model.names import PAPER_NAMES, expert_prefix, variance_name
-from .settings.configs import CONF_DIR, register_resolvers
+from .model.regression import RegressionMoE
+from .settings.configs import CONF_DIR, config_number, register_resolvers
 from .settings.setting import load_setting
 from .study.config_checks import fit_options, init_options
 
@@ -55,9 +56,11 @@ def build_estimator(cfg: DictConfig, model, truth: dict | None = None, policy: s
     """The estimator that cfg's ``fit``, ``init`` (its policy unless ``policy`` is given), ``seed``,
     ``device`` and ``dtype`` describe."""
     options = fit_options(cfg, resolve_dtype(cfg.dtype, resolve_device(cfg.device)))
+    policy = policy or cfg.init.policy
+    subsample = cfg.init.get("subsample") if policy == "random" and not isinstance(model, RegressionMoE) else None
     return Estimator(
         model,
-        init=policy or cfg.init.policy,
+        init=policy,
         n_init=int(cfg.init.get("n_init", 1)),
         seed=int(cfg.seed),
         truth=truth,
@@ -65,6 +68,7 @@ def build_estimator(cfg: DictConfig, model, truth: dict | None = None, policy: s
         device=cfg.device,
         dtype=cfg.dtype,
         options=options,
+        subsample=None if subsample is None else config_number(subsample, "init.subsample", int, 1),
     )
 
 
@@ -125,7 +129,7 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
         "setting": setting.name,
         "method": cfg.fit.method,
         "solver": res.solver,
-        "starts": starts or f"best of {estimator.n_init} {policy} start(s)",
+        "starts": starts or _policy_starts(estimator, policy, len(y)),
         "degenerate": res.degenerate[0],
         "warnings": [str(w.message) for w in caught],
     }
@@ -133,6 +137,13 @@ def fit_file(cfg: DictConfig, out_path) -> dict:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2))
     return {**result, "results": res}
+
+
+def _policy_starts(estimator: Estimator, policy: str, n: int) -> str:
+    """What the result's starts were, in words."""
+    text = f"best of {estimator.n_init} {policy} start(s)"
+    s = estimator.subsample
+    return text + (f", each first fitted on {s} of the {n} samples drawn at random" if s and n > 2 * s else "")
 
 
 def _lists(values: dict) -> dict:

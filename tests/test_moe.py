@@ -122,6 +122,25 @@ def test_fits_recover_the_sibling_model_and_the_fused_optimum_is_autogradients(m
         assert (np.diff(trace) >= -1e-9 * np.abs(trace[1:])).all()
 
 
+def test_random_starts_fitted_first_on_a_subsample_reach_the_same_optimum(one_thread):
+    """Five random starts each fitted first on 2000 of 12000 samples, then on all from there: the best
+    fit's log-likelihood is that of the starts fitted on all from the beginning, and its last stage
+    took under half their iterations; where n is at most twice the subsample nothing changes."""
+    X, y = sibling_data(12000, seed=3)
+    bounds = {"real": 100.0, "positive": [1e-6, 1e3]}
+    plain = Estimator(sibling(), "newton", bounds=bounds).fit(X, y)
+    sub = Estimator(sibling(), "newton", bounds=bounds, subsample=2000).fit(X, y)
+    assert plain.converged.all() and sub.converged.all()
+    assert float(sub.mean_loglik[0]) == pytest.approx(float(plain.mean_loglik[0]), abs=1e-9)
+    assert int(sub.n_iter[0]) < int(plain.n_iter[0]) / 2
+    same = Estimator(sibling(), "newton", bounds=bounds, subsample=6000).fit(X, y)
+    assert all(torch.equal(same.params[k], plain.params[k]) for k in plain.params)
+    with pytest.raises(ValueError, match="subsample must be an integer"):
+        Estimator(sibling(), "newton", subsample=0)
+    with pytest.raises(ValueError, match="random starts"):
+        Estimator(sibling(), "newton", init="near_truth", subsample=100)
+
+
 def test_a_frozen_component_never_moves():
     X, y = sibling_data(2000, seed=1)
     spec = sibling()
@@ -170,6 +189,16 @@ def test_fit_command_fits_a_csv_of_the_sibling_model(tmp_path):
     assert r["converged"] and set(r["estimates"]) == set(r["se"]) == set(r["ci95"]["lower"])
     slopes = sorted(r["estimates"][f"components.{k}.expert.eta"][0] for k in (0, 1))
     assert slopes == pytest.approx([-20, 20], abs=1.0)  # the two experts, in either order
+    assert r["starts"] == "best of 5 random start(s)"  # 3000 samples: no subsample stage below 2 x 10000
+    sub = tmp_path / "s.json"
+    args = ["setting=softmax_gaussian_moe", "fit=newton", "init.subsample=1000", f"out={sub}"]
+    proc = run_cli("softmoe_torch.fit", f"data={path}", *args)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(sub.read_text())
+    assert s["starts"] == "best of 5 random start(s), each first fitted on 1000 of the 3000 samples drawn at random"
+    assert s["loglik"] == pytest.approx(r["loglik"], abs=1e-6)
+    bad = run_cli("softmoe_torch.fit", f"data={path}", "setting=softmax_gaussian_moe", "init.subsample=0")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "init.subsample" in bad.stderr
 
 
 def test_spreading_the_truth_over_more_components_keeps_the_mixture():

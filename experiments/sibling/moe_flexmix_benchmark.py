@@ -102,13 +102,14 @@ def flexmix(data_csv: Path, post_csv, tol: float) -> dict:
     }
 
 
-def fit_command(data_csv: Path, threads: int) -> dict:
-    """``python -m softmoe_torch.fit`` on the file (fit=newton, its default random starts): its JSON."""
+def fit_command(data_csv: Path, threads: int, extra=()) -> dict:
+    """``python -m softmoe_torch.fit`` on the file (fit=newton, its default random starts, more
+    overrides ``extra``): its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fit.json"
         cmd = [sys.executable, "-m", "softmoe_torch.fit", f"data={data_csv}", "setting=softmax_gaussian_moe"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        proc = subprocess.run([*cmd, "fit=newton", f"out={out}"], capture_output=True, text=True, env=env)
+        proc = subprocess.run([*cmd, "fit=newton", *extra, f"out={out}"], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"error: the fit command failed: {proc.stderr.strip().splitlines()[-1]}")
         return json.loads(out.read_text())
@@ -144,6 +145,7 @@ def random_starts(args):
             data_csv, _ = write_files(Path(tmp), n)
             flex = [flexmix(data_csv, "random:2:5", args.tol) for _ in range(args.repeats)]
             ours = [fit_command(data_csv, args.threads) for _ in range(args.repeats)]
+            whole = [fit_command(data_csv, args.threads, ["init.subsample=null"]) for _ in range(args.repeats)]
             first, *compiled = fit_command_compiled(data_csv, args.repeats)
             mine = lambda runs: [  # noqa: E731
                 {"seconds": r["seconds"], "loglik": r["mean_loglik"] * n, "status": r["status"]} for r in runs
@@ -151,6 +153,7 @@ def random_starts(args):
             rows[str(n)] = {
                 "flexmix": flex,
                 "ours": mine(ours),
+                "ours, init.subsample=null (every start on all the data)": mine(whole),
                 "ours, fit.compile=true, first call": mine([first]),
                 "ours, fit.compile=true, later calls": mine(compiled),
             }
@@ -161,7 +164,8 @@ def random_starts(args):
         "# The sibling model's K = 2 fit from each side's own 5 random starts: flexmix against softmoe_torch",
         "",
         f"Fit call alone (flexmix: `stepFlexmix(nrep = 5)` timed in R, tolerance {args.tol:g}; ours: the `fit` "
-        f"command's `seconds`, fit=newton, 5 random starts), median [min, max] over {args.repeats} runs; torch "
+        f"command's `seconds`, fit=newton, 5 random starts, each first fitted on 10 000 samples drawn at random "
+        f"(its default init.subsample), then on all), median [min, max] over {args.repeats} runs; torch "
         f"threads {args.threads}; load average {out['load_average_before']} before, {out['load_average_after']} after. "
         "`fit.compile=true`: the same command's code called in one process (as a sweep's fits are), the first "
         "call paying the compilation (inductor's disk cache as this machine had it), then the later calls.",

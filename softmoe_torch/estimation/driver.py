@@ -477,10 +477,12 @@ def _run_direct(obj, space, u, opts, solver):
     return u, -f, n_iter, status, trace
 
 
-def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None) -> BatchFit:
+def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None, first_on=None) -> BatchFit:
     """Fit from each start in ``starts`` (a non-empty list of init dicts) and keep, per
     replication, the fit with the highest mean log-likelihood; failed fits never win. ``seconds``
-    is the wall time of all the starts."""
+    is the wall time of all the starts. ``first_on`` (s,) sample indices: each start is first
+    fitted on those samples alone, then refined on all from where it ended (far starts reach their
+    optima for the price of the few last iterations on the whole data)."""
     if not starts:
         raise ValueError("no starting points: init.n_init must be at least 1")
 
@@ -488,19 +490,24 @@ def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None) ->
         ok = torch.tensor([not s.startswith("failed") for s in res.status], device=res.mean_loglik.device)
         return torch.where(ok & torch.isfinite(res.mean_loglik), res.mean_loglik, -torch.inf)
 
-    def fit_one(init):
-        return fit_batch(model, X, Y, init, options, warn=False)
-
     start = time.perf_counter()
     Xb, Yb = as_batch(X, Y)
     opts = options or FitOptions()
-    # starts side by side where fit_batch would leave cores idle (fewer groups than threads); each start
-    # then runs on one thread, as a small group does, so its fit is the same either way
-    side_by_side = min(torch.get_num_threads(), len(starts))
-    if side_by_side > 1 and len(replication_groups(*Yb.shape)) < side_by_side and _shareable(model, opts):
-        fits = _side_by_side(fit_one, starts, side_by_side)
-    else:
-        fits = [fit_one(init) for init in starts]
+
+    def fit_each(inits: list, Xs, Ys) -> list:
+        # starts side by side where fit_batch would leave cores idle (fewer groups than threads); each start
+        # then runs on one thread, as a small group does, so its fit is the same either way
+        def fit_one(init):
+            return fit_batch(model, Xs, Ys, init, options, warn=False)
+
+        side_by_side = min(torch.get_num_threads(), len(inits))
+        if side_by_side > 1 and len(replication_groups(*Ys.shape)) < side_by_side and _shareable(model, opts):
+            return _side_by_side(fit_one, inits, side_by_side)
+        return [fit_one(init) for init in inits]
+
+    if first_on is not None:
+        starts = [fit.params for fit in fit_each(starts, Xb[:, first_on], Yb[:, first_on])]
+    fits = fit_each(starts, Xb, Yb)
     best = fits[0]
     for res in fits[1:]:
         best = best.replace_where(score(res) > score(best), res)

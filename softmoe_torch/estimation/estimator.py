@@ -34,6 +34,9 @@ class Estimator:
     plus noise of size ``init_scale``, ``n_init`` draws, default 1: the paper's protocol; a truth of
     fewer components than the model is spread over them, ``init.spread_truth``). device: 'auto', 'cpu', 'cuda', 'mps';
     dtype: 'float64' (default) or 'float32'. ``options``: a complete ``FitOptions`` instead.
+    ``subsample`` (a mixture density's random starts): where n exceeds twice it, each start is first
+    fitted on that many samples drawn at random (seeded ``seed``), then refined on all of them from
+    where it ended (``driver.fit_best_of``'s ``first_on``).
     A ``RegressionMoE`` takes method 'lm' (its default: Levenberg-Marquardt), 'trust_newton',
     'ls_lbfgs' or 'sgd' (the published protocol; replication r's shuffles are seeded ``seed + r``)
     and gives ``LeastSquaresResults`` (see ``ls_driver.py``)."""
@@ -51,6 +54,7 @@ class Estimator:
         device: str = "cpu",
         dtype: str = "float64",
         options: FitOptions | None = None,
+        subsample: int | None = None,
         **fit_options,
     ):
         if n_init is None:
@@ -63,6 +67,10 @@ class Estimator:
             raise ValueError(f"init_scale must be a number of at least 0, got {init_scale!r}")
         check_model(model)
         regression = isinstance(model, RegressionMoE)
+        if subsample is not None and (isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1):
+            raise ValueError(f"subsample must be an integer of at least 1 or None, got {subsample!r}")
+        if subsample is not None and (regression or init != "random"):
+            raise ValueError("subsample is for the random starts of a mixture density (init='random')")
         method = method or (options.method if options else "lm" if regression else "em")
         if regression != (method in LS_METHODS):
             mixture_methods = [m for m in METHOD_DEFAULTS if m not in LS_METHODS]
@@ -73,7 +81,7 @@ class Estimator:
         self.dtype = resolve_dtype(dtype, self.device)
         self.spec = copy.deepcopy(model).to(dtype=self.dtype, device=self.device)
         self.method, self.init, self.n_init, self.seed = method, init, n_init, seed
-        self.truth, self.init_scale = truth, init_scale
+        self.truth, self.init_scale, self.subsample = truth, init_scale, subsample
 
     def fit(self, X, y, start: dict | list | None = None, replications=None) -> FitResults:
         """Fit to X (n, d) or (R, n, d) and y (n,) or (R, n), numpy or torch, any float dtype.
@@ -106,13 +114,18 @@ class Estimator:
             seeds = torch.tensor([self.seed + r for r in numbers])
             fit = fit_least_squares(self.spec, X, Y, starts, self.options, seeds)
             return LeastSquaresResults(self.spec, fit, X, Y)
-        fit = fit_best_of(self.spec, X, Y, starts, self.options)
+        n = Y.shape[1]
+        first_on = None
+        if self.subsample and not start and n > 2 * self.subsample:
+            gen = torch.Generator().manual_seed(self.seed)
+            first_on = torch.randperm(n, generator=gen)[: self.subsample].sort().values.to(X.device)
+        fit = fit_best_of(self.spec, X, Y, starts, self.options, first_on=first_on)
         return FitResults(self.spec, fit, X, Y)
 
     def clone(self, **changes) -> "Estimator":
         """The same estimator with some settings changed: any argument of ``Estimator`` (``model``,
-        ``method``, ``init``, ``n_init``, ``seed``, ``truth``, ``init_scale``, ``device``, ``dtype``) or
-        any ``FitOptions`` field (``max_iter``, ``bounds``, ...). A new ``method`` starts from that
+        ``method``, ``init``, ``n_init``, ``seed``, ``truth``, ``init_scale``, ``subsample``, ``device``,
+        ``dtype``) or any ``FitOptions`` field (``max_iter``, ``bounds``, ...). A new ``method`` starts from that
         method's defaults; otherwise the options are this estimator's with the changes."""
         arguments = dict(
             model=self.spec,
@@ -122,6 +135,7 @@ class Estimator:
             seed=self.seed,
             truth=self.truth,
             init_scale=self.init_scale,
+            subsample=self.subsample,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
         )
