@@ -17,10 +17,22 @@ import torch
 
 from ..estimation.driver import FitOptions
 from ..estimation.ls_driver import fit_least_squares
+from .configs import config_number
 from .regression_truths import near_truth_start
 
 DEFAULTS = {"points": 20000, "seed": 20250103, "scale": 0.05, "max_iter": 1000, "gtol": 1.0e-10}
+KINDS = {"points": (int, 1), "seed": (int, 0), "scale": (float, 0), "max_iter": (int, 1), "gtol": (float, 0)}
 VERSION = 1  # raise when the computation changes, so that older files are not read
+
+
+def options(given: dict) -> dict:
+    """``given`` (``setting.best_fit``) over DEFAULTS, each checked as KINDS says (type, least value);
+    an unknown key or a bad value is a one-line ValueError."""
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"setting.best_fit takes {', '.join(DEFAULTS)}, not {', '.join(unknown)}")
+    merged = {**DEFAULTS, **given}
+    return {k: config_number(merged[k], f"setting.best_fit.{k}", *KINDS[k]) for k in DEFAULTS}
 
 
 def cache_dir() -> Path:

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..metrics.voronoi import ls_errors, regression_atoms
 from ..model.regression import RegressionMoE
-from .best_fit import DEFAULTS, cached_projection, project
+from .best_fit import cached_projection, project
+from .best_fit import options as best_fit_options
 from .build import load_values
 from .configs import config_number
 from .regression_truths import EXPERTS, REGIMES, draw_truth, near_truth_start, regression_model
@@ -35,7 +36,6 @@ LABELS = {
     "d3": r"$\mathcal{D}_3$ (to the best fit $\bar G$)",
     "fn": r"$\|\hat f - f^*\|_{L^2}$",
 }
-BEST_FIT_KINDS = {"points": (int, 1), "seed": (int, 0), "scale": (float, 0), "max_iter": (int, 1), "gtol": (float, 0)}
 FN_POINTS, FN_SEED = 4096, 20250102  # the fixed x sample of the regression-function error
 
 
@@ -112,13 +112,7 @@ class RegressionSetting:
         ``setting.best_fit`` over ``best_fit.DEFAULTS``), computed once and kept on disk:
         {"params": {name: tensor}, "rss", "status", "starts"}."""
         if self._best is None:
-            options = {**DEFAULTS, **OmegaConf.to_container(self.cfg.get("best_fit") or OmegaConf.create({}))}
-            if set(options) - set(DEFAULTS):
-                raise ValueError(
-                    f"setting.best_fit takes {', '.join(DEFAULTS)}, not {', '.join(set(options) - set(DEFAULTS))}"
-                )
-            for k, (kind, least) in BEST_FIT_KINDS.items():
-                options[k] = config_number(options[k], f"setting.best_fit.{k}", kind, least)
+            options = best_fit_options(OmegaConf.to_container(self.cfg.get("best_fit") or OmegaConf.create({})))
             key = {
                 "truth": OmegaConf.to_container(self.cfg.truth, resolve=True),
                 **{k: self.cfg.get(k) for k in ("dim", "n_experts", "gate", "expert")},
