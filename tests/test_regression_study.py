@@ -2,11 +2,14 @@
 setting's view, and its sweeps and fits through the real CLIs."""
 
 import csv
+import gzip
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from scipy.special import expit, logit
 
 from softmoe_torch.metrics.voronoi import ls_errors, papers_loss, regression_atoms
 from softmoe_torch.settings.regression_truths import draw_truth, near_truth_start
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _atoms(intercept, gate_slope, expert_slope, expert_bias) -> dict:
@@ -350,3 +355,46 @@ def test_a_given_truth_on_the_unit_interval_the_ridge_comparison():
     for bad in ("+setting.truth.params.gate.extra=1", "setting.truth.params={experts.0.eta: [1.0, 2.0]}"):
         with pytest.raises(ValueError, match="setting.truth.params do not fit RegressionMoE"):
             load_setting(_compose("setting=softmax_ridge_moe", bad).setting).true_model()
+
+
+def test_the_study_analyses_from_its_record_and_a_new_run_replaces_a_cells_rows(tmp_path, monkeypatch):
+    """experiments/sigmoid_gating/study.py: a cell without a run folder is read from the committed record
+    (fits.csv.gz), each row as its run wrote it (columns its run did not write dropped); a cell run again
+    replaces its rows; the record written back keeps its columns' order and content; walls.json keeps a
+    run's wall and takes a new run's."""
+    monkeypatch.setenv("SOFTMOE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location("sigmoid_study", ROOT / "experiments/sigmoid_gating/study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    a, b = "softmax_relu_sigmoid", "regime1_relu_softmax"
+    header = ["estimator", "cell", "n", "err_d1", "err_d3", "seconds"]
+    record = [
+        ["sgd", a, "1000", "", "0.5", "1.0"],
+        ["lm", a, "1000", "", "0.25", "2.0"],
+        ["lm", b, "1000", "0.1", "", "3.0"],
+    ]
+    with gzip.open(tmp_path / "fits.csv.gz", "wt", newline="") as fh:
+        csv.writer(fh).writerows([header, *record])
+    (tmp_path / "walls.json").write_text(json.dumps({"lm": {a: 12.0, b: 34.0}, "sgd": {}}))
+    run_dir = tmp_path / "runs" / "lm" / b
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.csv").write_text("n,err_d3,seconds\n1000,0.75,4.0\n")
+    (run_dir / "runs.json").write_text(json.dumps([{"seconds": 5.0}, {"seconds": 6.5}]))
+    monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(study, "RECORD", tmp_path / "fits.csv.gz")
+    monkeypatch.setattr(study, "WALLS", tmp_path / "walls.json")
+
+    runs = {est: study.runs_of(est, study.recorded()) for est in study.ESTIMATORS}
+    assert runs["sgd"] == {a: [{"n": "1000", "err_d3": "0.5", "seconds": "1.0"}]}
+    assert runs["lm"][a] == [{"n": "1000", "err_d3": "0.25", "seconds": "2.0"}]
+    assert runs["lm"][b] == [{"n": "1000", "err_d3": "0.75", "seconds": "4.0"}]  # the run folder's, not the record's
+    assert study.walls() == {"lm": {a: 12.0, b: 11.5}, "sgd": {}}
+    study.write_fits(runs)
+    with gzip.open(tmp_path / "fits.csv.gz", "rt", newline="") as fh:
+        assert list(csv.reader(fh)) == [
+            header,
+            ["sgd", a, "1000", "", "0.5", "1.0"],
+            ["lm", a, "1000", "", "0.25", "2.0"],
+            ["lm", b, "1000", "", "0.75", "4.0"],
+        ]

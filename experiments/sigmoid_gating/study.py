@@ -15,13 +15,18 @@ to its end (``fit=lm``, Levenberg-Marquardt, gtol 1e-8). 10 sizes 1e3..1e5, 20 r
     python experiments/sigmoid_gating/study.py analyze        # fits.csv.gz, summary.md, fig1.png, appendix.png, ridge.png
 
 Runs go to experiments/sigmoid_gating/runs/<estimator>/<cell>/ (git-ignored); each resumes where
-it stopped (the run command's own resume). More run overrides may follow, e.g. ``workers=1``."""
+it stopped (the run command's own resume). More run overrides may follow, e.g. ``workers=1``. The committed
+record is fits.csv.gz (every fit) and walls.json (each run's wall seconds): analyze reads a cell from its
+run folder where it has one, else from the record, so a fresh clone re-analyses without re-running, and a
+cell re-run replaces its rows. The references G_bar are kept beside the study (best_fits/, committed;
+``SOFTMOE_CACHE`` points here unless set), so that a fresh clone reads them instead of computing them."""
 
 import argparse
 import csv
 import gzip
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +41,8 @@ from softmoe_torch.study.report import error_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"  # the run folders (git-ignored); analyze writes into HERE
+RECORD, WALLS = HERE / "fits.csv.gz", HERE / "walls.json"  # the committed record of the runs
+os.environ.setdefault("SOFTMOE_CACHE", str(HERE))  # G_bar files in HERE/best_fits, for the runs launched too
 TRUTHS = {
     "softmax": "sigmoid_moe",
     "regime1": "sigmoid_moe_regime1",
@@ -81,12 +88,27 @@ def run(estimator: str, names: list, extra: list):
             sys.exit(rc)
 
 
-def runs_of(estimator: str) -> dict:
-    """{cell: rows} of the cells of ``estimator`` that have results."""
+def recorded() -> dict:
+    """{estimator: {cell: rows}} of the committed record (fits.csv.gz), each row as its run wrote it (the
+    columns that cell's run did not write, left empty in the record, dropped)."""
+    out = {est: {} for est in ESTIMATORS}
+    if RECORD.exists():
+        with gzip.open(RECORD, "rt", newline="") as fh:
+            for row in csv.DictReader(fh):
+                est, name = row.pop("estimator"), row.pop("cell")
+                out[est].setdefault(name, []).append({k: v for k, v in row.items() if v != ""})
+    return out
+
+
+def runs_of(estimator: str, record: dict) -> dict:
+    """{cell: rows} of the cells of ``estimator`` with results: the run folder's where it has results,
+    else the record's."""
     out = {}
     for name in cells():
         if (RUNS / estimator / name / "results.csv").exists():
             out[name] = studykit.read_results(RUNS / estimator / name)
+        elif name in record[estimator]:
+            out[name] = record[estimator][name]
     return out
 
 
@@ -95,9 +117,17 @@ def slope_cell(sizes, table, lo: float = 0) -> str:
     return studykit.fmt(window_slope(sizes, table, lo=lo))
 
 
-def wall(estimator: str, name: str) -> float:
-    path = RUNS / estimator / name / "runs.json"
-    return sum(r["seconds"] for r in json.loads(path.read_text())) if path.exists() else float("nan")
+def walls() -> dict:
+    """{estimator: {cell: wall seconds}}: each run folder's runs.json (its runs' seconds summed) where it has
+    one, else the record's (walls.json)."""
+    out = json.loads(WALLS.read_text()) if WALLS.exists() else {}
+    out = {est: dict(out.get(est, {})) for est in ESTIMATORS}
+    for est in ESTIMATORS:
+        for name in cells():
+            path = RUNS / est / name / "runs.json"
+            if path.exists():
+                out[est][name] = round(sum(r["seconds"] for r in json.loads(path.read_text())), 1)
+    return out
 
 
 def published(name: str):
@@ -225,8 +255,8 @@ def best_fits(runs: dict) -> list:
     return lines
 
 
-def stops(runs: dict) -> list:
-    """How every least-squares fit stopped, by cell."""
+def stops(runs: dict, wall: dict) -> list:
+    """How every least-squares fit stopped, by cell, with its run's wall seconds (``walls``)."""
     lines = [
         "| cell | fits | converged (gradient <= gtol) | stalled | max_iter | failed | wall s |",
         "|---|---|---|---|---|---|---|",
@@ -236,7 +266,7 @@ def stops(runs: dict) -> list:
         count = lambda p: sum(s.startswith(p) for s in status)  # noqa: E731
         lines.append(
             f"| {name} | {len(rows)} | {count('converged')} | {count('stalled')} | {count('max_iter')} | "
-            f"{count('failed') + count('error')} | {wall('lm', name):.0f} |"
+            f"{count('failed') + count('error')} | {wall['lm'].get(name, '-')} |"
         )
     return lines
 
@@ -307,27 +337,37 @@ def figure(runs: dict, names: list, path: Path, title: str):
 
 
 def write_fits(runs: dict):
-    """Every fit's row, with its estimator and cell, into fits.csv.gz (reproducible bytes)."""
+    """Every fit's row, with its estimator and cell, into fits.csv.gz (reproducible bytes; the columns
+    in the record's order, new ones after them)."""
+    header = []
+    if RECORD.exists():
+        with gzip.open(RECORD, "rt", newline="") as fh:
+            header = next(csv.reader(fh))
     rows = [{"estimator": est, "cell": name, **r} for est in ESTIMATORS for name, rs in runs[est].items() for r in rs]
     if not rows:
         sys.exit(f"no results under {RUNS}: run `python experiments/sigmoid_gating/study.py run sgd` first")
     with (
-        open(HERE / "fits.csv.gz", "wb") as raw,
+        open(RECORD, "wb") as raw,
         gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
         io.TextIOWrapper(gz, newline="") as fh,
     ):
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys([*header, *(k for r in rows for k in r)])))
         writer.writeheader()
         writer.writerows(rows)
 
 
 def analyze():
-    runs = {est: runs_of(est) for est in ESTIMATORS}
+    record = recorded()
+    runs = {est: runs_of(est, record) for est in ESTIMATORS}
     write_fits(runs)
+    wall = walls()
+    WALLS.write_text(json.dumps(wall, indent=1, sort_keys=True) + "\n")
+    sgd_walls = [wall["sgd"][n] for n in runs["sgd"] if n in wall["sgd"]]
     lines = [
         "# The sigmoid-gating study: results",
         "",
-        "Written by `python experiments/sigmoid_gating/study.py analyze` from the runs (every fit: fits.csv.gz).",
+        "Written by `python experiments/sigmoid_gating/study.py analyze` from the runs and the record (every fit: "
+        "fits.csv.gz; each run's wall: walls.json).",
         "",
         "## D1 (well-specified cells: the fitted gate is the truth's)",
         "",
@@ -356,10 +396,10 @@ def analyze():
         "",
         "## How the least-squares fits stopped",
         "",
-        *stops(runs),
+        *stops(runs, wall),
         "",
-        "Wall time of the SGD half: "
-        + f"{sum(wall('sgd', n) for n in runs['sgd']):.0f} s over {len(runs['sgd'])} cells.",
+        f"Wall time of the SGD half: {sum(sgd_walls):.0f} s over the {len(sgd_walls)} of its {len(runs['sgd'])} cells "
+        "whose run's wall is recorded (walls.json; runs before it kept none: the README gives theirs).",
         "",
     ]
     (HERE / "summary.md").write_text("\n".join(lines))
