@@ -245,8 +245,10 @@ def _assert_resumes(cmd, sweep_dir, results, rows_before, n_total):
     assert len(keys) == len(set(keys)) == n_total
 
 
+# scancel (SIGTERM, ignored by submitit, then SIGKILL after KillWait) ends the job as -s KILL does, a
+# KillWait later: the default suite kills by -s KILL, `-m slow` by scancel as well
 @pytest.mark.slurm
-@pytest.mark.parametrize("how", ["scancel", "sigkill"])
+@pytest.mark.parametrize("how", [pytest.param("scancel", marks=pytest.mark.slow), "sigkill"])
 def test_killed_job_fails_clearly_and_a_rerun_finishes_it(slurm_cluster, tmp_path, how):
     sweep_dir = tmp_path / "multirun"
     cmd = _multirun(sweep_dir, *KILLABLE)
@@ -280,6 +282,9 @@ def test_killed_job_fails_clearly_and_a_rerun_finishes_it(slurm_cluster, tmp_pat
     _assert_resumes(cmd, sweep_dir, results, rows_before, 12)
 
 
+# slow: a job cannot be cut by its time limit in under about 90 s (a limit of 1 minute, enforced within
+# ~30 s); the one-line message it ends with is describe_uncompleted's, tested above without a cluster
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_job_past_its_time_limit_fails_clearly_and_a_rerun_resumes(slurm_cluster, tmp_path):
     # 200 sizes x 2 reps at n=1e5..2e5 by EM: minutes of work on any machine, so the 1-minute limit
