@@ -21,7 +21,7 @@ from softmoe_torch import (
     TanhExpert,
 )
 from softmoe_torch.estimation.ls_objective import GenericLS, StructuredLS, make_ls_objective
-from softmoe_torch.model.experts import _gelu_derivatives
+from softmoe_torch.model.experts import AffineSigmoidExpert, _gelu_derivatives
 
 
 class AffineGELUExpert(AffineExpert):
@@ -70,7 +70,7 @@ def test_log_prob_is_the_gaussian_and_samples_have_its_moments():
 
 
 @pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("expert", [AffineExpert, AffineGELUExpert])
+@pytest.mark.parametrize("expert", [AffineExpert, AffineGELUExpert, AffineSigmoidExpert])
 def test_objective_derivatives_match_autograd(gate, expert):
     gen = torch.Generator().manual_seed(1)
     m = regression(3, 2, gate, expert)
@@ -112,6 +112,7 @@ def test_objective_derivatives_match_autograd(gate, expert):
 def test_the_structured_path_is_chosen_only_where_it_applies():
     X, Y = torch.zeros(1, 3, 2, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64)
     assert isinstance(make_ls_objective(regression(2, 2), X, Y), StructuredLS)
+    assert isinstance(make_ls_objective(regression(2, 2, expert=AffineSigmoidExpert), X, Y), StructuredLS)  # ridge
     assert isinstance(make_ls_objective(regression(2, 2, expert=TanhExpert), X, Y), GenericLS)
     mixed = RegressionMoE([AffineExpert(2), AffineReLUExpert(2)], SoftmaxGate(2, 1)).double()
     assert isinstance(make_ls_objective(mixed, X, Y), GenericLS)

@@ -118,20 +118,11 @@ class AffineReLUExpert(AffineExpert):
     activation_derivatives = staticmethod(_relu_derivatives)
 
 
-class AffineSigmoidExpert(nn.Module):
-    """h = sigmoid(eta^T x + bias): not strongly identifiable (dh/deta = x dh/dbias). Fitted by
-    the generic autograd path."""
+class AffineSigmoidExpert(AffineExpert):
+    """h = sigmoid(eta^T x + bias): a ridge expert (not strongly identifiable: dh/deta = x dh/dbias)."""
 
-    def __init__(self, dim: int):
-        super().__init__()
-        self.eta = nn.Parameter(torch.zeros(dim))
-        self.bias = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(x @ self.eta + self.bias)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.eta.shape[0]}"
+    activation = staticmethod(torch.sigmoid)
+    activation_derivatives = staticmethod(_sigmoid_derivatives)
 
 
 class MLPExpert(nn.Module):
