@@ -281,6 +281,7 @@ def test_the_best_fit_of_a_misspecified_model_by_hand(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SOFTMOE_CACHE", str(tmp_path))
     s = load_setting(_compose(*ONE_SIGMOID_EXPERT).setting)
+    assert s.best_fit(compute=False) is None and not (tmp_path / "best_fits").exists()  # only read: none kept yet
     b = s.best_fit()
     assert b["rss"] < 1e-16 and b["starts"] == 1
     expected = {"experts.0.eta": [0.0], "experts.0.bias": 0.0, "experts.1.eta": [-4.0], "experts.1.bias": 2.0}
@@ -295,6 +296,8 @@ def test_the_best_fit_of_a_misspecified_model_by_hand(tmp_path, monkeypatch):
     monkeypatch.setattr(regression, "project", lambda *a: pytest.fail("recomputed"))
     again = load_setting(_compose(*ONE_SIGMOID_EXPERT).setting).best_fit()
     assert torch.equal(again["params"]["gate.beta"], b["params"]["gate.beta"])
+    read = load_setting(_compose(*ONE_SIGMOID_EXPERT).setting).best_fit(compute=False)
+    assert torch.equal(read["params"]["gate.beta"], b["params"]["gate.beta"])
     for bad, message in (
         ("setting.best_fit.points=many", "setting.best_fit.points must be an integer"),
         ("+setting.best_fit.size=3", "setting.best_fit takes points"),

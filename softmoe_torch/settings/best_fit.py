@@ -68,13 +68,21 @@ def project(model, gate: str, truth, inputs, options: dict) -> dict:
     }
 
 
-def cached_projection(key: dict, compute) -> dict:
-    """``compute()`` kept on disk under a hash of ``key`` (JSON-able), computed once; written whole
-    or not at all, so that processes sharing the file never read half of one."""
+def kept_path(key: dict) -> Path:
+    """Where the reference keyed by ``key`` (JSON-able) is kept: a hash of key and VERSION under cache_dir."""
     text = json.dumps({**key, "version": VERSION}, sort_keys=True)
-    path = cache_dir() / "best_fits" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.pt"
+    return cache_dir() / "best_fits" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.pt"
+
+
+def cached_projection(key: dict, compute) -> dict | None:
+    """``compute()`` kept on disk under ``kept_path(key)``, computed once; written whole or not at
+    all, so that processes sharing the file never read half of one. ``compute`` None: the kept
+    value, or None where none is kept (nothing is computed)."""
+    path = kept_path(key)
     if path.exists():
         return torch.load(path, weights_only=True)
+    if compute is None:
+        return None
     print(f"the misspecified model's best fit (G_bar): computing it once, kept in {path}", file=sys.stderr, flush=True)
     value = compute()
     try:

@@ -107,10 +107,10 @@ class RegressionSetting:
         per_rep = [near_truth_start(truth, self.gate, seed_of(0, j), scale) for j in range(len(reps))]
         return [{k: torch.stack([s[k] for s in per_rep]) for k in per_rep[0]}]
 
-    def best_fit(self) -> dict:
+    def best_fit(self, compute: bool = True) -> dict | None:
         """The fitted model's best approximation of the truth (``best_fit.project``; options
         ``setting.best_fit`` over ``best_fit.DEFAULTS``), computed once and kept on disk:
-        {"params": {name: tensor}, "rss", "status", "starts"}."""
+        {"params": {name: tensor}, "rss", "status", "starts"}; ``compute`` False: None where none is kept."""
         if self._best is None:
             options = best_fit_options(OmegaConf.to_container(self.cfg.get("best_fit") or OmegaConf.create({})))
             key = {
@@ -119,9 +119,11 @@ class RegressionSetting:
                 "x": self.cfg.get("x", "symmetric"),
                 **options,
             }
-            self._best = cached_projection(
-                key, lambda: project(self.model(), self.gate, self.true_model(), self.inputs, options)
-            )
+
+            def compute_it():
+                return project(self.model(), self.gate, self.true_model(), self.inputs, options)
+
+            self._best = cached_projection(key, compute_it if compute else None)
         return self._best
 
     def prepare(self):
