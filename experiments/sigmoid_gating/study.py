@@ -159,6 +159,8 @@ def start_errors(name: str, quantity: str) -> float:
 
     cfg = studykit.compose(cells()[name])
     setting = load_setting(cfg.setting)
+    if quantity == "d3" and setting.best_fit(compute=False) is None:
+        return float("nan")  # its reference is not kept here (analyze never computes one)
     reps, sizes = list(range(int(cfg.sweep.reps))), sample_sizes(cfg.sweep)
     values = []
     for n in (sizes[0], sizes[-1]):
