@@ -269,9 +269,10 @@ def stops(runs: dict, wall: dict) -> list:
     for name, rows in runs["lm"].items():
         status = [r["status"] for r in rows]
         count = lambda p: sum(s.startswith(p) for s in status)  # noqa: E731
+        seconds = f"{wall['lm'][name]:.0f}" if name in wall["lm"] else "-"
         lines.append(
             f"| {name} | {len(rows)} | {count('converged')} | {count('stalled')} | {count('max_iter')} | "
-            f"{count('failed') + count('error')} | {wall['lm'].get(name, '-')} |"
+            f"{count('failed') + count('error')} | {seconds} |"
         )
     return lines
 
