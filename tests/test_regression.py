@@ -277,6 +277,67 @@ def test_the_studys_truths_follow_the_papers_description():
     assert soft_start["gate.beta"].shape == (8, d)
 
 
+class TemperatureGate(torch.nn.Module):
+    """A gate of a user's: softmax((beta^T x + tau) / T), expert 0's logit fixed at 0."""
+
+    def __init__(self, dim, n_prompts, temperature):
+        super().__init__()
+        self.beta = torch.nn.Parameter(torch.zeros(n_prompts, dim))
+        self.tau = torch.nn.Parameter(torch.zeros(n_prompts))
+        self.temperature = temperature
+
+    def forward(self, x):
+        logits = (x @ self.beta.T + self.tau) / self.temperature
+        return torch.log_softmax(torch.cat([torch.zeros_like(logits[:, :1]), logits], -1), -1)
+
+
+class TopKGate(torch.nn.Module):
+    """A sparse gate of a user's: the k largest of K logits kept, softmax over them, the rest weight 0."""
+
+    def __init__(self, dim, n_experts, k):
+        super().__init__()
+        self.beta = torch.nn.Parameter(torch.zeros(n_experts, dim))
+        self.tau = torch.nn.Parameter(torch.zeros(n_experts))
+        self.k = k
+
+    def forward(self, x):
+        logits = x @ self.beta.T + self.tau
+        kth = logits.topk(self.k, dim=-1).values[:, -1:]
+        return torch.log_softmax(logits.masked_fill(logits < kth, float("-inf")), -1)
+
+
+def test_a_gate_of_the_users_is_fitted_without_editing_the_package(one_thread):
+    truth, X, Y, start = simulated()
+    hot = RegressionMoE([AffineExpert(1), AffineExpert(1)], TemperatureGate(1, 1, 0.5)).double()
+    assert isinstance(make_ls_objective(hot, X, Y), GenericLS)
+    scaled = start | {"gate.beta": 0.5 * start["gate.beta"], "gate.tau": 0.5 * start["gate.tau"]}
+    res = Estimator(hot, "lm").fit(X[0], Y[0], start=scaled)
+    ref = Estimator(regression(2, 1), "lm").fit(X[0], Y[0], start=start)
+    assert res.status == ["converged"]
+    assert float(res.noise_variance[0]) == pytest.approx(float(ref.noise_variance[0]), rel=1e-10)
+    torch.testing.assert_close(res.params["gate.beta"] / 0.5, ref.params["gate.beta"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.params["experts.1.eta"], ref.params["experts.1.eta"], atol=1e-5, rtol=0)
+
+    sparse = RegressionMoE([AffineExpert(1) for _ in range(3)], TopKGate(1, 3, k=2)).double()
+    values = {"gate.beta": [[4.0], [-4.0], [0.0]], "gate.tau": [0.0, 0.0, 1.0]}
+    values |= {f"experts.{k}.eta": [e] for k, e in enumerate([2.0, -2.0, 0.0])}
+    values |= {f"experts.{k}.bias": b for k, b in enumerate([1.0, -1.0, 2.0])}
+    with torch.no_grad():
+        for name, p in sparse.named_parameters():
+            p.copy_(torch.tensor(values[name], dtype=torch.float64))
+    sparse.nu.fill_(0.04)
+    y = sparse.sample(X[0], torch.Generator().manual_seed(1))
+    start = {k: v.detach() + 0.1 for k, v in sparse.trainable_parameters().items()}
+    before = float(((y - torch.func.functional_call(sparse, start, (X[0],))) ** 2).mean())
+    fit = Estimator(sparse, "lm").fit(X[0], y, start=start)
+    assert float(fit.noise_variance[0]) < before
+    assert fit.status[0].split(":")[0] in ("converged", "stalled")
+    gate = {"beta": fit.params["gate.beta"][0], "tau": fit.params["gate.tau"][0]}
+    weights = torch.func.functional_call(sparse.gate, gate, (X[0],)).exp()
+    assert ((weights == 0).sum(-1) == 1).all()  # the fitted gate still weights k = 2 of the 3 experts
+    assert "J^T J is singular" in fit.singular()  # a common shift of all K logits changes nothing
+
+
 def test_the_structured_and_generic_paths_give_one_fit(one_thread):
     truth, X, Y, start = simulated()
     fast = Estimator(regression(2, 1), "lm").fit(X[0], Y[0], start=start)
