@@ -127,11 +127,29 @@ def main():
     ap.add_argument("--cap", type=float, default=600.0, help="seconds per peer at most")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--exact",
+        action="store_true",
+        help="an exactly specified fit instead of the study's: a truth of 9 experts fitted with 9, from the truth "
+        "plus N(0, 0.05^2) in every entry",
+    )
+    ap.add_argument("--gate-scale", type=float, default=1.0, help="the true gate slopes times this")
     ap.add_argument("--out", default="least_squares.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    truth = draw_truth(args.regime, args.expert, seed=args.seed)
-    start = near_truth_start(truth, args.gate, seed=args.seed)
+    truth = draw_truth(args.regime, args.expert, k=9 if args.exact else 8, seed=args.seed)
+    with torch.no_grad():
+        truth.gate.beta.mul_(args.gate_scale)
+    if args.exact:
+        if args.gate != ("softmax" if args.regime == "softmax" else "sigmoid"):
+            ap.error("--exact fits the truth's own gate: --gate softmax with --regime softmax, else sigmoid")
+        noise = torch.Generator().manual_seed(args.seed)
+        start = {
+            k: v.detach() + 0.05 * torch.randn(v.shape, generator=noise, dtype=torch.float64)
+            for k, v in truth.named_parameters()
+        }
+    else:
+        start = near_truth_start(truth, args.gate, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed + 1)
     out = dict(vars(args), separation=separation(truth), load=os.getloadavg())
     for n, peer, name in ((args.n, torch_lbfgs, "torch_lbfgs"), (args.scipy_n, scipy_trf, "scipy_trf")):
