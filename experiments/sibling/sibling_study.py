@@ -353,14 +353,21 @@ def figure():
 
 def large_figure(rows):
     """large_n.png: per quantity, the median with its quartile band and the mean against n, and the
-    theory's exponent for cells of two atoms drawn through the median's first point."""
+    theory's exponent for cells of two atoms drawn through the median's first point; top row D2 and
+    each part's largest error, bottom row the mass and each part weighted inside the cells of two
+    (where the rows have those columns)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    quantities = ("d2", "mass", "gate_slope", "expert_bias", "expert_slope", "variance")
-    fig, axes = plt.subplots(2, 3, figsize=(12, 7), constrained_layout=True)
+    parts = ("gate_slope", "expert_bias", "expert_slope", "variance")
+    quantities = ["d2", *parts, "mass", *(f"{p}_in_cells" for p in parts)]
+    quantities = [q for q in quantities if q in present(rows) or q in ("d2", "mass")]
+    columns = -(-len(quantities) // 2)
+    fig, axes = plt.subplots(2, columns, figsize=(4 * columns, 7), constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(quantities) :]:
+        ax.axis("off")
     for ax, q in zip(axes.flat, quantities):
         sizes, err = error_table(rows, q)
         median = np.nanmedian(err, axis=1)
