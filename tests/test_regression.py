@@ -277,31 +277,39 @@ def test_the_studys_truths_follow_the_papers_description():
     assert soft_start["gate.beta"].shape == (8, d)
 
 
-class TemperatureGate(torch.nn.Module):
-    """A gate of a user's: softmax((beta^T x + tau) / T), expert 0's logit fixed at 0."""
+class UserLogits(torch.nn.Module):
+    """What a user's gate below starts from: logits beta_j^T x + tau_j, beta (rows, d), tau (rows,)."""
+
+    def __init__(self, dim, rows):
+        super().__init__()
+        self.beta = torch.nn.Parameter(torch.zeros(rows, dim))
+        self.tau = torch.nn.Parameter(torch.zeros(rows))
+
+    def logits(self, x):
+        return x @ self.beta.T + self.tau
+
+
+class TemperatureGate(UserLogits):
+    """A gate of a user's: softmax(logits / T), expert 0's logit fixed at 0."""
 
     def __init__(self, dim, n_prompts, temperature):
-        super().__init__()
-        self.beta = torch.nn.Parameter(torch.zeros(n_prompts, dim))
-        self.tau = torch.nn.Parameter(torch.zeros(n_prompts))
+        super().__init__(dim, n_prompts)
         self.temperature = temperature
 
     def forward(self, x):
-        logits = (x @ self.beta.T + self.tau) / self.temperature
+        logits = self.logits(x) / self.temperature
         return torch.log_softmax(torch.cat([torch.zeros_like(logits[:, :1]), logits], -1), -1)
 
 
-class TopKGate(torch.nn.Module):
+class TopKGate(UserLogits):
     """A sparse gate of a user's: the k largest of K logits kept, softmax over them, the rest weight 0."""
 
     def __init__(self, dim, n_experts, k):
-        super().__init__()
-        self.beta = torch.nn.Parameter(torch.zeros(n_experts, dim))
-        self.tau = torch.nn.Parameter(torch.zeros(n_experts))
+        super().__init__(dim, n_experts)
         self.k = k
 
     def forward(self, x):
-        logits = x @ self.beta.T + self.tau
+        logits = self.logits(x)
         kth = logits.topk(self.k, dim=-1).values[:, -1:]
         return torch.log_softmax(logits.masked_fill(logits < kth, float("-inf")), -1)
 
