@@ -85,3 +85,21 @@ def test_tiny_protocol(tmp_path):
     assert row["fits"] == 4 and row["max_iter"] == 0 and row["statuses"] == {"converged": 4}  # tiny: 2 sizes x 2 reps
     assert "softmoe_torch.run setting=distinguishable fit=newton" in row["command"]
     assert "max_iter" in stdout
+
+
+def test_tiny_mixture_evaluation(tmp_path):
+    """The K >= 2 evaluation benchmark end to end, eagerly on a tiny size: every order timed and written."""
+    out = tmp_path / "m.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "benchmarks" / "mixture_evaluation.py"),
+        *("--components", "3", "--sizes", "300", "--rounds", "2", "--modes", "eager", "--out", str(out)),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert (row["K"], row["n"]) == (3, 300)
+    assert set(row["ms"]["eager"]) == {"value", "gradient", "hessian"}
+    assert all(v > 0 for v in row["ms"]["eager"].values())
+    assert len(report["load_average"]) == 2

@@ -130,3 +130,69 @@ def test_param_space_reports_estimates_on_a_bound():
     p["gate.tau"][1] = 9.9999
     p["prompts.0.nu"][2] = 1.00001e-6
     assert space.at_bound(p) == [[], ["gate.tau"], ["prompts.0.nu"]]
+
+
+@pytest.mark.parametrize("bounds", [None, {"real": 5.0, "positive": [1e-6, 10.0]}])
+def test_the_parameter_maps_derivatives_are_analytic_and_equal_autograd(bounds):
+    """natural_flat's analytic chain rule (sigmoid, exp and affine stages) against autograd through
+    the transforms themselves, far into the tails too; a batch's rows equal single rows bit for bit."""
+    from softmoe_torch.estimation.params import autograd_derivatives
+
+    space = ParamSpace(paper_model(), bounds)
+    assert space.stages is not None
+    u = torch.linspace(-12.0, 12.0, 7 * space.dim).reshape(7, space.dim)
+    theta, d1, d2 = space.natural_flat(u, order=2)
+    for name, tr in zip(space.names, space.transforms):
+        want = autograd_derivatives(tr, u[:, space.slices[name]])
+        for got, ref in zip((theta, d1, d2), want):
+            torch.testing.assert_close(got[:, space.slices[name]], ref, rtol=1e-9, atol=1e-12)
+    for r in range(7):
+        for got, one in zip((theta, d1, d2), space.natural_flat(u[r : r + 1], order=2)):
+            assert torch.equal(got[r : r + 1], one)
+    assert space.natural_flat(u, order=1)[2] is None
+
+
+def test_the_parameter_maps_derivatives_by_hand():
+    """At u = 0: a real parameter in [-5, 5] is 0 + 10 sigmoid(0) - 5 = 0 with slope 10/4 and no
+    curvature; a positive one in [1e-6, 10] is exp(l + (h - l)/2), l, h the bounds' logs, with
+    slope (h - l)/4 times it and curvature ((h - l)/4)^2 times it; an unbounded positive one is
+    exp(u): 1, 1, 1."""
+    import math
+
+    space = ParamSpace(paper_model(), {"real": 5.0, "positive": [1e-6, 10.0]})
+    theta, d1, d2 = space.natural_flat(torch.zeros(1, space.dim), order=2)
+    real, nu = space.slices["gate.tau"], space.slices["prompts.0.nu"]
+    torch.testing.assert_close(theta[0, real], torch.zeros(1))
+    torch.testing.assert_close(d1[0, real], torch.tensor([2.5]))
+    torch.testing.assert_close(d2[0, real], torch.zeros(1))
+    lo, hi = math.log(1e-6), math.log(10.0)
+    value, w = math.exp((lo + hi) / 2), (hi - lo) / 4
+    torch.testing.assert_close(theta[0, nu], torch.tensor([value]))
+    torch.testing.assert_close(d1[0, nu], torch.tensor([w * value]))
+    torch.testing.assert_close(d2[0, nu], torch.tensor([w * w * value]))
+    free = ParamSpace(paper_model())
+    theta, d1, d2 = free.natural_flat(torch.zeros(1, free.dim), order=2)
+    assert theta[0, free.slices["prompts.0.nu"]].item() == d1[0, free.slices["prompts.0.nu"]].item() == 1.0
+    assert d2[0, free.slices["prompts.0.nu"]].item() == 1.0
+
+
+def test_a_declared_domain_without_analytic_stages_takes_autograd():
+    """A module that declares a domain whose bijection holds a map other than sigmoid, exp and
+    affine ones (here an IndependentTransform) sends the whole vector through autograd, with the
+    analytic path's numbers."""
+    from torch.distributions import constraints
+
+    analytic = ParamSpace(paper_model(), {"real": 5.0, "positive": [1e-6, 10.0]})
+    model = paper_model()
+    model.prompts[0].expert.param_constraints = {"eta": constraints.independent(constraints.real, 1)}
+    space = ParamSpace(model, {"real": 5.0, "positive": [1e-6, 10.0]})
+    assert analytic.stages is not None and space.stages is None
+    u = torch.linspace(-3.0, 3.0, 2 * space.dim).reshape(2, space.dim)
+    for got, want in zip(space.natural_flat(u, order=2), analytic.natural_flat(u, order=2)):
+        eta = space.slices["prompts.0.expert.eta"]
+        rest = torch.ones(space.dim, dtype=torch.bool)
+        rest[eta] = False
+        torch.testing.assert_close(got[:, rest], want[:, rest], rtol=1e-12, atol=1e-14)
+    _, d1, d2 = space.natural_flat(u, order=2)
+    torch.testing.assert_close(d1[:, eta], torch.ones(2, eta.stop - eta.start))
+    torch.testing.assert_close(d2[:, eta], torch.zeros(2, eta.stop - eta.start))

@@ -6,6 +6,8 @@ import torch
 
 BLOCK = 25_000  # samples per pass of a fused evaluation (its n-long temporaries then stay in cache):
 # one Hessian evaluation at n = 1e5 (one thread) takes 10.5 ms in blocks of 2.5e4, 21 ms in one pass
+COMPILED_BLOCK = 100_000  # the same for a compiled evaluation, whose passes keep fewer temporaries: a K = 3
+# Hessian at n = 1e5 takes 13.6 ms in one pass, 16.9 ms in blocks of 2.5e4 (each call has its own overhead)
 
 
 class Evaluation(NamedTuple):
