@@ -99,7 +99,9 @@ class Stages:
     """The transforms of p coordinates as S stages each (identity stages pad the shorter ones):
     ``derivatives(x)`` (R, p) -> (y, dy/dx, d2y/dx2), all (R, p), by the chain rule
     (loc + scale f(g))' = scale f'(g) g' and '' = scale (f''(g) g'^2 + f'(g) g'') in a few
-    element-wise operations over all coordinates at once. Rows are padded to ``LANES`` columns so
+    element-wise operations over all coordinates at once. A sigmoid's value is clamped as torch's
+    SigmoidTransform clamps it, its derivatives are not: a parameter on its bound keeps a nonzero
+    slope (autograd through the clamp gave zero there). Rows are padded to ``LANES`` columns so
     that every coordinate takes the same vectorized code path whatever R: a batched fit's maps
     equal a single fit's bit for bit (vectorized and scalar exp and sigmoid round differently)."""
 
