@@ -4,6 +4,9 @@ path's optimum is autograd's), the sibling study's setting and the fit command o
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -217,6 +220,28 @@ def test_spreading_the_truth_over_more_components_keeps_the_mixture():
         torch.testing.assert_close(
             load_params(model, {k: v[None] for k, v in start.items()}, 0).log_prob(x, y), sibling().log_prob(x, y)
         )
+
+
+def test_over_specified_near_truth_starts_do_not_depend_on_string_hashing():
+    """The same seed gives the same over-specified start in processes with different PYTHONHASHSEED
+    (a set of the gate's parameter names once ordered the random draws, so starts changed with it)."""
+    truth = {k: v.detach().tolist() for k, v in sibling().trainable_parameters().items()}
+    code = (
+        "import torch\n"
+        "from softmoe_torch import AffineExpert, Component, Gaussian, MixtureOfExperts, SoftmaxGate\n"
+        "from softmoe_torch.estimation.init import near_truth\n"
+        f"truth = {{k: torch.tensor(v, dtype=torch.float64) for k, v in {truth!r}.items()}}\n"
+        "experts = [Component(AffineExpert(1), Gaussian()) for _ in range(3)]\n"
+        "model = MixtureOfExperts(experts, SoftmaxGate(1, 2)).double()\n"
+        "start = near_truth(model, truth, 1, 0.1, 7)\n"
+        "print(repr({k: v.tolist() for k, v in sorted(start.items())}))\n"
+    )
+    outs = set()
+    for hash_seed in ("0", "1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        outs.add(proc.stdout)
+    assert len(outs) == 1
 
 
 def moved(atoms_, **shift):

@@ -34,8 +34,9 @@ def spread_truth(model, truth: dict, gen: torch.Generator) -> dict:
     true = sorted({k for k, name in enumerate(names) if any(key.startswith(name + ".") for key in truth)})
     if not set(true) <= trainable or any(k not in trainable for k in range(len(true))):
         raise ValueError("near_truth: the truth must give the model's first k* components (its trainable ones)")
-    gate = {key[len("gate.") :] for key in truth if key.startswith("gate.")}
-    if not gate <= {"tau", "beta"}:
+    gate = [key[len("gate.") :] for key in truth if key.startswith("gate.")]  # in the truth's order: the starts'
+    # random draws follow it, so a set here made them depend on the process's string hashing (PYTHONHASHSEED)
+    if not set(gate) <= {"tau", "beta"}:
         raise ValueError("near_truth with more components than the truth needs a softmax or constant gate (tau, beta)")
     fixed = {k: k for k in range(len(names)) if k not in trainable or k == 0}
     free = [k for k in sorted(trainable) if k not in fixed]
