@@ -71,15 +71,13 @@ _COMPILE = {"failed": None}  # the first compilation failure in this process (th
 def compiled(fn):
     """``fn`` through ``torch.compile`` (inductor with its C++ wrapper, so that the compiled code
     releases the GIL and starts run side by side on threads; dynamic shapes, so that one graph
-    serves every n and batch size, the batch axis marked unbacked so that a batch of one is not
-    compiled apart: each order compiles once, and a batch's rows are computed as the single fits'):
-    the element-wise work fused into a few passes over the samples.
+    serves every n and batch size): the element-wise work fused into a few passes over the samples.
     Where compilation fails (no C++ compiler, an unsupported platform) a warning says so once and
     ``fn`` runs eagerly, as it does after that for the whole process."""
     import torch._dynamo
     import torch.fx.experimental._config
 
-    # one graph per order, again for each new model: room for many models in one process
+    # one graph per order and batch shape, again for each new model: room for many models in one process
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     fast = torch.compile(fn, dynamic=True, options={"cpp_wrapper": True})
 
@@ -88,8 +86,6 @@ def compiled(fn):
             try:
                 # one grad mode, one graph (the fused path needs no autograd); sizes that happen to be
                 # equal (2 replications, 2 features) are not taken for one symbol
-                for t in _tensors(args):  # a batch of one takes the graph of any other batch size
-                    torch._dynamo.decorators.mark_unbacked(t, 0)
                 with torch.no_grad(), torch.fx.experimental._config.patch(use_duck_shape=False):
                     return fast(*args)
             except Exception as err:  # noqa: BLE001  (a compiler error of any kind: fall back, say so once)
@@ -103,15 +99,6 @@ def compiled(fn):
         return fn(*args)
 
     return call
-
-
-def _tensors(args):
-    """The tensors among ``args``, also inside tuples and lists."""
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            yield a
-        elif isinstance(a, (tuple, list)):
-            yield from _tensors(a)
 
 
 def _packed(t: torch.Tensor) -> torch.Tensor:
@@ -244,7 +231,7 @@ class MixtureFusedObjective(Blocked):
         if resp is None:
             r, lse = _softmax([a + lf for a, lf in zip(A, L)])
             loss = -(lse - log_norm).mean(-1)
-            out_resp = torch.stack(r, 2)
+            out_resp = torch.stack(r, 1).transpose(1, 2)  # written along the samples, read as (m, n, K)
         else:
             r = resp.unbind(1)
             loss = -sum(r[k] * (A[k] - log_norm + L[k]) for k in range(self.K)).mean(-1)
