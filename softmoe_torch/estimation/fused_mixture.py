@@ -214,9 +214,10 @@ class MixtureFusedObjective(Blocked):
         responsibilities (m, n, K) or None, from order 1 the gradient's sums (m, Q, F), from order 2
         the Hessian's sums over the pairs of quantities (see ``_hessian``)); element-wise work and
         sums only, so that ``torch.compile`` can fuse it into a few passes. Every per-sample quantity
-        is its own (m, n) tensor in a list, never stacked along a quantity axis nor picked by a tensor
-        of indices: compiled, each sum then reads the quantities it needs in inductor's fused loops
-        (stacked and gathered by component, a K = 4 Hessian at n = 1e5 took 27 ms against 16)."""
+        is its own (m, n) tensor in a list, never picked by a tensor of indices (and stacked only where
+        ``_hessian`` stores its weights' factors once): compiled, each sum then reads the quantities it
+        needs in inductor's fused loops (stacked and gathered by component, a K = 4 Hessian at n = 1e5
+        took 27 ms against 16)."""
         gate_rows = self.K - 1
         A = [torch.zeros_like(Y), *lin[:, :gate_rows].unbind(1)]  # gate logits, the reference's 0
         L = [None] * self.K
