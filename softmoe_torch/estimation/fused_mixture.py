@@ -79,7 +79,10 @@ def compiled(fn):
 
     # one graph per order and batch shape, again for each new model: room for many models in one process
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    fast = torch.compile(fn, dynamic=True, options={"cpp_wrapper": True})
+    # per-sample quantities recomputed in every loop that reads them, however many read them (stored, the Hessian's
+    # loops are bound by memory: K = 4 at n = 1e5, 7.7 against 8.8 ms a row)
+    options = {"cpp_wrapper": True, "realize_reads_threshold": 1000, "realize_cpu_acc_reads_threshold": 1000}
+    fast = torch.compile(fn, dynamic=True, options=options)
 
     def call(*args):
         if _COMPILE["failed"] is None:
@@ -99,6 +102,18 @@ def compiled(fn):
         return fn(*args)
 
     return call
+
+
+def _features(Zt: torch.Tensor) -> list:
+    """The features of Zt (m, F, n) as F tensors (m, n), the last, the constant 1, as None: a sum
+    against it reads nothing (compiled, a K = 4 Hessian at n = 1e5 took 8.3 ms with it read, 7.1
+    without)."""
+    return [*Zt[:, :-1].unbind(1), None]
+
+
+def _times(w, z):
+    """w z, with None for the constant feature 1 (either factor)."""
+    return w if z is None else z if w is None else w * z
 
 
 def _packed(t: torch.Tensor) -> torch.Tensor:
@@ -191,11 +206,11 @@ class MixtureFusedObjective(Blocked):
         ZZ = None if self.ZZ[blk] is None else rows(self.ZZ[blk], idx)
         m, n = Y.shape
         padded = torch.cat([theta, theta.new_zeros(m, 1)], dim=1)
-        lin = torch.bmm(padded[:, self.coef_index], Zt)  # (m, gate logits + expert indices, n): one pass over X
+        coefs = padded[:, self.coef_index]  # (m, gate logits + expert indices, F)
         fixed = tuple(rows(L_k[blk], idx) for L_k in self.fixed.values())
         nus = tuple(theta[:, nu] for *_, nu in self.trained)
         r = None if resp is None else resp.transpose(1, 2)
-        loss, out_resp, g, H = self.per_sample(lin, Y, Z, Zt, ZZ, fixed, nus, r, order)
+        loss, out_resp, g, H = self.per_sample(coefs, Y, Z, Zt, ZZ, fixed, nus, r, order)
         if order == 0:
             return Evaluation(loss, None, None, out_resp)
         g = (g / n).reshape(m, -1)[:, self.position]
@@ -207,25 +222,36 @@ class MixtureFusedObjective(Blocked):
         hess = -(d1.unsqueeze(2) * H * d1.unsqueeze(1) + torch.diag_embed(g * d2))
         return Evaluation(loss, grad, hess, out_resp)
 
-    def _per_sample(self, lin, Y, Z, Zt, ZZ, fixed, nus, resp, order: int):
-        """The block's loss and its sums over samples: lin (m, predictors, n), Y (m, n), Z (m, n, F)
+    def _predictors(self, coefs, Zt) -> list:
+        """The linear predictors (gate logits, then expert indices) coefs (m, P, F) times the
+        features Zt (m, F, n) -> P tensors (m, n). Eagerly one matrix product; compiled, made in the
+        loops that read them (from x alone; stored by a matrix product, a K = 4 Hessian at n = 1e5
+        took 7.6 ms against 6.8 and a value 2.6 against 2.2)."""
+        if not self.compiled:
+            return torch.bmm(coefs, Zt).unbind(1)
+        z = _features(Zt)
+        return [sum(_times(c[:, f : f + 1], z_f) for f, z_f in enumerate(z)) for c in coefs.unbind(1)]
+
+    def _per_sample(self, coefs, Y, Z, Zt, ZZ, fixed, nus, resp, order: int):
+        """The block's loss and its sums over samples: coefs (m, predictors, F), Y (m, n), Z (m, n, F)
         and Zt (m, F, n), ZZ (m, n, F F) (None compiled), the frozen components' log-densities
         (m, n), the trainable ones' variances (m, 1), resp (m, K, n) or None. Returns (loss (m,),
         responsibilities (m, n, K) or None, from order 1 the gradient's sums (m, Q, F), from order 2
         the Hessian's sums over the pairs of quantities (see ``_hessian``)); element-wise work and
         sums only, so that ``torch.compile`` can fuse it into a few passes. Every per-sample quantity
-        is its own (m, n) tensor in a list, never picked by a tensor of indices (and stacked only where
-        ``_hessian`` stores its weights' factors once): compiled, each sum then reads the quantities it
-        needs in inductor's fused loops (stacked and gathered by component, a K = 4 Hessian at n = 1e5
-        took 27 ms against 16)."""
+        is its own (m, n) tensor in a list, never picked by a tensor of indices (for the Hessian, the
+        posterior and gate weights are stored once, stacked): compiled, each sum then makes or reads
+        the quantities it needs in inductor's fused loops (stacked and gathered by component, a K = 4
+        Hessian at n = 1e5 took 27 ms against 16)."""
         gate_rows = self.K - 1
-        A = [torch.zeros_like(Y), *lin[:, :gate_rows].unbind(1)]  # gate logits, the reference's 0
+        lin = self._predictors(coefs, Zt)
+        A = [torch.zeros_like(Y), *lin[:gate_rows]]  # gate logits, the reference's 0
         L = [None] * self.K
         for k, L_k in zip(self.fixed, fixed):
             L[k] = L_k
         derivs = {}  # trainable component -> (mean's act', act'', the density's derivatives)
         for t, ((k, activation, density, _), nu) in enumerate(zip(self.trained, nus)):
-            mean, h1, h2 = activation(lin[:, gate_rows + t])
+            mean, h1, h2 = activation(lin[gate_rows + t])
             derivs[k] = (h1, h2, density.derivatives(Y, mean, nu))
             L[k] = derivs[k][2][0]
         s, log_norm = _softmax(A)
@@ -239,6 +265,12 @@ class MixtureFusedObjective(Blocked):
             out_resp = None
         if order == 0:
             return loss, out_resp, None, None
+        if self.compiled and order == 2:
+            # the posterior and gate weights stored once (their exponentials are dear); inductor then makes every
+            # other per-sample quantity in the Hessian sums' loops from them and the inputs (each stored, some 46
+            # buffers, the loops were bound by memory: K = 4 at n = 1e5 took 15 ms against 9)
+            stored = torch.stack([*r, *s], 1).unbind(1)
+            r, s = stored[: self.K], stored[self.K :]
         # per quantity q_j: its component's posterior rc and gate weight sc, D = d phi / d q_j, act = d q_j /
         # d predictor (act' for a mean, else 1) and G = d ll / d q_j
         ones = torch.ones_like(Y)
@@ -259,8 +291,8 @@ class MixtureFusedObjective(Blocked):
         loop (a product with an (n, F) matrix leaves inductor's fused loops and takes longer)."""
         if not self.compiled:
             return torch.bmm(torch.stack(W, 1), Z)
-        F = Zt.shape[1]
-        return torch.stack([torch.stack([(w * Zt[:, f]).sum(-1) for f in range(F)], -1) for w in W], 1)
+        z = _features(Zt)
+        return torch.stack([torch.stack([_times(w, z_f).sum(-1) for z_f in z], -1) for w in W], 1)
 
     @staticmethod
     def _pair_sums(weights: list, Zt):
@@ -268,11 +300,12 @@ class MixtureFusedObjective(Blocked):
         sum per weight and distinct feature pair, each weight made in the sums' loops and never stored
         (stacked and multiplied by the (n, F F) products, a K = 3 Hessian at n = 1e5 took 13.5 ms
         against 11.1)."""
-        F = Zt.shape[1]
-        moments = {(f, ff): Zt[:, f] * Zt[:, ff] for f in range(F) for ff in range(f, F)}
+        z = _features(Zt)
+        F = len(z)
+        moments = {(f, ff): _times(z[f], z[ff]) for f in range(F) for ff in range(f, F)}
         out = []
         for w in weights:
-            sums = {key: (w * mom).sum(-1) for key, mom in moments.items()}
+            sums = {key: _times(w, mom).sum(-1) for key, mom in moments.items()}
             out.append(torch.stack([sums[min(f, ff), max(f, ff)] for f in range(F) for ff in range(F)], -1))
         return torch.stack(out, 1)
 
@@ -300,12 +333,6 @@ class MixtureFusedObjective(Blocked):
         for q in range(a):  # the gate's log-normalizer, on its diagonal: -s_k
             curvature[(q, q)] = -sc[q]
         if self.compiled:
-            # the quantities that the pair weights are products of, stored once in one tensor: inductor then
-            # makes each weight in its sums' loop (left to itself, it stored the weights: K = 4, 16.3 ms against 15.3)
-            Q = len(w)
-            stored = torch.stack([*w, *dq, *sc[:a], *curvature.values()], 1).unbind(1)
-            w, dq, sc = stored[:Q], stored[Q : 2 * Q], stored[2 * Q : 2 * Q + a]
-            curvature = dict(zip(curvature, stored[2 * Q + a :]))
             weights = []
             for q, qq in self.pairs[1]:
                 terms = [curvature[(q, qq)]] if (q, qq) in curvature else []
