@@ -135,13 +135,13 @@ class MixtureFusedObjective(Blocked):
         self.blocks = sample_blocks(n, block or (COMPILED_BLOCK if compile else BLOCK))
         Z = torch.cat([X, X.new_ones(R, n, 1)], dim=2)  # features (x, 1)
         # per block, packed (a compiled evaluation then sees the same strides at every n): Y (R, n),
-        # Z (R, n, F) and (R, F, n), and the products z_f z_f' that the Hessian's pair weights sum against (R, n, F F)
+        # Z transposed (R, F, n), and for the eager matrix products Z (R, n, F) and the products z_f z_f' that the
+        # Hessian's pair weights sum against (R, n, F F) (compiled, both are formed in inductor's loops from Zt)
         self.Yb = [_packed(Y[:, a:b]) for a, b in self.blocks]
-        self.Z = [_packed(Z[:, a:b]) for a, b in self.blocks]
-        self.Zt = [_packed(z.transpose(1, 2)) for z in self.Z]
-        self.ZZ = [  # (compiled, the products are formed in the sums' loops)
-            None if compile else _packed((z.unsqueeze(3) * z.unsqueeze(2)).reshape(R, z.shape[1], -1)) for z in self.Z
-        ]
+        Zb = [_packed(Z[:, a:b]) for a, b in self.blocks]
+        self.Zt = [_packed(z.transpose(1, 2)) for z in Zb]
+        self.Z = [None if compile else z for z in Zb]
+        self.ZZ = [None if compile else _packed((z.unsqueeze(3) * z.unsqueeze(2)).flatten(2)) for z in Zb]
         sl, names = space.slices, model.component_names()
         # frozen k -> L_k per block (R, n); trainable: (k, activation, density, nu slice)
         self.fixed, self.trained = {}, []
@@ -202,8 +202,8 @@ class MixtureFusedObjective(Blocked):
         self.position = torch.tensor([j * F + f for j, f in where], device=dev)
 
     def _block(self, u, theta, d1, d2, idx, blk: int, order: int, resp) -> Evaluation:
-        Z, Zt, Y = (rows(t, idx) for t in (self.Z[blk], self.Zt[blk], self.Yb[blk]))
-        ZZ = None if self.ZZ[blk] is None else rows(self.ZZ[blk], idx)
+        Zt, Y = rows(self.Zt[blk], idx), rows(self.Yb[blk], idx)
+        Z, ZZ = (None if t[blk] is None else rows(t[blk], idx) for t in (self.Z, self.ZZ))
         m, n = Y.shape
         padded = torch.cat([theta, theta.new_zeros(m, 1)], dim=1)
         coefs = padded[:, self.coef_index]  # (m, gate logits + expert indices, F)
@@ -233,8 +233,8 @@ class MixtureFusedObjective(Blocked):
         return [sum(_times(c[:, f : f + 1], z_f) for f, z_f in enumerate(z)) for c in coefs.unbind(1)]
 
     def _per_sample(self, coefs, Y, Z, Zt, ZZ, fixed, nus, resp, order: int):
-        """The block's loss and its sums over samples: coefs (m, predictors, F), Y (m, n), Z (m, n, F)
-        and Zt (m, F, n), ZZ (m, n, F F) (None compiled), the frozen components' log-densities
+        """The block's loss and its sums over samples: coefs (m, predictors, F), Y (m, n), Zt (m, F, n),
+        Z (m, n, F) and ZZ (m, n, F F) (both None compiled), the frozen components' log-densities
         (m, n), the trainable ones' variances (m, 1), resp (m, K, n) or None. Returns (loss (m,),
         responsibilities (m, n, K) or None, from order 1 the gradient's sums (m, Q, F), from order 2
         the Hessian's sums over the pairs of quantities (see ``_hessian``)); element-wise work and
@@ -286,8 +286,8 @@ class MixtureFusedObjective(Blocked):
         return loss, out_resp, g, self._hessian(Zt, ZZ, rc, sc, dq, G, derivs, resp is None)
 
     def _feature_sums(self, W: list, Z, Zt):
-        """sum_i w_i z_i for each w (m, n) of ``W`` -> (m, len, F); Z (m, n, F), Zt (m, F, n). Eagerly
-        one matrix product; compiled, one sum per weight and feature, each weight made in the sums'
+        """sum_i w_i z_i for each w (m, n) of ``W`` -> (m, len, F); Z (m, n, F) (None compiled), Zt
+        (m, F, n). Eagerly one matrix product; compiled, one sum per weight and feature, each weight made in the sums'
         loop (a product with an (n, F) matrix leaves inductor's fused loops and takes longer)."""
         if not self.compiled:
             return torch.bmm(torch.stack(W, 1), Z)
