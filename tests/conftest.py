@@ -10,6 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# float64 by default for every test, however it is run: the models the tests build take their parameters'
+# dtype from it (SoftmaxGate's beta, tau, an expert's eta, and through it a component's nu; 0.16 in float32 is
+# 0.1599999964), so a test's data and truth otherwise depended on whether test_modules.py, which set it at
+# import, had been collected before it (alone, test_moe's sibling data differed by 2.6e-8)
+torch.set_default_dtype(torch.float64)
 
 
 @pytest.fixture

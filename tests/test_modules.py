@@ -17,7 +17,7 @@ from softmoe_torch import (
 )
 from softmoe_torch.estimation.params import ParamSpace, batched_log_joint, stack_params
 
-torch.set_default_dtype(torch.float64)
+# torch's default dtype is float64 here as in every test (conftest.py sets it)
 
 
 def paper_model(d=3):

@@ -114,8 +114,13 @@ def test_fits_recover_the_sibling_model_and_the_fused_optimum_is_autogradients(m
     X, y = sibling_data(4000)
     truth = {k: v.detach() for k, v in sibling().trainable_parameters().items()}
     bounds = {"real": 100.0, "positive": [1e-6, 1e3]}
-    fused = Estimator(sibling(), method, init="near_truth", truth=truth, bounds=bounds).fit(X, y)
-    generic = Estimator(sibling(), method, init="near_truth", truth=truth, bounds=bounds, fused=False).fit(X, y)
+    # EM's default tol (1e-8 on the mean log-likelihood's change in an iteration) lets a fit stop short of the
+    # optimum by more than this test's 1e-6 of the 4000 samples' log-likelihood (7.3e-6 seen), and the two paths,
+    # equal to rounding, may stop after different iterations; at tol 1e-12 both end within about 1e-8 of the
+    # optimum (Newton's tol is 1e-12 already)
+    tight = {"tol": 1e-12} if method == "em" else {}
+    estimator = Estimator(sibling(), method, init="near_truth", truth=truth, bounds=bounds, **tight)
+    fused, generic = estimator.fit(X, y), estimator.clone(fused=False).fit(X, y)
     assert fused.fused and not generic.fused and fused.converged.all() and generic.converged.all()
     assert float(fused.loglik[0]) == pytest.approx(float(generic.loglik[0]), abs=1e-6)
     est = fused.estimates()
