@@ -84,25 +84,68 @@ def regression_atoms(params: dict, K: int, gate: str, r: int) -> dict:
     }
 
 
-def _features(a: dict, t1) -> np.ndarray:
-    """(K, d + q + 2): the coordinates the cells are drawn in, the gate slopes translated by t1."""
-    return np.hstack([a["gate_slope"] + t1, a["expert_slope"], a["expert_bias"][:, None], a["variance"][:, None]])
+WEIGHTS = {"softmax": np.exp, "sigmoid": expit}  # an atom's mass from its gate intercept b0
 
 
-def _deltas(fit: dict, true: dict, cell: np.ndarray, t1) -> dict:
-    """Per fitted atom, the norm of each part's difference to its cell's true atom, (K,) each."""
-    return {
-        "gate_slope": np.linalg.norm(fit["gate_slope"] + t1 - true["gate_slope"][cell], axis=1),
-        "expert_slope": np.linalg.norm(fit["expert_slope"] - true["expert_slope"][cell], axis=1),
-        "expert_bias": np.abs(fit["expert_bias"] - true["expert_bias"][cell]),
-        "variance": np.abs(fit["variance"] - true["variance"][cell]),
-    }
+class _Pairs:
+    """The pairs (fitted atom i, true atom j) of two measures, with what does not move with the
+    gate-slope translation t1 computed once: a search over t1 evaluates a loss some hundreds of times
+    a fit. Weights: each atom's mass from its intercept under ``gate``."""
 
+    def __init__(self, fit: dict, true: dict, gate: str = "softmax"):
+        self.fit_slope, self.true_slope = fit["gate_slope"], true["gate_slope"]
+        self.w, self.target = WEIGHTS[gate](fit["intercept"]), WEIGHTS[gate](true["intercept"])
+        others = lambda a: np.hstack([a["expert_slope"], a["expert_bias"][:, None], a["variance"][:, None]])  # noqa: E731
+        self.others = ((others(fit)[:, None, :] - others(true)[None, :, :]) ** 2).sum(-1)  # (K, k*)
+        self.parts = {  # the t1-free parts' differences, (K, k*) each
+            "expert_slope": np.linalg.norm(fit["expert_slope"][:, None, :] - true["expert_slope"][None], axis=2),
+            "expert_bias": np.abs(fit["expert_bias"][:, None] - true["expert_bias"][None]),
+            "variance": np.abs(fit["variance"][:, None] - true["variance"][None]),
+        }
+        self.rows = np.arange(len(self.w))
+        self._by_cells = {}  # (kind, cells) -> per_cells(kind, cells)
 
-def _cells(fit: dict, true: dict, t1) -> np.ndarray:
-    """The true atom (index) of each fitted atom's Voronoi cell, (K,)."""
-    f, t = _features(fit, t1), _features(true, 0.0)
-    return np.argmin(((f[:, None, :] - t[None, :, :]) ** 2).sum(-1), axis=1)
+    def _squares(self, t1) -> np.ndarray:
+        """(K, k*): each pair's squared distance of gate slopes b1_i + t1 - b1*_j."""
+        return (((self.fit_slope + t1)[:, None, :] - self.true_slope[None]) ** 2).sum(-1)
+
+    def cells(self, t1, squares=None) -> np.ndarray:
+        """The true atom (index) of each fitted atom's Voronoi cell, (K,): the nearest by Euclidean
+        distance over (b1 + t1, a, c, v)."""
+        return np.argmin((self._squares(t1) if squares is None else squares) + self.others, axis=1)
+
+    def deltas(self, cell: np.ndarray, t1, squares=None) -> dict:
+        """Per fitted atom, the norm of each part's difference to its cell's true atom, (K,) each."""
+        squares = self._squares(t1) if squares is None else squares
+        return {p: v[self.rows, cell] for p, v in {"gate_slope": np.sqrt(squares), **self.parts}.items()}
+
+    def per_cells(self, kind: str, cell: np.ndarray):
+        """What depends on the cells (K,) alone, kept per cells (a search over t1 rarely moves them):
+        the fitted masses M_j (k*,), the powers of ``kind`` ({part: (K,)}, ``_powers``), the t1-free
+        parts' powered differences [(K,)] in PARTS' order, the breakpoints mu = M_j / target_j of the
+        translated mass term and its value sum_j |M_j - mu target_j| at each."""
+        key = (kind, cell.tobytes())
+        if key not in self._by_cells:
+            sizes = np.bincount(cell, minlength=len(self.target))
+            mass = np.bincount(cell, weights=self.w, minlength=len(sizes))
+            powers = _powers(kind, sizes[cell])
+            powered = [self.parts[p][self.rows, cell] ** powers[p] for p in PARTS[1:]]
+            mus = (mass / self.target)[mass > 0]
+            spread = np.abs(mass[None] - mus[:, None] * self.target[None]).sum(1)
+            self._by_cells[key] = mass, powers, powered, mus, spread
+        return self._by_cells[key]
+
+    def terms(self, kind: str, t1):
+        """At t1: the cells (K,), each true atom's fitted mass M_j (k*,), and the atom terms of
+        ``kind`` summed at the fitted weights (true masses: ``target``, exp(b0*_j), or sigmoid(b0*_j)
+        under a sigmoid gate)."""
+        squares = self._squares(t1)
+        cell = self.cells(t1, squares)
+        mass, powers, powered, *_ = self.per_cells(kind, cell)
+        cost = np.sqrt(squares[self.rows, cell]) ** powers["gate_slope"]
+        for term in powered:  # the parts summed in PARTS' order
+            cost = cost + term
+        return cell, mass, float((self.w * cost).sum())
 
 
 def _powers(kind: str, m: np.ndarray) -> dict:
@@ -118,27 +161,6 @@ def _powers(kind: str, m: np.ndarray) -> dict:
     r = np.where(m > 1, 2.0 * m, 1.0)
     half = np.where(m > 1, r / 2, 1.0)
     return {"gate_slope": r, "expert_bias": r, "expert_slope": half, "variance": half}
-
-
-def _atom_costs(kind: str, deltas: dict, sizes: np.ndarray, cell: np.ndarray) -> np.ndarray:
-    """Each fitted atom's term before its weight exp(b0_i), (K,)."""
-    powers = _powers(kind, sizes[cell])
-    return sum(deltas[p] ** powers[p] for p in PARTS)
-
-
-WEIGHTS = {"softmax": np.exp, "sigmoid": expit}  # an atom's mass from its gate intercept b0
-
-
-def _terms(kind: str, fit: dict, true: dict, t1, gate: str = "softmax"):
-    """At gate-slope translation t1: the cells (K,), each true atom's fitted mass M_j and true mass
-    (exp(b0*_j), or sigmoid(b0*_j) under a sigmoid gate) (k*,), and the atom terms summed at the
-    fitted weights."""
-    cell = _cells(fit, true, t1)
-    sizes = np.bincount(cell, minlength=len(true["intercept"]))
-    w = WEIGHTS[gate](fit["intercept"])
-    mass = np.bincount(cell, weights=w, minlength=len(sizes))
-    linear = float((w * _atom_costs(kind, _deltas(fit, true, cell, t1), sizes, cell)).sum())
-    return cell, mass, WEIGHTS[gate](true["intercept"]), linear
 
 
 def _best_t1(objective, fit: dict, true: dict) -> np.ndarray:
@@ -164,18 +186,18 @@ def canonical_scale(fit: dict, true: dict) -> dict:
     return {**fit, "intercept": fit["intercept"] + shift}
 
 
-def _papers_at(kind: str, fit: dict, true: dict, t1, translate: bool = True, gate: str = "softmax"):
-    """(loss, mu, cell) of the papers' loss at gate-slope translation t1, minimized over mu = exp(t0)
-    applied to the true masses if ``translate`` (else mu = 1): sum_j |M_j - mu exp(b0*_j)| is convex
-    and piecewise linear in mu, so its minimum lies at a breakpoint mu = M_j / exp(b0*_j); the atom
-    terms keep the fitted weights."""
-    cell, mass, target, linear = _terms(kind, fit, true, t1, gate)
-
-    def value(mu):
-        return float(np.abs(mass - mu * target).sum()) + linear
-
-    mu = min((mass[j] / target[j] for j in range(len(mass)) if mass[j] > 0), key=value) if translate else 1.0
-    return value(mu), mu, cell
+def _papers_at(kind: str, pairs: _Pairs, t1, translate: bool = True):
+    """(loss, mu, cell) of the papers' loss between the measures of ``pairs`` at gate-slope
+    translation t1, minimized over mu = exp(t0) applied to the true masses if ``translate`` (else
+    mu = 1): sum_j |M_j - mu exp(b0*_j)| is convex and piecewise linear in mu, so its minimum lies at
+    a breakpoint mu = M_j / exp(b0*_j); the atom terms keep the fitted weights."""
+    cell, mass, linear = pairs.terms(kind, t1)
+    if not translate:
+        return float(np.abs(mass - pairs.target).sum()) + linear, 1.0, cell
+    mus, spread = pairs.per_cells(kind, cell)[3:]
+    values = spread + linear
+    best = int(np.argmin(values))  # the first of equal values
+    return float(values[best]), float(mus[best]), cell
 
 
 def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True, translate: bool = True):
@@ -192,12 +214,13 @@ def papers_loss(kind: str, fit: dict, true: dict, scale: bool = True, translate:
     which fitted component carries logit 0. ``translate=False``: the value at t = 0 (mu = 1), as
     fitted. The translation never scales the atom terms, so the value has no cap."""
     fit = canonical_scale(fit, true) if scale else fit
+    pairs = _Pairs(fit, true)
     t1 = (
-        _best_t1(lambda t: _papers_at(kind, fit, true, t)[0], fit, true)
+        _best_t1(lambda t: _papers_at(kind, pairs, t)[0], fit, true)
         if translate
         else np.zeros(fit["gate_slope"].shape[1])
     )
-    loss, mu, _ = _papers_at(kind, fit, true, t1, translate)
+    loss, mu, _ = _papers_at(kind, pairs, t1, translate)
     return loss, t1, mu
 
 
@@ -226,13 +249,14 @@ def _at_translation(kind: str, fit: dict, true: dict, t1, mu: float, gate: str =
     |M_j - mu target_j|), the largest error of each part over the fitted atoms, the same inside cells
     of several atoms weighted by the atoms' masses (``<part>_in_cells``, ``_in_cells_of_several``),
     and ``cells`` (atoms per true atom, '2+1')."""
-    cell, mass, target, _ = _terms(kind, fit, true, t1, gate)
+    pairs = _Pairs(fit, true, gate)
+    cell, mass, _ = pairs.terms(kind, t1)
     sizes = np.bincount(cell, minlength=len(true["intercept"]))
-    out = {"mass": float(np.abs(mass - mu * target).max())}
+    out = {"mass": float(np.abs(mass - mu * pairs.target).max())}
     parts = PARTS[:-1] if kind == "ls" else PARTS  # a regression mixture has no variance per atom
-    deltas = {p: v for p, v in _deltas(fit, true, cell, t1).items() if p in parts}
+    deltas = {p: v for p, v in pairs.deltas(cell, t1).items() if p in parts}
     out.update({p: float(v.max()) for p, v in deltas.items()})
-    out.update(_in_cells_of_several(kind, deltas, WEIGHTS[gate](fit["intercept"]), cell, sizes))
+    out.update(_in_cells_of_several(kind, deltas, pairs.w, cell, sizes))
     out["cells"] = "+".join(str(c) for c in sizes)
     return out
 
@@ -248,7 +272,7 @@ def ls_errors(fit: dict, true: dict, gate: str) -> dict:
         fit = canonical_scale(fit, true)
     elif gate == "sigmoid":
         t1, mu = np.zeros(fit["gate_slope"].shape[1]), 1.0
-        loss = _papers_at("ls", fit, true, t1, translate=False, gate=gate)[0]
+        loss = _papers_at("ls", _Pairs(fit, true, gate), t1, translate=False)[0]
     else:
         raise ValueError(f"gate must be softmax or sigmoid, got {gate!r}")
     return {"d1": loss, **_at_translation("ls", fit, true, t1, mu, gate)}
