@@ -116,22 +116,37 @@ class Stages:
         table = torch.tensor([[list(stage) for stage in st] for st in padded], dtype=torch.float64)
         table = table.reshape(width, S, 3)
         self.f, self.loc, self.scale = table[..., 0].long(), table[..., 1], table[..., 2]  # (width, S)
+        self._tables = {}  # (device, dtype) -> per stage what ``derivatives`` reads
 
-    def derivatives(self, x: torch.Tensor):
+    def _table(self, like: torch.Tensor) -> list:
+        """Per stage (the masks f = 1 and f = 2, loc, scale), each (width,), on ``like``'s device and dtype."""
+        key = (like.device, like.dtype)
+        if key not in self._tables:
+            f, loc, scale = self.f.to(like.device), self.loc.to(like), self.scale.to(like)
+            self._tables[key] = [(f[:, s] == 1, f[:, s] == 2, loc[:, s], scale[:, s]) for s in range(f.shape[1])]
+        return self._tables[key]
+
+    def derivatives(self, x: torch.Tensor, order: int = 2):
+        """(y, dy/dx or None below ``order`` 1, d2y/dx2 or None below ``order`` 2), each (R, p)."""
         y = x.new_zeros(x.shape[0], self.f.shape[0])
         y[:, : self.p] = x
-        d1, d2 = torch.ones_like(y), torch.zeros_like(y)
+        d1 = torch.ones_like(y) if order >= 1 else None
+        d2 = torch.zeros_like(y) if order >= 2 else None
         tiny, eps = torch.finfo(x.dtype).tiny, torch.finfo(x.dtype).eps
-        for s in range(self.f.shape[1]):
-            f = self.f[:, s].to(x.device)
-            loc, scale = (t[:, s].to(device=x.device, dtype=x.dtype) for t in (self.loc, self.scale))
-            sig, comp = torch.sigmoid(y), torch.sigmoid(-y)  # 1 - sigmoid without its cancellation at large y
-            e = torch.exp(torch.where(f == 2, y, 0.0))
-            value = torch.where(f == 1, sig.clamp(tiny, 1 - eps), torch.where(f == 2, e, y))  # as SigmoidTransform
-            slope = torch.where(f == 1, sig * comp, torch.where(f == 2, e, 1.0))
-            curve = torch.where(f == 1, sig * comp * (comp - sig), torch.where(f == 2, e, 0.0))
-            y, d1, d2 = loc + scale * value, scale * slope * d1, scale * (curve * d1 * d1 + slope * d2)
-        return y[:, : self.p], d1[:, : self.p], d2[:, : self.p]
+        for sigmoid, exp, loc, scale in self._table(x):
+            sig = torch.sigmoid(y)
+            e = torch.exp(torch.where(exp, y, 0.0))
+            value = torch.where(sigmoid, sig.clamp(tiny, 1 - eps), torch.where(exp, e, y))  # as SigmoidTransform
+            if order >= 1:
+                comp = torch.sigmoid(-y)  # 1 - sigmoid without its cancellation at large y
+                both = sig * comp
+                slope = torch.where(sigmoid, both, torch.where(exp, e, 1.0))
+                if order >= 2:
+                    curve = torch.where(sigmoid, both * (comp - sig), torch.where(exp, e, 0.0))
+                    d2 = scale * (curve * d1 * d1 + slope * d2)
+                d1 = scale * slope * d1
+            y = loc + scale * value
+        return tuple(None if t is None else t[:, : self.p] for t in (y, d1, d2))
 
 
 def autograd_derivatives(transform, x: torch.Tensor):
@@ -194,13 +209,12 @@ class ParamSpace:
         """u (R, p) -> (theta (R, p), dtheta/du (R, p), d2theta/du2 (R, p) or None); the maps are
         element-wise, so their derivatives are too: analytic (``Stages``) where every map is made of
         sigmoid, exp and affine maps (those of ``biject_to`` and the bounds), else by autograd.
-        ``order`` 1 leaves out the second derivative."""
+        ``order`` 1 leaves out the second derivative, ``order`` 0 both (None)."""
         if self.stages is not None:
-            theta, d1, d2 = self.stages.derivatives(u)
-        else:
-            pieces = [autograd_derivatives(tr, u[:, self.slices[n]]) for n, tr in zip(self.names, self.transforms)]
-            theta, d1, d2 = (torch.cat(parts, 1) for parts in zip(*pieces))
-        return theta, d1, d2 if order >= 2 else None
+            return self.stages.derivatives(u, order)
+        pieces = [autograd_derivatives(tr, u[:, self.slices[n]]) for n, tr in zip(self.names, self.transforms)]
+        theta, d1, d2 = (torch.cat(parts, 1) for parts in zip(*pieces))
+        return theta, d1 if order >= 1 else None, d2 if order >= 2 else None
 
     def to_unconstrained(self, params: dict) -> torch.Tensor:
         """{name: (R, *shape)} -> u (R, p); raises ValueError for values outside the domain or bounds."""
