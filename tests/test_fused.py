@@ -252,6 +252,25 @@ def test_compiled_mixture_path_equals_the_eager_one():
     assert_same_evaluations(eager, fast, u, torch.tensor([1, 0]))
 
 
+def test_a_compiled_hessian_reads_the_last_value_where_it_was_at_the_same_points():
+    """Compiled, a Hessian after a value at the same points (rows in any order) reads that value's
+    posterior and gate weights: one pass per block of samples instead of two; at other points it
+    makes its own value's pass. Either way it equals the eager one."""
+    eager, fast, u = _compiled_and_eager()
+    passes = []
+    per_sample = fast.per_sample
+    fast.per_sample = lambda *args: passes.append(args[-1]) or per_sample(*args)
+    blocks = len(fast.blocks)
+    fast.evaluate(u, torch.arange(R), 0)
+    passes.clear()
+    assert_same_evaluations(eager, fast, u, torch.tensor([1, 0]))
+    assert passes == [2] * blocks
+    fast.evaluate(u, torch.arange(R), 0)
+    passes.clear()
+    assert_same_evaluations(eager, fast, u + 0.01, torch.tensor([1, 0]))
+    assert passes == [0, 2] * blocks
+
+
 @pytest.mark.slow
 def test_compiled_q_function_equals_the_eager_one():
     """The same for the EM's Q function (responsibilities given): graphs of its own, 1.5-2.5 min of

@@ -125,8 +125,11 @@ def _packed(t: torch.Tensor) -> torch.Tensor:
 class MixtureFusedObjective(Blocked):
     """X (R, n, d), Y (R, n); the frozen components' log-densities are computed once.
     resp: (m, n, K) responsibilities, as the generic objective's. ``compile``: the per-sample
-    work through ``torch.compile`` (see ``compiled``; the same numbers to rounding). ``block``:
-    samples per pass, by default ``BLOCK`` eagerly and ``COMPILED_BLOCK`` compiled."""
+    work through ``torch.compile`` (see ``compiled``; the same numbers to rounding); there a Hessian
+    is a value's pass (kept from the last value where that was at the same points: an optimizer values
+    a trial before it differentiates there) and a pass that reads the value's posterior and gate
+    weights, with no exponential. ``block``: samples per pass, by default ``BLOCK`` eagerly and
+    ``COMPILED_BLOCK`` compiled."""
 
     def __init__(self, model, X, Y, space: ParamSpace, block: int | None = None, compile: bool = False):
         self.Y, self.space = Y, space
@@ -168,6 +171,7 @@ class MixtureFusedObjective(Blocked):
         if compile and X.device.type != "cpu":
             raise ValueError(f"compile=True is for the CPU; the data are on {X.device.type}")
         self.compiled = bool(compile)
+        self._values = {}  # compiled: block -> (u, idx, loss, weights) of the last value (``_kept_value``)
         self.per_sample = compiled(self._per_sample) if compile else self._per_sample
 
     def _feature_maps(self, coef, p: int):
@@ -193,13 +197,24 @@ class MixtureFusedObjective(Blocked):
         ]  # its variance's is j + 1
         self.comps = comps
         # the pairs (j <= j') of quantities whose per-sample Hessian weights are summed against z z':
-        # [eager: those within a component, compiled: all], and their (rows, columns) as tensors
+        # [eager: those within a component, compiled: all], and the eager ones' (rows, columns) as tensors
         pairs = [(j, jj) for j in range(len(comps)) for jj in range(j, len(comps))]
         self.pairs = [[(j, jj) for j, jj in pairs if comps[j] == comps[jj]], pairs]
-        self.pair_index = [
-            tuple(torch.tensor([pair[i] for pair in chosen], device=dev) for i in (0, 1)) for chosen in self.pairs
-        ]
+        self.pair_index = tuple(torch.tensor([pair[i] for pair in self.pairs[0]], device=dev) for i in (0, 1))
         self.position = torch.tensor([j * F + f for j, f in where], device=dev)
+        # compiled: where each Hessian entry (a, b) sits in the pair sums (m, pairs, F F) flattened (a pair j <= j'
+        # holds its block z_f z_f' summed; below the diagonal, the transposed block of (j', j))
+        pair_of = {pair: i for i, pair in enumerate(pairs)}
+        self.hess_index = torch.tensor(
+            [
+                [
+                    (pair_of[j, jj] * F + f) * F + ff if j <= jj else (pair_of[jj, j] * F + ff) * F + f
+                    for jj, ff in where
+                ]
+                for j, f in where
+            ],
+            device=dev,
+        )
 
     def _block(self, u, theta, d1, d2, idx, blk: int, order: int, resp) -> Evaluation:
         Zt, Y = rows(self.Zt[blk], idx), rows(self.Yb[blk], idx)
@@ -209,18 +224,43 @@ class MixtureFusedObjective(Blocked):
         coefs = padded[:, self.coef_index]  # (m, gate logits + expert indices, F)
         fixed = tuple(rows(L_k[blk], idx) for L_k in self.fixed.values())
         nus = tuple(theta[:, nu] for *_, nu in self.trained)
-        r = None if resp is None else resp.transpose(1, 2)
-        loss, out_resp, g, H = self.per_sample(coefs, Y, Z, Zt, ZZ, fixed, nus, r, order)
+        inputs = (coefs, Y, Z, Zt, ZZ, fixed, nus, None if resp is None else resp.transpose(1, 2))
+        given = None
+        if self.compiled and order == 2 and resp is None:  # from the weights of a value at u (kept, or made now)
+            loss, given = self._kept_value(blk, u, idx) or self.per_sample(*inputs, None, 0)[:2]
+        loss_here, weights, g, H = self.per_sample(*inputs, given, order)
+        loss, weights = (loss, given) if given is not None else (loss_here, weights)
+        out_resp = None if weights is None else weights[:, : self.K].transpose(1, 2)  # (m, n, K)
         if order == 0:
+            if self.compiled and resp is None:
+                self._values[blk] = (u.clone(), idx.clone(), loss, weights)
             return Evaluation(loss, None, None, out_resp)
         g = (g / n).reshape(m, -1)[:, self.position]
         grad = -g * d1
         if order == 1:
             return Evaluation(loss, grad, None, out_resp)
-        H = self._assemble(*(None if h is None else h / n for h in H))
-        H = H[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
+        if self.compiled:  # the pair sums alone: each entry gathered where it sits
+            H = (H[0] / n).reshape(m, -1)[:, self.hess_index]
+        else:
+            H = self._assemble(*(None if h is None else h / n for h in H))
+            H = H[:, self.position][:, :, self.position]  # (m, p, p) in the parameters' order
         hess = -(d1.unsqueeze(2) * H * d1.unsqueeze(1) + torch.diag_embed(g * d2))
         return Evaluation(loss, grad, hess, out_resp)
+
+    def _kept_value(self, blk: int, u, idx):
+        """(loss (m,), weights (m, 2K, n)) of the last compiled value of block ``blk`` where it was
+        taken at exactly these points u (m, p) of problems idx (m,), else None."""
+        kept = self._values.get(blk)
+        if kept is None:
+            return None
+        u_kept, idx_kept, loss, weights = kept
+        match = idx.unsqueeze(1) == idx_kept.unsqueeze(0)  # (m, kept rows)
+        if not bool(match.any(1).all()):
+            return None
+        at = match.int().argmax(1)
+        if not torch.equal(u_kept[at], u):
+            return None
+        return loss[at], rows(weights, at)
 
     def _predictors(self, coefs, Zt) -> list:
         """The linear predictors (gate logits, then expert indices) coefs (m, P, F) times the
@@ -232,12 +272,14 @@ class MixtureFusedObjective(Blocked):
         z = _features(Zt)
         return [sum(_times(c[:, f : f + 1], z_f) for f, z_f in enumerate(z)) for c in coefs.unbind(1)]
 
-    def _per_sample(self, coefs, Y, Z, Zt, ZZ, fixed, nus, resp, order: int):
+    def _per_sample(self, coefs, Y, Z, Zt, ZZ, fixed, nus, resp, given, order: int):
         """The block's loss and its sums over samples: coefs (m, predictors, F), Y (m, n), Zt (m, F, n),
         Z (m, n, F) and ZZ (m, n, F F) (both None compiled), the frozen components' log-densities
-        (m, n), the trainable ones' variances (m, 1), resp (m, K, n) or None. Returns (loss (m,),
-        responsibilities (m, n, K) or None, from order 1 the gradient's sums (m, Q, F), from order 2
-        the Hessian's sums over the pairs of quantities (see ``_hessian``)); element-wise work and
+        (m, n), the trainable ones' variances (m, 1), resp (m, K, n) or None; ``given`` (compiled, order 2,
+        resp None): the posterior and gate weights (m, 2K, n) of a value at this point, else None. Returns
+        (loss (m,) (None where given), the posterior (m, K, n) (a compiled value's with the gate weights,
+        (m, 2K, n)) or None, from order 1 the gradient's sums (m, Q, F), from order 2 the Hessian's sums
+        over the pairs of quantities (see ``_hessian``)); element-wise work and
         sums only, so that ``torch.compile`` can fuse it into a few passes. Every per-sample quantity
         is its own (m, n) tensor in a list, never picked by a tensor of indices (for the Hessian, the
         posterior and gate weights are stored once, stacked): compiled, each sum then makes or reads
@@ -254,18 +296,25 @@ class MixtureFusedObjective(Blocked):
             mean, h1, h2 = activation(lin[gate_rows + t])
             derivs[k] = (h1, h2, density.derivatives(Y, mean, nu))
             L[k] = derivs[k][2][0]
-        s, log_norm = _softmax(A)
-        if resp is None:
-            r, lse = _softmax([a + lf for a, lf in zip(A, L)])
-            loss = -(lse - log_norm).mean(-1)
-            out_resp = torch.stack(r, 1).transpose(1, 2)  # written along the samples, read as (m, n, K)
+        if given is not None:  # a compiled value's posterior and gate weights at this point: no exponential here
+            weights = given.unbind(1)
+            r, s = weights[: self.K], weights[self.K :]
+            loss = out = None
         else:
-            r = resp.unbind(1)
-            loss = -sum(r[k] * (A[k] - log_norm + L[k]) for k in range(self.K)).mean(-1)
-            out_resp = None
+            s, log_norm = _softmax(A)
+            if resp is None:
+                r, lse = _softmax([a + lf for a, lf in zip(A, L)])
+                loss = -(lse - log_norm).mean(-1)
+                # the posterior, written along the samples; a compiled value's with the gate weights, which a
+                # Hessian at the same point then reads
+                out = torch.stack([*r, *s] if self.compiled and order == 0 else r, 1)
+            else:
+                r = resp.unbind(1)
+                loss = -sum(r[k] * (A[k] - log_norm + L[k]) for k in range(self.K)).mean(-1)
+                out = None
         if order == 0:
-            return loss, out_resp, None, None
-        if self.compiled and order == 2:
+            return loss, out, None, None
+        if self.compiled and order == 2 and given is None:
             # the posterior and gate weights stored once (their exponentials are dear); inductor then makes every
             # other per-sample quantity in the Hessian sums' loops from them and the inputs (each stored, some 46
             # buffers, the loops were bound by memory: K = 4 at n = 1e5 took 15 ms against 9)
@@ -281,9 +330,9 @@ class MixtureFusedObjective(Blocked):
         G = [rc[j] * D[j] - (sc[j] if kind == "a" else 0) for j, (kind, _) in enumerate(self.quantities)]
         g = self._feature_sums([G_j * act_j for G_j, act_j in zip(G, act)], Z, Zt)  # (m, Q, F)
         if order == 1:
-            return loss, out_resp, g, None
+            return loss, out, g, None
         dq = [D_j * act_j for D_j, act_j in zip(D, act)]
-        return loss, out_resp, g, self._hessian(Zt, ZZ, rc, sc, dq, G, derivs, resp is None)
+        return loss, out, g, self._hessian(Zt, ZZ, rc, sc, dq, G, derivs, resp is None)
 
     def _feature_sums(self, W: list, Z, Zt):
         """sum_i w_i z_i for each w (m, n) of ``W`` -> (m, len, F); Z (m, n, F) (None compiled), Zt
@@ -356,10 +405,10 @@ class MixtureFusedObjective(Blocked):
         return blocks, gram(features(w)) if marginal else None, gram(features(sc[:a]))
 
     def _assemble(self, blocks, posterior, normalizer):
-        """The Hessian of the mean ll in (quantity, feature) coordinates, (m, Q F, Q F), from the
-        means over samples of ``_hessian``'s sums."""
+        """Eagerly: the Hessian of the mean ll in (quantity, feature) coordinates, (m, Q F, Q F), from
+        the means over samples of ``_hessian``'s sums."""
         m, Q, F = blocks.shape[0], len(self.quantities), self.d + 1
-        j, jj = self.pair_index[self.compiled]
+        j, jj = self.pair_index
         blocks = blocks.reshape(m, -1, F, F)  # (m, pairs, F, F)
         H = blocks.new_zeros(m, Q, Q, F, F)
         H[:, j, jj] = blocks
