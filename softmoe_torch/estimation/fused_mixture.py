@@ -314,7 +314,7 @@ class MixtureFusedObjective(Blocked):
                 out = None
         if order == 0:
             return loss, out, None, None
-        if self.compiled and order == 2 and given is None:
+        if self.compiled and order == 2 and given is None:  # the EM's Q function (a marginal Hessian is given them)
             # the posterior and gate weights stored once (their exponentials are dear); inductor then makes every
             # other per-sample quantity in the Hessian sums' loops from them and the inputs (each stored, some 46
             # buffers, the loops were bound by memory: K = 4 at n = 1e5 took 15 ms against 9)

@@ -97,7 +97,7 @@ def _join(stages: list) -> list:
 
 class Stages:
     """The transforms of p coordinates as S stages each (identity stages pad the shorter ones):
-    ``derivatives(x)`` (R, p) -> (y, dy/dx, d2y/dx2), all (R, p), by the chain rule
+    ``derivatives(x, order)`` (R, p) -> (y, dy/dx, d2y/dx2) up to ``order``, all (R, p), by the chain rule
     (loc + scale f(g))' = scale f'(g) g' and '' = scale (f''(g) g'^2 + f'(g) g'') in a few
     element-wise operations over all coordinates at once. A sigmoid's value is clamped as torch's
     SigmoidTransform clamps it, its derivatives are not: a parameter on its bound keeps a nonzero
