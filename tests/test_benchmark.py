@@ -100,6 +100,6 @@ def test_tiny_mixture_evaluation(tmp_path):
     report = json.loads(out.read_text())
     (row,) = report["rows"]
     assert (row["K"], row["n"]) == (3, 300)
-    assert set(row["ms"]["eager"]) == {"value", "gradient", "hessian"}
+    assert set(row["ms"]["eager"]) == {"value", "gradient", "hessian", "hessian_alone"}
     assert all(v > 0 for v in row["ms"]["eager"].values())
     assert len(report["load_average"]) == 2
