@@ -139,6 +139,34 @@ def test_groups_fitted_side_by_side_equal_groups_fitted_one_after_another(compos
         assert torch.equal(alone.params[k], side_by_side.params[k]), k
 
 
+def test_compiled_mixture_fits_are_grouped_by_more_samples(compose_cfg):
+    """The compiled mixture path fits COMPILED_CHUNK samples in one problem batch, every other path
+    CHUNK: at n = 2e4, 50 replications against 5."""
+    from softmoe_torch import AffineExpert, Component, Gaussian, MixtureOfExperts, SoftmaxGate
+
+    moe = MixtureOfExperts([Component(AffineExpert(1), Gaussian()) for _ in range(2)], SoftmaxGate(1))
+    paper = problem(compose_cfg, "distinguishable", 100, 1)[1]
+    compiled, eager = FitOptions.for_method("newton", compile=True), FitOptions.for_method("newton")
+    assert driver.group_samples(moe, compiled) == driver.COMPILED_CHUNK > driver.CHUNK
+    others = [(moe, eager), (moe, FitOptions.for_method("newton", compile=True, fused=False)), (paper, compiled)]
+    assert all(driver.group_samples(model, opts) == driver.CHUNK for model, opts in others)
+    groups = lambda samples: [g.stop - g.start for g in driver.replication_groups(120, 20_000, samples)]  # noqa: E731
+    assert groups(driver.COMPILED_CHUNK) == [50, 50, 20] and groups(None) == [5] * 24
+
+
+def test_precompile_acts_on_newton_fits_of_the_compiled_mixture_path_alone(monkeypatch):
+    from softmoe_torch import AffineExpert, Component, Gaussian, MixtureOfExperts, SoftmaxGate
+    from softmoe_torch.estimation.fused_mixture import MixtureFusedObjective
+
+    calls = []
+    monkeypatch.setattr(MixtureFusedObjective, "precompile", lambda self, u, first: calls.append((u.shape, first)))
+    moe = MixtureOfExperts([Component(AffineExpert(1), Gaussian()) for _ in range(2)], SoftmaxGate(1)).double()
+    X, Y = torch.randn(2, 10, 1, dtype=torch.float64), torch.randn(2, 10, dtype=torch.float64)
+    for method, compile in [("newton", False), ("em", True), ("direct", True), ("newton", True)]:
+        driver.precompile(moe, X, Y, FitOptions.for_method(method, compile=compile), singles_first=True)
+    assert calls == [((2, 8), True)]  # gate (2) and two experts' slope, bias and variance
+
+
 def test_starts_fitted_side_by_side_equal_starts_fitted_one_after_another(compose_cfg, monkeypatch):
     """Three starts of one data set, each fitted on its own thread where torch has two: the
     same best fit, number for number, as the starts one after another on one thread."""

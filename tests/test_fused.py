@@ -271,6 +271,31 @@ def test_a_compiled_hessian_reads_the_last_value_where_it_was_at_the_same_points
     assert passes == [0, 2] * blocks
 
 
+@pytest.mark.parametrize("singles_first", [False, True])
+def test_precompile_makes_a_newton_fits_graphs_in_turns(singles_first):
+    """``precompile`` calls the compiled evaluation as a marginal Newton fit does (a value, then a
+    Hessian from weights shaped and laid out as a value's), for batches of two problems and of one:
+    the Hessian of the first size, the values, the other Hessian. It keeps no value; eagerly it does
+    nothing."""
+    eager, fast, u = _compiled_and_eager()
+    calls, per_sample = [], fast._per_sample  # the eager function stands in for the compiled one: the calls alone
+    fast.per_sample = lambda *args: calls.append(args) or per_sample(*args)
+    fast.precompile(u, singles_first)
+    first, second = (1, 2) if singles_first else (2, 1)
+    sizes = {0: 128}  # block 0's samples (blocks of 128, 128 and 44)
+    expected = [(first, 2)] + [(first, 0)] * 3 + [(second, 0)] * 3 + [(second, 2)]
+    assert [(args[1].shape[0], args[-1]) for args in calls] == expected and not fast._values
+    fast.evaluate(u[:2], torch.arange(2), 0)
+    value = fast._values[0][3]
+    hessian_given = calls[0][-2]
+    assert hessian_given.shape[1:] == value.shape[1:] == (2 * fast.K, sizes[0])
+    assert hessian_given.stride()[1:] == value.stride()[1:] and hessian_given.is_contiguous() and value.is_contiguous()
+    eager_calls = []
+    eager.per_sample = lambda *args: eager_calls.append(args)
+    eager.precompile(u, singles_first)
+    assert not eager_calls
+
+
 @pytest.mark.slow
 def test_compiled_q_function_equals_the_eager_one():
     """The same for the EM's Q function (responsibilities given): graphs of its own, 1.5-2.5 min of

@@ -89,6 +89,40 @@ def test_sizes_are_cut_for_the_workers_along_fit_batch_groups():
     ]
 
 
+def test_sizes_are_cut_along_the_groups_of_the_plans_fit_path():
+    """A compiled mixture sweep's parts follow its own (larger) groups: a size whose 40 replications
+    are one group stays whole; the paper's sweep is cut as above."""
+    from types import SimpleNamespace
+
+    from softmoe_torch import AffineExpert, Component, Gaussian, MixtureOfExperts, SoftmaxGate
+    from softmoe_torch.estimation.driver import FitOptions
+
+    reps = list(range(40))
+    moe = MixtureOfExperts([Component(AffineExpert(1), Gaussian()) for _ in range(2)], SoftmaxGate(1))
+    plan = lambda compile: SimpleNamespace(model=moe, opts=FitOptions.for_method("newton", compile=compile), workers=2)  # noqa: E731
+    todo = [(20_000, reps), (100_000, reps)]
+    assert sweep.batch_plan(plan(True), todo) == (2, [(20_000, reps), (100_000, reps[:20]), (100_000, reps[20:])])
+    assert sweep.batch_plan(plan(False), todo)[1][:2] == [(20_000, reps[:20]), (20_000, reps[20:])]
+
+
+@pytest.mark.parametrize("index,singles_first", [(0, False), (1, True), (2, False)])
+def test_workers_make_their_compiled_graphs_in_turns(compose_cfg, monkeypatch, index, singles_first):
+    """A worker makes the fit's compiled graphs before its first batch, the odd ones starting with a
+    batch of one problem, on a few simulated samples of the sweep's setting."""
+    from softmoe_torch.study import workers
+
+    calls = []
+    monkeypatch.setattr(sweep, "precompile", lambda model, X, Y, opts, singles_first: calls.append((X, singles_first)))
+    monkeypatch.setattr(sweep, "keep_freed_memory", lambda: True)
+    monkeypatch.setattr(sweep, "_WORKER", {})
+    monkeypatch.setitem(workers._INDEX, "index", index)
+    sweep._worker_init(compose_cfg(["setting=softmax_gaussian_moe", "fit=newton", "fit.compile=true"]))
+    [(X, first)] = calls
+    assert (
+        X.shape[:2] == (2, sweep.PRECOMPILE_SAMPLES) and first is singles_first and sweep._WORKER["plan"].opts.compile
+    )
+
+
 def test_a_batch_holds_at_most_batch_samples_even_in_one_process():
     reps = list(range(40))
     n = sweep.BATCH_SAMPLES // 4  # one replication a group; 40 replications are 10 batches' worth

@@ -216,15 +216,41 @@ class MixtureFusedObjective(Blocked):
             device=dev,
         )
 
-    def _block(self, u, theta, d1, d2, idx, blk: int, order: int, resp) -> Evaluation:
+    def _inputs(self, theta, idx, blk: int, resp) -> tuple:
+        """``_per_sample``'s inputs but the last two, for block ``blk`` of problems idx (m,) at theta (m, P)."""
         Zt, Y = rows(self.Zt[blk], idx), rows(self.Yb[blk], idx)
         Z, ZZ = (None if t[blk] is None else rows(t[blk], idx) for t in (self.Z, self.ZZ))
-        m, n = Y.shape
-        padded = torch.cat([theta, theta.new_zeros(m, 1)], dim=1)
+        padded = torch.cat([theta, theta.new_zeros(theta.shape[0], 1)], dim=1)
         coefs = padded[:, self.coef_index]  # (m, gate logits + expert indices, F)
         fixed = tuple(rows(L_k[blk], idx) for L_k in self.fixed.values())
         nus = tuple(theta[:, nu] for *_, nu in self.trained)
-        inputs = (coefs, Y, Z, Zt, ZZ, fixed, nus, None if resp is None else resp.transpose(1, 2))
+        return coefs, Y, Z, Zt, ZZ, fixed, nus, None if resp is None else resp.transpose(1, 2)
+
+    def precompile(self, u, singles_first: bool = False) -> None:
+        """Compiled: make (or load from inductor's disk cache) the graphs of a marginal Newton fit, a
+        value's and a Hessian's for batches of several problems and of one, at u (R >= 2, p): the
+        Hessian of the first batch size, the values of both, then the other Hessian (``singles_first``:
+        a batch of one first). Processes started together with the two orders each compile about half
+        and load the rest as the other wrote it (each Hessian takes a minute or more to compile)."""
+        if not self.compiled:
+            return
+        several, one = torch.arange(2, device=u.device), torch.arange(1, device=u.device)
+        first, second = (one, several) if singles_first else (several, one)
+
+        def hessian(idx):
+            theta = self.space.natural_flat(u[idx], 0)[0]
+            given = theta.new_zeros(idx.numel(), 2 * self.K, self.blocks[0][1] - self.blocks[0][0])
+            self.per_sample(*self._inputs(theta, idx, 0, None), given, 2)
+
+        hessian(first)
+        for idx in (first, second):
+            self.evaluate(u[idx], idx, 0)
+        hessian(second)
+        self._values.clear()
+
+    def _block(self, u, theta, d1, d2, idx, blk: int, order: int, resp) -> Evaluation:
+        inputs = self._inputs(theta, idx, blk, resp)
+        m, n = inputs[1].shape
         given = None
         if self.compiled and order == 2 and resp is None:  # from the weights of a value at u (kept, or made now)
             loss, given = self._kept_value(blk, u, idx) or self.per_sample(*inputs, None, 0)[:2]

@@ -166,6 +166,12 @@ def fused_supported(model) -> bool:
     return paper_fused_supported(model) or mixture_fused_supported(model)
 
 
+def compiled_path(model) -> bool:
+    """Whether ``make_objective`` with ``compile`` evaluates ``model`` through torch.compile (the
+    fused mixture path; the paper's one-prompt families keep their own fused objective)."""
+    return not paper_fused_supported(model) and mixture_fused_supported(model)
+
+
 def make_objective(model, X, Y, space: ParamSpace, compile: bool = False):
     """A fused objective where the model allows it (the paper's one-prompt families first), else
     the generic one. ``compile``: the fused mixture path's per-sample work through torch.compile."""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..errors import Interrupted, UserError
 from ..estimation.convergence import ConvergenceWarning
 from ..estimation.device import keep_freed_memory
-from ..estimation.driver import fit_best_of, replication_groups
+from ..estimation.driver import fit_best_of, group_samples, precompile, replication_groups
 from ..estimation.init import starting_points
 from ..estimation.ls_driver import fit_least_squares
 from ..model.regression import RegressionMoE
@@ -32,7 +32,7 @@ from .diagnostics import hellinger_to_truth, loglik_at_truth, moved_from_start
 from .progress import WorkBar
 from .simulate import data_seed, simulate
 from .store import Results, check_fingerprint, columns, failed_rows, fingerprint, fit_rows, typed_row  # noqa: F401
-from .workers import run_batches
+from .workers import run_batches, worker_index
 
 AUTO_MIN_SAMPLES = 2_000_000  # workers=auto starts worker processes (a few seconds each) only for
 # sweeps of at least this many samples (n summed over the fits to run): some seconds of fitting
@@ -109,14 +109,14 @@ BATCH_SAMPLES = 20_000_000  # samples (R * n) simulated and held at once at most
 # 1.4 GB at d = 8 in float64), so that 40 replications at n = 1e7 do not need 26 GB
 
 
-def split_for_workers(todo, workers: int) -> list:
+def split_for_workers(todo, workers: int, samples: int | None = None) -> list:
     """Each (n, reps) of todo cut into consecutive parts along the groups that fit_batch fits as
-    one (so every fit is computed exactly as in one batch): into ``workers`` parts, for the
-    workers to share a sample size instead of waiting for the largest ones one by one, and into
-    more where a part would hold over BATCH_SAMPLES samples."""
+    one (of ``samples`` at most, see ``replication_groups``; so every fit is computed exactly as in
+    one batch): into ``workers`` parts, for the workers to share a sample size instead of waiting
+    for the largest ones one by one, and into more where a part would hold over BATCH_SAMPLES samples."""
     parts = []
     for n, reps in todo:
-        groups = replication_groups(len(reps), n)
+        groups = replication_groups(len(reps), n, samples)
         count = max(workers, -(-n * len(reps) // BATCH_SAMPLES))
         cuts = np.linspace(0, len(groups), min(count, len(groups)) + 1).round().astype(int)
         parts += [(n, reps[groups[a].start : groups[b - 1].stop]) for a, b in zip(cuts[:-1], cuts[1:])]
@@ -127,16 +127,25 @@ def batch_plan(plan: Plan, todo) -> tuple:
     """(workers, batches): the worker processes the sweep of ``todo`` [(n, reps)] uses and its
     batches [(n, reps)] in the order they run."""
     workers = worker_count(plan, todo)
-    return workers, split_for_workers(todo, workers)
+    return workers, split_for_workers(todo, workers, group_samples(plan.model, plan.opts))
 
 
 _WORKER = {}  # in a worker process: the sweep's config and plan, set once by _worker_init
 
 
+PRECOMPILE_SAMPLES = 64  # samples of the two data sets on which a worker makes its compiled graphs
+
+
 def _worker_init(cfg: DictConfig):
+    """A worker's set-up: the sweep's plan, and its compiled graphs made before the first batch, the
+    odd workers starting with those for a batch of one problem (``driver.precompile``): so two
+    workers compile different graphs and find the other's in inductor's disk cache."""
     register_resolvers()
     keep_freed_memory()
-    _WORKER.update(cfg=cfg, plan=validate(cfg))
+    plan = validate(cfg)
+    _WORKER.update(cfg=cfg, plan=plan)
+    X, Y = simulate(plan.setting, PRECOMPILE_SAMPLES, [0, 1], int(cfg.seed), dtype=plan.dtype, device=plan.device)
+    precompile(plan.model, X, Y, plan.opts, singles_first=worker_index() % 2 == 1)
 
 
 def _worker_batch(n: int, reps: list):

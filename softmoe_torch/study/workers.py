@@ -28,10 +28,21 @@ def _die_with_parent(parent: int):
         os._exit(1)
 
 
-def _start_worker(parent: int, threads: int, init, init_args):
+_INDEX = {}  # in a worker process: its number among the pool's workers, in the order they started
+
+
+def worker_index() -> int | None:
+    """This process's number among the workers of ``run_batches`` (0, 1, ... in the order they
+    started); None outside them."""
+    return _INDEX.get("index")
+
+
+def _start_worker(parent: int, threads: int, counter, init, init_args):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent(parent)
     torch.set_num_threads(threads)
+    with counter.get_lock():
+        _INDEX["index"], counter.value = counter.value, counter.value + 1
     if init is not None:
         init(*init_args)
 
@@ -42,7 +53,7 @@ def run_batches(task, batches, workers: int, started, init=None, init_args=()):
 
     With workers > 1, at most that many batches run at once, in the given order, each in a worker
     process (spawned; ``init(*init_args)`` runs once in each, which has torch.get_num_threads() //
-    workers threads). ``task`` and ``init`` must be importable module-level functions. Closing
+    workers threads and its ``worker_index``). ``task`` and ``init`` must be importable module-level functions. Closing
     the generator (or an exception in it) stops every worker at once."""
     if workers <= 1:
         for n, reps in batches:
@@ -53,11 +64,12 @@ def run_batches(task, batches, workers: int, started, init=None, init_args=()):
         return
     queue = list(batches)
     threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")
     pool = cf.ProcessPoolExecutor(
         workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=context,
         initializer=_start_worker,
-        initargs=(os.getpid(), threads, init, init_args),
+        initargs=(os.getpid(), threads, context.Value("i", 0), init, init_args),
     )
     running = {}
     try:
