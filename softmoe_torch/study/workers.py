@@ -53,8 +53,8 @@ def run_batches(task, batches, workers: int, started, init=None, init_args=()):
 
     With workers > 1, at most that many batches run at once, in the given order, each in a worker
     process (spawned; ``init(*init_args)`` runs once in each, which has torch.get_num_threads() //
-    workers threads and its ``worker_index``). ``task`` and ``init`` must be importable module-level functions. Closing
-    the generator (or an exception in it) stops every worker at once."""
+    workers threads and its ``worker_index``). ``task`` and ``init`` must be importable module-level
+    functions. Closing the generator (or an exception in it) stops every worker at once."""
     if workers <= 1:
         for n, reps in batches:
             started(n, reps)
