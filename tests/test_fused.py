@@ -282,13 +282,12 @@ def test_precompile_makes_a_newton_fits_graphs_in_turns(singles_first):
     fast.per_sample = lambda *args: calls.append(args) or per_sample(*args)
     fast.precompile(u, singles_first)
     first, second = (1, 2) if singles_first else (2, 1)
-    sizes = {0: 128}  # block 0's samples (blocks of 128, 128 and 44)
     expected = [(first, 2)] + [(first, 0)] * 3 + [(second, 0)] * 3 + [(second, 2)]
     assert [(args[1].shape[0], args[-1]) for args in calls] == expected and not fast._values
     fast.evaluate(u[:2], torch.arange(2), 0)
     value = fast._values[0][3]
     hessian_given = calls[0][-2]
-    assert hessian_given.shape[1:] == value.shape[1:] == (2 * fast.K, sizes[0])
+    assert hessian_given.shape[1:] == value.shape[1:] == (2 * fast.K, 128)  # block 0's samples (of 128, 128, 44)
     assert hessian_given.stride()[1:] == value.stride()[1:] and hessian_given.is_contiguous() and value.is_contiguous()
     eager_calls = []
     eager.per_sample = lambda *args: eager_calls.append(args)

@@ -112,12 +112,15 @@ def test_workers_make_their_compiled_graphs_in_turns(compose_cfg, monkeypatch, i
     from softmoe_torch.study import workers
 
     calls = []
-    monkeypatch.setattr(sweep, "precompile", lambda model, X, Y, opts, singles_first: calls.append((X, singles_first)))
+    monkeypatch.setattr(
+        sweep, "precompile", lambda model, data, opts, singles_first: calls.append((data, singles_first))
+    )
     monkeypatch.setattr(sweep, "keep_freed_memory", lambda: True)
     monkeypatch.setattr(sweep, "_WORKER", {})
     monkeypatch.setitem(workers._INDEX, "index", index)
     sweep._worker_init(compose_cfg(["setting=softmax_gaussian_moe", "fit=newton", "fit.compile=true"]))
-    [(X, first)] = calls
+    [(data, first)] = calls
+    X, _ = data()
     assert (
         X.shape[:2] == (2, sweep.PRECOMPILE_SAMPLES) and first is singles_first and sweep._WORKER["plan"].opts.compile
     )

@@ -270,13 +270,14 @@ def group_samples(model, opts: FitOptions) -> int:
     return COMPILED_CHUNK if opts.fused and opts.compile and compiled_path(model) else CHUNK
 
 
-def precompile(model, X, Y, options: FitOptions, singles_first: bool = False) -> None:
+def precompile(model, data, options: FitOptions, singles_first: bool = False) -> None:
     """Where ``fit_batch`` would fit ``model`` by Newton on the compiled mixture path, make (or load
-    from inductor's disk cache) its graphs now, on the data X (R >= 2, n, d), Y (R, n) at the
-    model's own values (a few samples do: one graph serves every n); see
-    ``MixtureFusedObjective.precompile`` for ``singles_first``. Elsewhere nothing."""
+    from inductor's disk cache) its graphs now, on the data data() -> X (R >= 2, n, d), Y (R, n) at
+    the model's own values (a few samples do: one graph serves every n); see
+    ``MixtureFusedObjective.precompile`` for ``singles_first``. Elsewhere nothing (data() not called)."""
     if options.method != "newton" or group_samples(model, options) != COMPILED_CHUNK:
         return
+    X, Y = data()
     space = ParamSpace(model, options.bounds)
     u = space.to_unconstrained({k: v.to(X) for k, v in stack_params(model, X.shape[0]).items()})
     make_objective(model, X, Y, space, compile=True).precompile(u, singles_first)

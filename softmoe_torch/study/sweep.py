@@ -144,8 +144,11 @@ def _worker_init(cfg: DictConfig):
     keep_freed_memory()
     plan = validate(cfg)
     _WORKER.update(cfg=cfg, plan=plan)
-    X, Y = simulate(plan.setting, PRECOMPILE_SAMPLES, [0, 1], int(cfg.seed), dtype=plan.dtype, device=plan.device)
-    precompile(plan.model, X, Y, plan.opts, singles_first=worker_index() % 2 == 1)
+
+    def data():
+        return simulate(plan.setting, PRECOMPILE_SAMPLES, [0, 1], int(cfg.seed), dtype=plan.dtype, device=plan.device)
+
+    precompile(plan.model, data, plan.opts, singles_first=worker_index() % 2 == 1)
 
 
 def _worker_batch(n: int, reps: list):
