@@ -263,11 +263,16 @@ def threads_for(elements: int, small: int = SMALL_BATCH):
         torch.set_num_threads(before)
 
 
+def fits_compiled(model, opts: FitOptions) -> bool:
+    """Whether ``fit_batch`` fits ``model`` with ``opts`` through the compiled mixture objective."""
+    return opts.fused and opts.compile and compiled_path(model)
+
+
 def group_samples(model, opts: FitOptions) -> int:
     """Samples (R * n) that ``fit_batch`` fits as one problem batch at most: COMPILED_CHUNK where
     ``model`` is fitted by the compiled mixture objective, else CHUNK (larger eager batches only
     thrash the cache)."""
-    return COMPILED_CHUNK if opts.fused and opts.compile and compiled_path(model) else CHUNK
+    return COMPILED_CHUNK if fits_compiled(model, opts) else CHUNK
 
 
 def precompile(model, data, options: FitOptions, singles_first: bool = False) -> None:
@@ -275,7 +280,7 @@ def precompile(model, data, options: FitOptions, singles_first: bool = False) ->
     from inductor's disk cache) its graphs now, on the data data() -> X (R >= 2, n, d), Y (R, n) at
     the model's own values (a few samples do: one graph serves every n); see
     ``MixtureFusedObjective.precompile`` for ``singles_first``. Elsewhere nothing (data() not called)."""
-    if options.method != "newton" or group_samples(model, options) != COMPILED_CHUNK:
+    if options.method != "newton" or not fits_compiled(model, options):
         return
     X, Y = data()
     space = ParamSpace(model, options.bounds)
