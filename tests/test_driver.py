@@ -1,6 +1,7 @@
 """Properties of the fitting driver: monotone EM, frozen parts fixed, recovery, batched == single,
 and the convergence contract (every status, every method)."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -190,6 +191,93 @@ def test_starts_fitted_side_by_side_equal_starts_fitted_one_after_another(compos
     assert alone.n_evals == side_by_side.n_evals and pools == [2]  # one pool of two threads, the second time only
     for k in alone.params:
         assert torch.equal(alone.params[k], side_by_side.params[k]), k
+
+
+def moe_problem(R, n, starts, compile=False):
+    """A two-expert mixture of experts, R data sets of its own at n, and ``starts`` starts near its values."""
+    from softmoe_torch import AffineExpert, Component, Gaussian, MixtureOfExperts, SoftmaxGate
+    from softmoe_torch.estimation.params import stack_params
+
+    torch.manual_seed(0)
+    model = MixtureOfExperts([Component(AffineExpert(1), Gaussian()) for _ in range(2)], SoftmaxGate(1)).double()
+    with torch.no_grad():
+        model.gate.beta.fill_(4.0)
+        model.components[0].expert.eta.fill_(2.0)
+        model.components[1].expert.eta.fill_(-2.0)
+        model.components[1].expert.bias.fill_(1.0)
+    X = torch.randn(R, n, 1, dtype=torch.float64)
+    Y = torch.stack([model.sample(X[r]) for r in range(R)])
+    truth = stack_params(model, R)
+    inits = [{k: v + 0.3 * torch.randn_like(v) for k, v in truth.items()} for _ in range(starts)]
+    return model, X, Y, inits, FitOptions.for_method("newton", compile=compile)
+
+
+def test_a_batch_fit_split_in_parts_joins_back_to_itself(compose_cfg):
+    """``BatchFit.split``: consecutive equal parts, the time and evaluations in the first."""
+    _, model, X, Y, init = problem(compose_cfg, "distinguishable", 300, 6)
+    fit = fit_batch(model, X, Y, init, FitOptions.for_method("newton"))
+    parts = fit.split(3)
+    assert [len(p) for p in parts] == [2, 2, 2] and [p.n_evals for p in parts] == [fit.n_evals, 0, 0]
+    assert [p.seconds for p in parts] == [fit.seconds, 0.0, 0.0] and parts[1].status == fit.status[2:4]
+    joined = driver.BatchFit.concat(parts)
+    for name in ("mean_loglik", "n_iter", "converged"):
+        assert torch.equal(getattr(joined, name), getattr(fit, name)), name
+    assert joined.trace == fit.trace and joined.at_bound == fit.at_bound and joined.n_evals == fit.n_evals
+    assert all(torch.equal(joined.params[k], v) for k, v in fit.params.items())
+
+
+def test_starts_fitted_together_equal_starts_fitted_one_after_another(monkeypatch):
+    """``_starts_together``: each group's starts as one problem batch (here in batches of two starts,
+    then one) gives each start the fit it gets alone, bit for bit (eagerly here; compiled in the slow
+    test below)."""
+    model, X, Y, inits, opts = moe_problem(4, 300, 3)
+    monkeypatch.setattr(driver, "STARTS_SAMPLES", 2 * 2 * 300)
+    groups = driver.replication_groups(4, 300, 600)  # two groups of two data sets
+    together = driver._starts_together(model, X, Y, inits, opts, groups)
+    for init, fit in zip(inits, together):
+        alone = fit_batch(model, X, Y, init, opts, warn=False)
+        assert torch.equal(fit.n_iter, alone.n_iter) and fit.status == alone.status
+        assert torch.equal(fit.mean_loglik, alone.mean_loglik)
+        assert all(torch.equal(fit.params[k], v) for k, v in alone.params.items())
+
+
+def test_best_of_fits_starts_together_on_the_compiled_path_one_thread_alone(monkeypatch):
+    """``fit_best_of`` fits its starts together where the compiled mixture path would fit them one
+    after another (one thread); eager fits, and starts side by side on two threads, are as before."""
+    from softmoe_torch.estimation.driver import fit_best_of
+
+    calls = []
+
+    def together(model, X, Y, inits, options, groups):  # eager fits stand in for the compiled ones
+        calls.append(len(inits))
+        eager = dataclasses.replace(options, compile=False)
+        return [fit_batch(model, X, Y, init, eager, warn=False) for init in inits]
+
+    monkeypatch.setattr(driver, "_starts_together", together)
+    model, X, Y, inits, opts = moe_problem(1, 200, 3)
+    compiled = dataclasses.replace(opts, compile=True)
+    best = fit_best_of(model, X, Y, inits, compiled)
+    assert calls == [3] and best.converged.all()
+    fit_best_of(model, X, Y, inits, opts)
+    assert calls == [3]
+    sides, eager_fits = [], [fit_batch(model, X, Y, init, opts, warn=False) for init in inits]
+    monkeypatch.setattr(driver, "_side_by_side", lambda fit, items, workers: sides.append(workers) or eager_fits)
+    on_two_threads(lambda: fit_best_of(model, X, Y, inits, compiled))
+    assert calls == [3] and sides == [2]
+
+
+@pytest.mark.slow
+def test_compiled_starts_fitted_together_equal_starts_fitted_one_after_another():
+    """On the compiled path (its graphs take minutes to make from an empty cache) the same bit for bit:
+    a compiled evaluation's rows do not depend on the rows beside them, nor (at this model's 8
+    parameters) do the optimizer's solves."""
+    model, X, Y, inits, opts = moe_problem(3, 400, 3, compile=True)
+    groups = driver.replication_groups(3, 400, driver.group_samples(model, opts))
+    together = driver._starts_together(model, X, Y, inits, opts, groups)
+    for init, fit in zip(inits, together):
+        alone = fit_batch(model, X, Y, init, opts, warn=False)
+        assert torch.equal(fit.mean_loglik, alone.mean_loglik) and torch.equal(fit.n_iter, alone.n_iter)
+        assert all(torch.equal(fit.params[k], v) for k, v in alone.params.items())
 
 
 def test_a_failing_or_early_replication_does_not_change_the_others(compose_cfg):

@@ -74,6 +74,10 @@ CHUNK = 100_000  # samples (R * n) fitted together at most (whole replications; 
 COMPILED_CHUNK = 1_000_000  # the same on the compiled mixture path, where each call's fixed cost (its guards, the
 # optimizer's small operations) is shared by the rows: K = 4, one thread, 40 replications at n = 1e4 in one group
 # against four, 0.28 against 0.43 s a replication; 20 at n = 5e4 in one group against ten, 1.45 against 2.1 s
+STARTS_SAMPLES = 5_000_000  # the same for the several starts of one group fitted together on the compiled path
+# (``fit_best_of``; each of the default 5 starts of a group of COMPILED_CHUNK samples): K = 4, one thread, 5 starts
+# of 20 replications at n = 1e4 fitted together against one after another, 5.1 against 6.4 s; 10 at n = 1e5,
+# 25.0 against 29.6 s (peak memory 1.8 against 0.85 GB)
 
 
 @dataclass
@@ -215,6 +219,30 @@ class BatchFit:
             gradient_max=None if first.gradient_max is None else cat("gradient_max"),
         )
 
+    def split(self, parts: int) -> list:
+        """The fits as ``parts`` batches of consecutive replications, equal in number; the time and the
+        evaluations go to the first (so that, joined again, they add up as before)."""
+        size = len(self) // parts
+
+        def part(i):
+            rows = slice(i * size, (i + 1) * size)
+            cut = lambda t: None if t is None else t[rows]  # noqa: E731
+            return dataclasses.replace(
+                self,
+                params={k: v[rows] for k, v in self.params.items()},
+                mean_loglik=self.mean_loglik[rows],
+                n_iter=self.n_iter[rows],
+                converged=self.converged[rows],
+                status=self.status[rows],
+                trace=self.trace[rows],
+                at_bound=self.at_bound[rows],
+                seconds=self.seconds if i == 0 else 0.0,
+                n_evals=self.n_evals if i == 0 else 0,
+                gradient_max=cut(self.gradient_max),
+            )
+
+        return [part(i) for i in range(parts)]
+
     def replace_where(self, mask: torch.Tensor, other: "BatchFit") -> "BatchFit":
         """A fit taking replication r from ``other`` where mask[r], else from self; times and
         evaluations add up."""
@@ -296,7 +324,9 @@ def replication_groups(R: int, n: int, samples: int | None = None) -> list:
     return [slice(lo, min(lo + size, R)) for lo in range(0, R, size)]
 
 
-def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: bool = True) -> BatchFit:
+def fit_batch(
+    model, X, Y, init: dict, options: FitOptions | None = None, warn: bool = True, samples: int | None = None
+) -> BatchFit:
     """Maximum-likelihood fit of ``model``'s trainable parameters to R data sets.
 
     X (R, n, d) or (n, d); Y (R, n) or (n,); init {name: (R, *shape)} starting values. The
@@ -304,11 +334,12 @@ def fit_batch(model, X, Y, init: dict, options: FitOptions | None = None, warn: 
     most CHUNK samples (each replication its own problem either way); on the fused path, small
     groups run side by side, one per torch thread, each on one thread (their results do not
     depend on it).
-    ``warn``: a ConvergenceWarning for fits that did not converge."""
+    ``warn``: a ConvergenceWarning for fits that did not converge. ``samples``: the groups' size in
+    samples (R * n) at most, in place of ``group_samples``'s."""
     X, Y = as_batch(X, Y)
     opts = options or FitOptions()
     R, n = Y.shape
-    groups = replication_groups(R, n, group_samples(model, opts))
+    groups = replication_groups(R, n, samples or group_samples(model, opts))
     size = groups[0].stop - groups[0].start
 
     def fit_group(rows):
@@ -505,6 +536,37 @@ def _run_direct(obj, space, u, opts, solver):
     return u, -f, n_iter, status, trace
 
 
+def _starts_together(model, X, Y, inits: list, options, groups: list) -> list:
+    """[fit_batch(model, X, Y, init) for init in inits], each group of replications fitted from its
+    starts together, as one problem batch (start-major) of STARTS_SAMPLES samples at most: each call then
+    serves several starts' problems, and the few that take longest share their calls instead of each
+    start's paying for its own. A compiled evaluation's rows and the optimizer's do not depend on the rows
+    beside them (bit for bit; but for MKL's small solves at some sizes, see the sibling study's README), so
+    each fit is the one ``fit_batch`` gives it alone."""
+    S = len(inits)
+    per_group = []
+    for g in groups:
+        Xg, Yg = X[g], Y[g]
+        step = max(1, STARTS_SAMPLES // Yg.numel())
+        parts = []
+        for lo in range(0, S, step):
+            some = inits[lo : lo + step]
+            init = {k: torch.cat([start[k][g] for start in some]) for k in some[0]}
+            count = len(some)
+            fit = fit_batch(
+                model,
+                Xg.repeat(count, 1, 1),
+                Yg.repeat(count, 1),
+                init,
+                options,
+                warn=False,
+                samples=Yg.numel() * count,
+            )
+            parts += fit.split(count)
+        per_group.append(parts)
+    return [BatchFit.concat([parts[s] for parts in per_group]) for s in range(S)]
+
+
 def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None, first_on=None) -> BatchFit:
     """Fit from each start in ``starts`` (a non-empty list of init dicts) and keep, per
     replication, the fit with the highest mean log-likelihood; failed fits never win. ``seconds``
@@ -532,6 +594,8 @@ def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None, fi
         groups = replication_groups(*Ys.shape, group_samples(model, opts))
         if side_by_side > 1 and len(groups) < side_by_side and _shareable(model, opts):
             return _side_by_side(fit_one, inits, side_by_side)
+        if len(inits) > 1 and fits_compiled(model, opts):
+            return _starts_together(model, Xs, Ys, inits, options, groups)
         return [fit_one(init) for init in inits]
 
     if first_on is not None:
