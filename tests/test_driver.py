@@ -468,3 +468,39 @@ def test_valuing_trials_first_changes_no_iterate_and_saves_hessians(monkeypatch)
     assert first[4] == every[4] == ["converged"] * 3 and torch.allclose(first[0], torch.ones_like(u0))
     assert 0 in orders_first and 0 not in orders_every
     assert orders_first.count(2) < orders_every.count(2)
+
+
+@pytest.mark.parametrize("strategy", ["newton", "newton_eigen", "bfgs"])
+def test_a_problems_iterates_do_not_depend_on_the_problems_beside_it(strategy):
+    """Eight problems of 13 parameters (an odd number, as K = 3's 13: there MKL's batched solves and
+    products round a row by where it sits in the batch, unless bordered to an even size) minimized in one
+    batch and each alone: the same iterates bit for bit. The objective is indefinite away from its minima,
+    so Newton on |H| takes eigenvalue steps too."""
+    from softmoe_torch.estimation import optim
+    from softmoe_torch.estimation.evaluation import Evaluation
+
+    R, p = 8, 13
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(R, p, p, generator=gen, dtype=torch.float64) / p**0.5
+    u0 = torch.randn(R, p, generator=gen, dtype=torch.float64)
+
+    def fun(u, idx, order):
+        a = A[idx]
+        z = (a @ u.unsqueeze(-1)).squeeze(-1)
+        loss = ((z**2 - 1) ** 2).sum(1) / 4 + 0.005 * (u**2).sum(1)
+        if order == 0:
+            return Evaluation(loss)
+        grad = (a.transpose(1, 2) @ ((z**2 - 1) * z).unsqueeze(-1)).squeeze(-1) + 0.01 * u
+        hess = a.transpose(1, 2) @ ((3 * z**2 - 1).unsqueeze(-1) * a) + 0.01 * torch.eye(p, dtype=u.dtype)
+        return Evaluation(loss, grad, hess if order == 2 else None)
+
+    opts = optim.SolverOptions(max_iter=100)
+    done = lambda f_old, f_new, u_old, u_new, g: (f_old - f_new).abs() < 1e-15  # noqa: E731
+    stationary = lambda g: g.abs().amax(1) < 1e-10  # noqa: E731
+    together = optim.minimize(fun, u0, strategy, opts, done, stationary)
+    assert together[4].count("converged") >= R // 2
+    for r in range(R):
+        alone = optim.minimize(
+            lambda u, idx, order: fun(u, idx + r, order), u0[r : r + 1], strategy, opts, done, stationary
+        )
+        assert torch.equal(alone[0][0], together[0][r]) and int(alone[3][0]) == int(together[3][r]), r

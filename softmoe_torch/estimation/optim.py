@@ -20,6 +20,27 @@ from .evaluation import Evaluation
 C1 = 1e-4  # Armijo constant
 
 
+def _even(M: torch.Tensor) -> torch.Tensor:
+    """Matrices M (m, p, p) as they enter MKL's small solves and products: where p is odd, bordered to
+    (p + 1, p + 1) by a last row and column of zeros but for max |M_ii| at the corner (so M's largest
+    eigenvalue in size, and positive definiteness, stay). With odd p, the batched ``cholesky_solve``,
+    ``eigh`` and matrix products give a row a result that depends on where it sits in the batch (13 x 13:
+    about half the rows differ in the last bits from the same matrix alone); with even p they do not, so
+    each problem's iterates do not depend on the problems beside it."""
+    p = M.shape[-1]
+    if p % 2 == 0:
+        return M
+    out = M.new_zeros(M.shape[0], p + 1, p + 1)
+    out[:, :p, :p] = M
+    out[:, p, p] = M.diagonal(dim1=1, dim2=2).abs().amax(1)
+    return out
+
+
+def _even_vector(v: torch.Tensor) -> torch.Tensor:
+    """v (m, p) with a zero appended where p is odd (see ``_even``)."""
+    return v if v.shape[-1] % 2 == 0 else torch.cat([v, v.new_zeros(v.shape[0], 1)], dim=1)
+
+
 @dataclass
 class SolverOptions:
     """An inner (EM M-step) solve stops when the relative change of its objective is below
@@ -90,8 +111,9 @@ class BFGS:
     order = 1
 
     def __init__(self, R, p, like, history=None):
-        self.eye = torch.eye(p, dtype=like.dtype, device=like.device)
-        self.H = self.eye.expand(R, p, p).clone()
+        q = p + p % 2  # kept at an even size (see ``_even``): the padded coordinate never moves
+        self.eye = torch.eye(q, dtype=like.dtype, device=like.device)
+        self.H = self.eye.expand(R, q, q).clone()
         self.is_fresh = torch.ones(R, dtype=torch.bool, device=like.device)
 
     def fresh(self, idx):
@@ -102,11 +124,11 @@ class BFGS:
         self.is_fresh[idx] = True
 
     def direction(self, idx, g, hess):
-        return -(self.H[idx] @ g.unsqueeze(-1)).squeeze(-1)
+        return -(self.H[idx] @ _even_vector(g).unsqueeze(-1)).squeeze(-1)[:, : g.shape[1]]
 
     def update(self, idx, s, y, good):
         sel = idx[good]
-        s, y = s[good], y[good]
+        s, y = _even_vector(s[good]), _even_vector(y[good])
         sy = (s * y).sum(1)
         H = torch.where(self.is_fresh[sel][:, None, None], (sy / (y * y).sum(1))[:, None, None] * self.eye, self.H[sel])
         rho = (1.0 / sy)[:, None, None]
@@ -131,12 +153,13 @@ class Newton(BFGS):
         return super().fresh(idx) & ~self.newton[idx]
 
     def direction(self, idx, g, hess):
-        chol, info = torch.linalg.cholesky_ex(hess)
+        chol, info = torch.linalg.cholesky_ex(_even(hess))
         pd = info == 0
         self.newton[idx] = pd
         d = super().direction(idx, g, hess)
         if pd.any():
-            d[pd] = -torch.cholesky_solve(g[pd].unsqueeze(-1), chol[pd]).squeeze(-1)
+            step = torch.cholesky_solve(_even_vector(g[pd]).unsqueeze(-1), chol[pd]).squeeze(-1)
+            d[pd] = -step[:, : g.shape[1]]
         return d
 
 
@@ -153,9 +176,10 @@ class SaddleFreeNewton(Newton):
         d = super().direction(idx, g, hess)
         bad = ~self.newton[idx]
         if bad.any():
-            w, V = torch.linalg.eigh(hess[bad])
+            w, V = torch.linalg.eigh(_even(hess[bad]))
             w = w.abs().clamp_min(1e-8 * w.abs().amax(-1, keepdim=True))
-            d[bad] = -(V @ ((V.transpose(1, 2) @ g[bad].unsqueeze(-1)) / w.unsqueeze(-1))).squeeze(-1)
+            step = (V @ ((V.transpose(1, 2) @ _even_vector(g[bad]).unsqueeze(-1)) / w.unsqueeze(-1))).squeeze(-1)
+            d[bad] = -step[:, : g.shape[1]]
             self.newton[idx[bad]] = True
         return d
 
