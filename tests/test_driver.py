@@ -213,7 +213,7 @@ def moe_problem(R, n, starts, compile=False):
 
 
 def test_a_batch_fit_split_in_parts_joins_back_to_itself(compose_cfg):
-    """``BatchFit.split``: consecutive equal parts, the time and evaluations in the first."""
+    """``BatchFit.split``: consecutive equal parts, the time and evaluations in the first; unequal parts refused."""
     _, model, X, Y, init = problem(compose_cfg, "distinguishable", 300, 6)
     fit = fit_batch(model, X, Y, init, FitOptions.for_method("newton"))
     parts = fit.split(3)
@@ -224,6 +224,8 @@ def test_a_batch_fit_split_in_parts_joins_back_to_itself(compose_cfg):
         assert torch.equal(getattr(joined, name), getattr(fit, name)), name
     assert joined.trace == fit.trace and joined.at_bound == fit.at_bound and joined.n_evals == fit.n_evals
     assert all(torch.equal(joined.params[k], v) for k, v in fit.params.items())
+    with pytest.raises(ValueError, match="6 fits do not split into 4"):
+        fit.split(4)
 
 
 def test_starts_fitted_together_equal_starts_fitted_one_after_another(monkeypatch):

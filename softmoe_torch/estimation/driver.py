@@ -222,6 +222,8 @@ class BatchFit:
     def split(self, parts: int) -> list:
         """The fits as ``parts`` batches of consecutive replications, equal in number; the time and the
         evaluations go to the first (so that, joined again, they add up as before)."""
+        if len(self) % parts:
+            raise ValueError(f"{len(self)} fits do not split into {parts} equal parts")
         size = len(self) // parts
 
         def part(i):
@@ -541,8 +543,8 @@ def _starts_together(model, X, Y, inits: list, options, groups: list) -> list:
     starts together, as one problem batch (start-major) of STARTS_SAMPLES samples at most: each call then
     serves several starts' problems, and the few that take longest share their calls instead of each
     start's paying for its own. A compiled evaluation's rows and the optimizer's do not depend on the rows
-    beside them (bit for bit; but for MKL's small solves at some sizes, see the sibling study's README), so
-    each fit is the one ``fit_batch`` gives it alone."""
+    beside them (bit for bit; see ``optim._even`` for the optimizer's), so each fit is the one ``fit_batch``
+    gives it alone."""
     S = len(inits)
     per_group = []
     for g in groups:
@@ -569,7 +571,10 @@ def _starts_together(model, X, Y, inits: list, options, groups: list) -> list:
 
 def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None, first_on=None) -> BatchFit:
     """Fit from each start in ``starts`` (a non-empty list of init dicts) and keep, per
-    replication, the fit with the highest mean log-likelihood; failed fits never win. ``seconds``
+    replication, the fit with the highest mean log-likelihood; failed fits never win. Where the
+    replications' groups would leave torch threads idle, the starts run side by side, one per thread; else,
+    on the compiled mixture path, each group's starts are fitted together as one problem batch
+    (``_starts_together``), elsewhere one after another (the same fits every way). ``seconds``
     is the wall time of all the starts. ``first_on`` (s,) sample indices: each start is first
     fitted on those samples alone, then refined on all from where it ended (far starts reach their
     optima for the price of the few last iterations on the whole data)."""
