@@ -244,8 +244,8 @@ def test_starts_fitted_together_equal_starts_fitted_one_after_another(monkeypatc
 
 
 def test_best_of_fits_starts_together_on_the_compiled_path_one_thread_alone(monkeypatch):
-    """``fit_best_of`` fits its starts together where the compiled mixture path would fit them one
-    after another (one thread); eager fits, and starts side by side on two threads, are as before."""
+    """``fit_best_of`` fits its starts together on the compiled mixture path with one thread; eager fits,
+    and on two threads starts side by side or one after another, are as before."""
     from softmoe_torch.estimation.driver import fit_best_of
 
     calls = []
@@ -264,6 +264,11 @@ def test_best_of_fits_starts_together_on_the_compiled_path_one_thread_alone(monk
     assert calls == [3]
     sides, eager_fits = [], [fit_batch(model, X, Y, init, opts, warn=False) for init in inits]
     monkeypatch.setattr(driver, "_side_by_side", lambda fit, items, workers: sides.append(workers) or eager_fits)
+    on_two_threads(lambda: fit_best_of(model, X, Y, inits, compiled))
+    assert calls == [3] and sides == [2]
+    monkeypatch.setattr(driver, "COMPILED_CHUNK", 100)  # two threads, two groups: one start after another
+    model, X, Y, inits, _ = moe_problem(2, 100, 3)
+    monkeypatch.setattr(driver, "fit_batch", lambda *args, **kwargs: fit_batch(*args[:4], opts, warn=False))
     on_two_threads(lambda: fit_best_of(model, X, Y, inits, compiled))
     assert calls == [3] and sides == [2]
 

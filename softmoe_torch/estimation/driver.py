@@ -572,9 +572,9 @@ def _starts_together(model, X, Y, inits: list, options, groups: list) -> list:
 def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None, first_on=None) -> BatchFit:
     """Fit from each start in ``starts`` (a non-empty list of init dicts) and keep, per
     replication, the fit with the highest mean log-likelihood; failed fits never win. Where the
-    replications' groups would leave torch threads idle, the starts run side by side, one per thread; else,
-    on the compiled mixture path, each group's starts are fitted together as one problem batch
-    (``_starts_together``), elsewhere one after another (the same fits every way). ``seconds``
+    replications' groups would leave torch threads idle, the starts run side by side, one per thread; on
+    one thread and the compiled mixture path, each group's starts are fitted together as one problem
+    batch (``_starts_together``); else one after another (the same fits every way). ``seconds``
     is the wall time of all the starts. ``first_on`` (s,) sample indices: each start is first
     fitted on those samples alone, then refined on all from where it ended (far starts reach their
     optima for the price of the few last iterations on the whole data)."""
@@ -599,7 +599,7 @@ def fit_best_of(model, X, Y, starts: list, options: FitOptions | None = None, fi
         groups = replication_groups(*Ys.shape, group_samples(model, opts))
         if side_by_side > 1 and len(groups) < side_by_side and _shareable(model, opts):
             return _side_by_side(fit_one, inits, side_by_side)
-        if len(inits) > 1 and fits_compiled(model, opts):
+        if side_by_side == 1 and len(inits) > 1 and fits_compiled(model, opts):  # one thread: a sweep's worker
             return _starts_together(model, Xs, Ys, inits, options, groups)
         return [fit_one(init) for init in inits]
 
