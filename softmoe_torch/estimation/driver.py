@@ -219,31 +219,29 @@ class BatchFit:
             gradient_max=None if first.gradient_max is None else cat("gradient_max"),
         )
 
+    def take(self, rows: slice) -> "BatchFit":
+        """The fits of replications ``rows`` alone; the time and evaluations as they are (the whole call's)."""
+        cut = lambda t: None if t is None else t[rows]  # noqa: E731
+        return dataclasses.replace(
+            self,
+            params={k: v[rows] for k, v in self.params.items()},
+            mean_loglik=self.mean_loglik[rows],
+            n_iter=self.n_iter[rows],
+            converged=self.converged[rows],
+            status=self.status[rows],
+            trace=self.trace[rows],
+            at_bound=self.at_bound[rows],
+            gradient_max=cut(self.gradient_max),
+        )
+
     def split(self, parts: int) -> list:
         """The fits as ``parts`` batches of consecutive replications, equal in number; the time and the
         evaluations go to the first (so that, joined again, they add up as before)."""
         if len(self) % parts:
             raise ValueError(f"{len(self)} fits do not split into {parts} equal parts")
         size = len(self) // parts
-
-        def part(i):
-            rows = slice(i * size, (i + 1) * size)
-            cut = lambda t: None if t is None else t[rows]  # noqa: E731
-            return dataclasses.replace(
-                self,
-                params={k: v[rows] for k, v in self.params.items()},
-                mean_loglik=self.mean_loglik[rows],
-                n_iter=self.n_iter[rows],
-                converged=self.converged[rows],
-                status=self.status[rows],
-                trace=self.trace[rows],
-                at_bound=self.at_bound[rows],
-                seconds=self.seconds if i == 0 else 0.0,
-                n_evals=self.n_evals if i == 0 else 0,
-                gradient_max=cut(self.gradient_max),
-            )
-
-        return [part(i) for i in range(parts)]
+        first, *rest = (self.take(slice(i * size, (i + 1) * size)) for i in range(parts))
+        return [first] + [dataclasses.replace(part, seconds=0.0, n_evals=0) for part in rest]
 
     def replace_where(self, mask: torch.Tensor, other: "BatchFit") -> "BatchFit":
         """A fit taking replication r from ``other`` where mask[r], else from self; times and

@@ -112,20 +112,7 @@ class FitResults:
         """The results of replication r alone."""
         r = self._replication_index(r)
         keep = slice(r, r + 1)
-        one = BatchFit(
-            params={k: v[keep] for k, v in self.params.items()},
-            mean_loglik=self.mean_loglik[keep],
-            n_iter=self.n_iter[keep],
-            converged=self.converged[keep],
-            status=self.status[keep],
-            trace=self.trace[keep],
-            at_bound=self.at_bound[keep],
-            seconds=self.seconds,
-            n_evals=self.n_evals,
-            solver=self.solver,
-            fused=self.fused,
-            gradient_max=None if self.fit.gradient_max is None else self.fit.gradient_max[keep],
-        )
+        one = self.fit.take(keep)
         return FitResults(self.spec, one, self.X[keep], self.Y[keep])
 
     def to_dict(self, r: int = 0, inference: bool = True) -> dict:
